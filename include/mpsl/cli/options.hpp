@@ -1,0 +1,94 @@
+// What the command line and config files resolve to, one struct per command
+// (names as in the user interface, ../shared/CLI.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mpsl::cli {
+
+struct CommonOptions {
+  std::string config;            // --config FILE.ini
+  uint64_t seed = 1;             // --seed
+  int threads = 0;               // --threads (oneDNN/OpenMP threads per rank); 0 = OMP default
+  std::string metrics;           // --metrics FILE (JSON lines, rank 0)
+  std::string log_level = "info";  // --log-level error|warn|info|debug
+  bool quiet = false;            // --quiet
+};
+
+struct ConvertOptions {
+  std::string format;  // fashion-mnist | cifar10
+  std::string input;   // default for fashion-mnist: /usr/share/datasets/fashion-mnist
+  std::string output;  // FILE.h5
+  std::string split = "train";  // train | test
+};
+
+struct TrainOptions {
+  std::string model;      // zoo name
+  std::string data;       // TRAIN.h5
+  std::string test_data;  // TEST.h5 (optional)
+  bool synthetic = false;      // random data of the model's input shape (benchmarks)
+  int64_t synthetic_count = 8192;
+  // optimisation
+  int batch = 128;
+  float lr = 0.01f;
+  float momentum = 0.9f;
+  float weight_decay = 1e-4f;
+  // rounds
+  int rounds = 1;
+  int local_epochs = 1;
+  int batches_per_epoch = 0;  // 0 = the whole shard
+  int64_t max_steps = 0;      // 0 = no cap (benchmarks stop early with it)
+  int warmup_steps = 3;       // steps left out of the throughput figure
+  // owners
+  int owners = 1;
+  std::string partition = "iid";  // iid | dirichlet
+  float alpha = 0.5f;
+  // stages
+  int stages = 0;
+  std::string split;  // "i,j,..." unit indices
+  std::string plan;   // plan file
+  // schedule
+  std::string schedule = "mpsl";  // mpsl | 1f1b
+  int micro_batches = 1;
+  // state
+  std::string checkpoint_dir;
+  int checkpoint_every = 0;
+  std::string resume;
+  std::string save_model;
+  // observe / emulate
+  std::string trace;
+  bool dry_run = false;
+  std::string emulate;
+  int eval_batch = 1000;
+};
+
+struct EvalOptions {
+  std::string model_file;  // --model-file FILE.h5
+  std::string checkpoint;  // --checkpoint DIR
+  std::string test_data;   // --test-data TEST.h5
+  int eval_batch = 1000;
+};
+
+struct InspectOptions {
+  std::string path;   // positional: checkpoint dir, model file, plan or profile
+  std::string model;  // --model NAME: a zoo model's units
+  int batch = 1;      // --batch: for activation sizes and FLOPs
+};
+
+struct ProfileOptions {
+  std::string model;
+  int batch = 128;
+  int micro_batches = 1;
+  std::string output;
+};
+
+struct PlanOptions {
+  std::string profile;
+  int owners = 1;
+  int stages = 1;
+  std::string output;
+};
+
+}  // namespace mpsl::cli
