@@ -24,12 +24,12 @@ class RuntimeFailure : public std::runtime_error {
 
 }  // namespace mpsl
 
-#define MPSL_CHECK(cond, msg)                                                       \
-  do {                                                                             \
+#define MPSL_CHECK(cond, msg)                                                                   \
+  do {                                                                                          \
     if (!(cond)) ::mpsl::throw_internal(__FILE__, __LINE__, std::string(msg) + " (" #cond ")"); \
   } while (0)
 
-#define MPSL_INPUT_CHECK(cond, msg)                 \
-  do {                                              \
-    if (!(cond)) throw ::mpsl::InputError(msg);     \
+#define MPSL_INPUT_CHECK(cond, msg)             \
+  do {                                          \
+    if (!(cond)) throw ::mpsl::InputError(msg); \
   } while (0)

@@ -5,8 +5,8 @@
 // multihop run, a micro-batched run and a resumed run reproduce the single-process run exactly.
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 
 namespace mpsl {
 
@@ -24,7 +24,9 @@ inline uint64_t hash3(uint64_t seed, uint64_t stream, uint64_t counter) {
 }
 
 // Uniform float in [0, 1) from 24 random bits.
-inline float to_unit_float(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
+inline float to_unit_float(uint64_t bits) {
+  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
+}
 
 // A sequential generator (xoshiro256**), seeded from (seed, stream). Its whole state is four
 // words, so checkpoints can store and restore it.
@@ -50,7 +52,9 @@ class Rng {
   float uniform() { return to_unit_float(next()); }
   float uniform(float lo, float hi) { return lo + (hi - lo) * uniform(); }
   // Uniform integer in [0, n) (Lemire's multiply-shift; bias below 2^-32 for our sizes).
-  uint64_t below(uint64_t n) { return static_cast<uint64_t>((static_cast<__uint128_t>(next()) * n) >> 64); }
+  uint64_t below(uint64_t n) {
+    return static_cast<uint64_t>((static_cast<__uint128_t>(next()) * n) >> 64);
+  }
   // Standard normal (Box-Muller, double precision internally).
   float normal() {
     double u1 = (static_cast<double>(next() >> 11) + 1.0) * (1.0 / 9007199254740993.0);

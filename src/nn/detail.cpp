@@ -1,0 +1,107 @@
+#include "detail.hpp"
+
+#include <cmath>
+
+namespace mpsl::nn::detail {
+
+memory::desc plain_desc(const memory::dims& dims) {
+  switch (dims.size()) {
+    case 1:
+      return {dims, dt::f32, tag::a};
+    case 2:
+      return {dims, dt::f32, tag::ab};
+    case 3:
+      return {dims, dt::f32, tag::abc};
+    case 4:
+      return {dims, dt::f32, tag::abcd};
+    case 5:
+      return {dims, dt::f32, tag::abcde};
+  }
+  MPSL_CHECK(false, "unsupported rank " + std::to_string(dims.size()));
+}
+
+memory::dims dims4(const Shape& s) {
+  return {s.n, s.c, s.h, s.w};
+}
+memory::dims dims_of(const Shape& s) {
+  return s.flat() ? memory::dims{s.n, s.c} : memory::dims{s.n, s.c, s.h, s.w};
+}
+
+bool is_plain(const memory::desc& d) {
+  return d == plain_desc(d.dims());
+}
+
+const memory& Converter::to(const memory& src, const memory::desc& want, const dnnl::engine& eng,
+                            dnnl::stream& strm) {
+  const memory::desc have = src.get_desc();
+  if (have == want) return src;
+  if (!owned_ || !(owned_.get_desc() == want)) owned_ = memory(want, eng);
+  copy(src, owned_, strm);
+  return owned_;
+}
+
+void Converter::copy(const memory& src, const memory& dst, dnnl::stream& strm, bool accumulate) {
+  const memory::desc sd = src.get_desc(), dd = dst.get_desc();
+  if (!prim_ || !(sd == src_desc_) || !(dd == dst_desc_) || accumulate != accumulate_) {
+    dnnl::primitive_attr attr;
+    if (accumulate) {
+      dnnl::post_ops ops;
+      ops.append_sum(1.f);
+      attr.set_post_ops(ops);
+    }
+    prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(src, dst, attr));
+    src_desc_ = sd;
+    dst_desc_ = dd;
+    accumulate_ = accumulate;
+  }
+  prim_.execute(strm, const_cast<memory&>(src), const_cast<memory&>(dst));
+}
+
+WeightsCache::WeightsCache(const memory::desc& plain, const memory::desc& want,
+                           const dnnl::engine& eng)
+    : plain_(plain, eng, DNNL_MEMORY_NONE), same_(plain == want) {
+  if (!same_) {
+    converted_ = memory(want, eng);
+    prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plain, eng, want));
+  }
+}
+
+const memory& WeightsCache::get(float* plain_data, const ParamRefs& p, dnnl::stream& strm) {
+  if (plain_.get_data_handle() != plain_data) plain_.set_data_handle(plain_data);
+  if (same_) return plain_;
+  if (owner_ != p.owner || version_ != p.version || data_ != plain_data) {
+    prim_.execute(strm, plain_, converted_);
+    owner_ = p.owner;
+    version_ = p.version;
+    data_ = plain_data;
+  }
+  return converted_;
+}
+
+GradTarget::GradTarget(const memory::desc& plain, const memory::desc& prim, const dnnl::engine& eng)
+    : plain_(plain, eng, DNNL_MEMORY_NONE), prim_desc_(prim), same_(plain == prim) {
+  scratch_ = memory(prim, eng);
+}
+
+const memory& GradTarget::target(float* grad, bool accumulate) {
+  used_scratch_ = accumulate || !same_;
+  if (used_scratch_) return scratch_;
+  plain_.set_data_handle(grad);
+  return plain_;
+}
+
+void GradTarget::finish(float* grad, bool accumulate, dnnl::stream& strm) {
+  if (!used_scratch_) return;
+  plain_.set_data_handle(grad);
+  conv_.copy(scratch_, plain_, strm, accumulate);
+}
+
+void init_uniform(Rng& rng, float* p, int64_t n, float bound) {
+  for (int64_t i = 0; i < n; ++i) p[i] = rng.uniform(-bound, bound);
+}
+
+void init_normal(Rng& rng, float* p, int64_t n, float stddev) {
+  for (int64_t i = 0; i < n; ++i) p[i] = rng.normal() * stddev;
+}
+
+}  // namespace mpsl::nn::detail
