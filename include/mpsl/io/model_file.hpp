@@ -1,0 +1,39 @@
+// Model files (--save-model, mpsl eval --model-file): the weights of a whole model in plain,
+// framework-neutral layouts, one HDF5 dataset per tensor:
+//   /                      attrs format="mpsl-model", format_version, mpsl_version, model,
+//                          classes, input_shape [C,H,W], step
+//   /units/NNN             one group per unit with parameters (NNN = unit index, 3 digits),
+//                          attrs type, description
+//   /units/NNN/<tensor>    float32: conv weight [O, I/groups, KH, KW], bias [O]; linear weight
+//                          [out, in] (inputs in NCHW flatten order), bias [out]; batch norm
+//                          weight (gamma), bias (beta), running_mean, running_var [C]; members
+//                          of blocks are prefixed ("main.0.weight", "shortcut.1.running_var").
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "mpsl/io/hdf5.hpp"
+#include "mpsl/nn/model.hpp"
+
+namespace mpsl::io {
+
+constexpr int kModelFormatVersion = 1;
+
+// Writes the tensors of `state` (a part covering units [begin, end)) under /units of `where`.
+void write_part_tensors(Location& where, const nn::Model& model, const nn::PartState& state);
+// Reads them back into `state`, checking every tensor's presence and shape (InputError naming
+// the file and tensor otherwise).
+void read_part_tensors(const Location& where, const nn::Model& model, nn::PartState& state);
+
+// Writes a whole-model state atomically (no partial file is ever left at `path`).
+void save_model(const std::string& path, const nn::Model& model, const nn::PartState& state);
+
+struct LoadedModel {
+  std::unique_ptr<nn::Model> model;
+  nn::PartState state;
+};
+// Reads a model file; InputError naming the file for anything wrong with it.
+LoadedModel load_model(const std::string& path);
+
+}  // namespace mpsl::io

@@ -1,0 +1,76 @@
+// Training and evaluation of a whole model in one process: the reference path every multihop
+// run must match, and the building blocks (data order, batches, evaluation) the others share.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "mpsl/data/dataset.hpp"
+#include "mpsl/nn/loss.hpp"
+#include "mpsl/nn/model.hpp"
+#include "mpsl/optim/sgd.hpp"
+
+namespace mpsl::train {
+
+// The order in which an owner visits its shard in one epoch: a Fisher-Yates shuffle from a
+// stream that depends only on (seed, owner, epoch), so any process layout reproduces it.
+std::vector<int64_t> epoch_order(const std::vector<int64_t>& shard, uint64_t seed, uint64_t owner,
+                                 uint64_t epoch);
+
+// Reusable host buffers for one batch: normalised images and int32 labels.
+struct BatchBuffers {
+  std::vector<float> images;
+  std::vector<int32_t> labels;
+  BatchBuffers(int64_t batch, int64_t image_size)
+      : images(batch * image_size), labels(batch) {}
+};
+
+// A whole-model trainer for one copy of the model: forward, loss, backward, SGD.
+class LocalTrainer {
+ public:
+  LocalTrainer(const nn::Model& model, int64_t batch, const optim::SgdConfig& sgd, uint64_t seed);
+  // One optimiser step on a batch of exactly batch() samples (plain NCHW floats).
+  nn::LossResult step(const float* images, const int32_t* labels);
+  int64_t batch() const { return batch_; }
+  nn::PartState& state() { return state_; }
+  const nn::PartState& state() const { return state_; }
+
+ private:
+  const nn::Model& model_;
+  int64_t batch_;
+  optim::SgdConfig sgd_;
+  uint64_t seed_;
+  nn::PartState state_;
+  nn::PartProgram program_;
+  std::unique_ptr<nn::PartSlot> slot_;
+  std::vector<float> logits_, dlogits_;
+};
+
+struct EvalResult {
+  double loss = 0;      // mean cross-entropy
+  double accuracy = 0;  // fraction correct
+  int64_t count = 0;
+};
+
+// Evaluates a whole-model state on a dataset in batches of eval_batch (inference semantics:
+// BN running statistics, no dropout). Primitives are built once per batch size and kept.
+class Evaluator {
+ public:
+  Evaluator(const nn::Model& model, int64_t eval_batch);
+  EvalResult run(nn::PartState& state, const data::Dataset& ds);
+
+ private:
+  nn::PartProgram& program(int64_t batch);
+  const nn::Model& model_;
+  int64_t eval_batch_;
+  std::map<int64_t, std::unique_ptr<nn::PartProgram>> programs_;
+  std::map<int64_t, std::unique_ptr<nn::PartSlot>> slots_;
+};
+
+// Checks that a dataset fits a model's input (channels, height, width) and classes; throws an
+// InputError naming `what` (e.g. the file) otherwise.
+void check_dataset_fits(const data::Dataset& ds, const nn::Model& model, const std::string& what);
+
+}  // namespace mpsl::train
