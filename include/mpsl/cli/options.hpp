@@ -89,6 +89,8 @@ struct PlanOptions {
   int owners = 1;
   int stages = 1;
   std::string output;
+  std::string node_memory;  // --node-memory: bytes per node, "a,b,..." (suffixes K/M/G allowed)
+  std::string node_speed;   // --node-speed: relative speed per node, "a,b,..."
 };
 
 }  // namespace mpsl::cli

@@ -1,0 +1,133 @@
+// mpsl: one binary, `mpsl <command> [options]` (../shared/CLI.md).
+//
+// Exit codes: 0 success, 2 bad input (InputError), 1 any other failure. A bad input is printed
+// once ("mpsl: error: ..."), by rank 0 when several ranks run. Only `train` initialises MPI; the
+// other commands run without mpirun.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "mpsl/cli/commands.hpp"
+#include "mpsl/cli/parse.hpp"
+#include "mpsl/comm/mpi_environment.hpp"
+#include "mpsl/core/error.hpp"
+#include "mpsl/obs/log.hpp"
+
+namespace {
+
+using mpsl::InputError;
+namespace cli = mpsl::cli;
+namespace comm = mpsl::comm;
+
+void print_line(const std::string& line) {
+  std::string text = line + "\n";
+  std::fwrite(text.data(), 1, text.size(), stderr);
+  std::fflush(stderr);
+}
+
+std::string rank_tag(int rank, int size) {
+  return size > 1 ? "[rank " + std::to_string(rank) + "] " : "";
+}
+
+// A bad input, reported by rank 0 only (every rank parses the same command line).
+void report_input_error(const std::string& message) {
+  if (comm::world_rank() == 0) print_line("mpsl: error: " + message);
+}
+
+void report_failure(const std::string& message) {
+  print_line("mpsl: " + rank_tag(comm::world_rank(), comm::world_size()) + message);
+}
+
+void apply_common(const cli::CommonOptions& common) {
+  mpsl::obs::set_log_level(mpsl::obs::parse_log_level(common.log_level));
+  mpsl::obs::set_quiet(common.quiet);
+  if (common.threads > 0) omp_set_num_threads(common.threads);
+}
+
+int dispatch_local(const cli::ParsedCommand& cmd) {
+  if (cmd.command == "convert") return cli::run_convert(cmd.common, cmd.convert);
+  if (cmd.command == "eval") return cli::run_eval(cmd.common, cmd.eval);
+  if (cmd.command == "inspect") return cli::run_inspect(cmd.common, cmd.inspect);
+  throw mpsl::RuntimeFailure("no handler for command '" + cmd.command + "'");
+}
+
+// `train` under MPI: any exception on a rank of a multi-rank job ends the whole job through
+// MPI_Abort with the exit code it stands for, so no rank is left waiting for a message.
+int run_train_under_mpi(int argc, char** argv, const cli::ParsedCommand& cmd) {
+  std::optional<comm::MpiEnvironment> env;
+  try {
+    env.emplace(&argc, &argv);
+  } catch (const std::exception& e) {
+    report_failure(e.what());
+    return 1;
+  }
+  const int rank = env->rank();
+  const int size = env->size();
+  try {
+    int rc = cli::run_train(cmd.common, cmd.train);
+    if (rc != 0 && size > 1) comm::abort_job(rc, "");
+    return rc;
+  } catch (const InputError& e) {
+    if (size == 1) {
+      print_line(std::string("mpsl: error: ") + e.what());
+      return 2;
+    }
+    if (rank == 0) {
+      print_line(std::string("mpsl: error: ") + e.what());
+      comm::abort_job(2, "");
+    }
+    // Rank 0 normally meets the same problem and ends the job first; if it has not done so
+    // shortly, the problem is this rank's own and this rank reports it.
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    print_line("mpsl: error: " + rank_tag(rank, size) + e.what());
+    comm::abort_job(2, "");
+  } catch (const std::exception& e) {
+    print_line("mpsl: " + rank_tag(rank, size) + e.what());
+    if (size > 1) comm::abort_job(1, "");
+    return 1;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  cli::ParsedCommand cmd;
+  try {
+    cmd = cli::parse_command_line(argc, argv);
+    if (cmd.action != cli::Action::kRun) {
+      std::fputs(cmd.text.c_str(), stdout);
+      return 0;
+    }
+    apply_common(cmd.common);
+  } catch (const InputError& e) {
+    report_input_error(e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    report_failure(e.what());
+    return 1;
+  }
+
+  if (!cli::command_available(cmd.command)) {
+    report_failure("'" + cmd.command +
+                   "' is planned but not available in this build yet (its options are "
+                   "accepted; see 'mpsl " +
+                   cmd.command + " --help')");
+    return 1;
+  }
+  if (cmd.command == "train") return run_train_under_mpi(argc, argv, cmd);
+
+  try {
+    return dispatch_local(cmd);
+  } catch (const InputError& e) {
+    report_input_error(e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    report_failure(e.what());
+    return 1;
+  }
+}
