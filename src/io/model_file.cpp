@@ -58,7 +58,8 @@ void read_part_tensors(const Location& where, const nn::Model& model, nn::PartSt
   ++state.version;
 }
 
-void save_model(const std::string& path, const nn::Model& model, const nn::PartState& state) {
+void save_model(const std::string& path, const nn::Model& model, const nn::PartState& state,
+                const InputNormalisation& norm) {
   MPSL_CHECK(state.layout.begin == 0 && state.layout.end == model.num_units(),
              "save_model needs a whole-model state");
   atomic_write_h5(path, [&](File& f) {
@@ -70,6 +71,8 @@ void save_model(const std::string& path, const nn::Model& model, const nn::PartS
     f.write_attribute("classes", model.classes());
     f.write_attribute("input_shape", std::vector<int64_t>{in.c, in.h, in.w});
     f.write_attribute("step", static_cast<int64_t>(state.steps));
+    f.write_attribute("input_mean", norm.mean);
+    f.write_attribute("input_std", norm.std);
     write_part_tensors(f, model, state);
   });
 }
@@ -92,6 +95,12 @@ LoadedModel load_model(const std::string& path) {
   m.state = nn::PartState(*m.model, 0, m.model->num_units());
   read_part_tensors(f, *m.model, m.state);
   m.state.steps = static_cast<uint64_t>(f.read_int_attribute("step"));
+  m.norm.mean = f.read_floats_attribute("input_mean");
+  m.norm.std = f.read_floats_attribute("input_std");
+  const size_t channels = static_cast<size_t>(m.model->input_shape(1).c);
+  if (m.norm.mean.size() != channels || m.norm.std.size() != channels)
+    throw InputError(path + ": input_mean/input_std must have one value per input channel (" +
+                     std::to_string(channels) + ")");
   return m;
 }
 

@@ -1,5 +1,6 @@
 // Convolution (stride, padding, groups, optional bias) with ReLU fused as a post-op.
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 #include "detail.hpp"
@@ -11,6 +12,17 @@ namespace {
 using namespace detail;
 using dnnl::algorithm;
 using dnnl::prop_kind;
+
+// MPSL_CONV_ALGO=direct turns Winograd off (for comparisons and tests of the direct path);
+// MPSL_CONV_BWD_WEIGHTS=direct keeps it for forward and backward-data only.
+bool winograd_enabled() {
+  const char* v = std::getenv("MPSL_CONV_ALGO");
+  return !(v && std::string(v) == "direct");
+}
+algorithm bwd_weights_alg(algorithm fwd) {
+  const char* v = std::getenv("MPSL_CONV_BWD_WEIGHTS");
+  return (v && std::string(v) == "direct") ? algorithm::convolution_direct : fwd;
+}
 
 struct ConvSlot : LayerSlot {
   memory src;  // input in the primitive's layout (only when it differs from what arrives)
@@ -37,11 +49,27 @@ class ConvExec : public LayerExec {
       ops.append_eltwise(1.f, algorithm::eltwise_relu, 0.f, 0.f);
       attr.set_post_ops(ops);
     }
-    fwd_pd_ = dnnl::convolution_forward::primitive_desc(
-        dnnl::convolution_forward::desc(
-            a.training ? prop_kind::forward_training : prop_kind::forward_inference,
-            algorithm::convolution_direct, src_md, w_md, b_md, dst_md, strides, pad, pad),
-        attr, eng_);
+    // Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with enough channels to fill its
+    // tiles (it is slower for the first layer of an image net); direct otherwise, or where this
+    // CPU has no Winograd implementation.
+    const bool try_winograd = s.kernel == 3 && s.stride == 1 && s.groups == 1 && in.c >= 16 &&
+                              s.out_channels >= 16 && winograd_enabled();
+    auto make_fwd = [&](algorithm alg) {
+      return dnnl::convolution_forward::primitive_desc(
+          dnnl::convolution_forward::desc(
+              a.training ? prop_kind::forward_training : prop_kind::forward_inference, alg, src_md,
+              w_md, b_md, dst_md, strides, pad, pad),
+          attr, eng_);
+    };
+    algorithm alg = algorithm::convolution_direct;
+    if (try_winograd) {
+      try {
+        fwd_pd_ = make_fwd(algorithm::convolution_winograd);
+        alg = algorithm::convolution_winograd;
+      } catch (const dnnl::error&) {
+      }
+    }
+    if (alg == algorithm::convolution_direct) fwd_pd_ = make_fwd(alg);
     fwd_ = dnnl::convolution_forward(fwd_pd_);
     w_plain_ = plain_desc(wdims);
     w_fwd_ = WeightsCache(w_plain_, fwd_pd_.weights_desc(), eng_);
@@ -62,17 +90,16 @@ class ConvExec : public LayerExec {
       relu_diff_ = memory(dst_desc_, eng_);
     }
     bwd_w_pd_ = dnnl::convolution_backward_weights::primitive_desc(
-        dnnl::convolution_backward_weights::desc(algorithm::convolution_direct, src_md, w_md, b_md,
-                                                 dst_md, strides, pad, pad),
+        dnnl::convolution_backward_weights::desc(bwd_weights_alg(alg), src_md, w_md, b_md, dst_md,
+                                                 strides, pad, pad),
         eng_, fwd_pd_);
     bwd_w_ = dnnl::convolution_backward_weights(bwd_w_pd_);
     w_grad_ = GradTarget(w_plain_, bwd_w_pd_.diff_weights_desc(), eng_);
     if (s.bias) b_grad_ = GradTarget(b_md, bwd_w_pd_.diff_bias_desc(), eng_);
     if (a.need_diff_src) {
       bwd_d_pd_ = dnnl::convolution_backward_data::primitive_desc(
-          dnnl::convolution_backward_data::desc(algorithm::convolution_direct, src_md, w_md, dst_md,
-                                                strides, pad, pad),
-          eng_, fwd_pd_);
+          dnnl::convolution_backward_data::desc(alg, src_md, w_md, dst_md, strides, pad, pad), eng_,
+          fwd_pd_);
       bwd_d_ = dnnl::convolution_backward_data(bwd_d_pd_);
       w_bwd_ = WeightsCache(w_plain_, bwd_d_pd_.weights_desc(), eng_);
       diff_src_ = memory(bwd_d_pd_.diff_src_desc(), eng_);

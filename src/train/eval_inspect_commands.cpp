@@ -14,11 +14,14 @@ namespace mpsl::cli {
 int run_eval(const CommonOptions& common, const EvalOptions& o) {
   MPSL_INPUT_CHECK(!o.model_file.empty() || !o.checkpoint.empty(),
                    "eval needs --model-file FILE.h5 or --checkpoint DIR");
-  MPSL_INPUT_CHECK(o.checkpoint.empty(), "--checkpoint: checkpoints are not available in this build");
+  MPSL_INPUT_CHECK(o.checkpoint.empty(),
+                   "--checkpoint: checkpoints are not available in this build");
   MPSL_INPUT_CHECK(!o.test_data.empty(), "eval needs --test-data TEST.h5");
   io::LoadedModel m = io::load_model(o.model_file);
   data::Dataset test = data::read_dataset_h5(o.test_data);
   train::check_dataset_fits(test, *m.model, o.test_data);
+  test.mean = m.norm.mean;  // normalise as in training
+  test.std = m.norm.std;
   train::Evaluator ev(*m.model, o.eval_batch);
   const train::EvalResult r = ev.run(m.state, test);
   std::printf("model %s (%s): test accuracy %.2f%% (%lld images), test loss %.4f\n",
@@ -51,11 +54,12 @@ std::string human(double v, const char* unit) {
 int inspect_model(const std::string& name, int batch) {
   auto model = nn::make_model(name);
   const nn::Shape in = model->input_shape(batch);
-  std::printf("model %s: input %s, %d classes, %d units (cut between any two; --split takes unit "
-              "indices)\n",
-              model->name().c_str(), in.str().c_str(), model->classes(), model->num_units());
-  std::printf("%4s  %-58s %-16s %12s %12s %12s\n", "unit", "layer", "output", "params",
-              "fwd FLOPs", "act bytes");
+  std::printf(
+      "model %s: input %s, %d classes, %d units (cut between any two; --split takes unit "
+      "indices)\n",
+      model->name().c_str(), in.str().c_str(), model->classes(), model->num_units());
+  std::printf("%4s  %-58s %-16s %12s %12s %12s\n", "unit", "layer", "output", "params", "fwd FLOPs",
+              "act bytes");
   int64_t total_params = 0;
   double total_flops = 0;
   nn::Shape s = in;
@@ -72,10 +76,11 @@ int inspect_model(const std::string& name, int batch) {
     total_params += p;
     total_flops += f;
   }
-  std::printf("total: %lld parameters (%s), %s forward FLOPs per batch of %d (training about "
-              "3x)\n",
-              static_cast<long long>(total_params), obs::format_bytes(total_params * 4).c_str(),
-              human(total_flops, "").c_str(), batch);
+  std::printf(
+      "total: %lld parameters (%s), %s forward FLOPs per batch of %d (training about "
+      "3x)\n",
+      static_cast<long long>(total_params), obs::format_bytes(total_params * 4).c_str(),
+      human(total_flops, "").c_str(), batch);
   return 0;
 }
 

@@ -50,8 +50,8 @@ nn::PartProgram& Evaluator::program(int64_t batch) {
   auto it = programs_.find(batch);
   if (it == programs_.end()) {
     it = programs_
-             .emplace(batch, std::make_unique<nn::PartProgram>(model_, 0, model_.num_units(),
-                                                               batch, false, false))
+             .emplace(batch, std::make_unique<nn::PartProgram>(model_, 0, model_.num_units(), batch,
+                                                               false, false))
              .first;
     slots_[batch] = it->second->make_slot();
   }
@@ -72,8 +72,7 @@ EvalResult Evaluator::run(nn::PartState& state, const data::Dataset& ds) {
     std::iota(idx.begin(), idx.begin() + b, start);
     data::assemble_batch(ds, idx.data(), b, buf.images.data(), buf.labels.data());
     nn::PartProgram& prog = program(b);
-    prog.forward(*slots_[b], state, buf.images.data(), logits.data(),
-                 nn::StepInfo{0, 0, 0, false});
+    prog.forward(*slots_[b], state, buf.images.data(), logits.data(), nn::StepInfo{0, 0, 0, false});
     const nn::LossResult lr =
         nn::softmax_cross_entropy(logits.data(), buf.labels.data(), b, classes, nullptr, 1.f);
     loss_sum += lr.loss_sum;
@@ -90,8 +89,8 @@ void check_dataset_fits(const data::Dataset& ds, const nn::Model& model, const s
   if (ds.channels != in.c || ds.height != in.h || ds.width != in.w) {
     throw InputError(what + ": images are " + std::to_string(ds.channels) + "x" +
                      std::to_string(ds.height) + "x" + std::to_string(ds.width) + " but model '" +
-                     model.name() + "' takes " + std::to_string(in.c) + "x" +
-                     std::to_string(in.h) + "x" + std::to_string(in.w));
+                     model.name() + "' takes " + std::to_string(in.c) + "x" + std::to_string(in.h) +
+                     "x" + std::to_string(in.w));
   }
   if (ds.num_classes() > model.classes()) {
     throw InputError(what + ": " + std::to_string(ds.num_classes()) + " classes but model '" +

@@ -40,6 +40,9 @@ TrainData load_data(const TrainOptions& o, const nn::Model& model, uint64_t seed
   if (!o.test_data.empty()) {
     d.test = data::read_dataset_h5(o.test_data);
     train::check_dataset_fits(d.test, model, o.test_data);
+    // Test images are normalised with the training set's statistics, as the model saw them.
+    d.test.mean = d.train.mean;
+    d.test.std = d.train.std;
     d.has_test = true;
   }
   return d;
@@ -58,9 +61,9 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   const auto t_start = Clock::now();
   auto model = nn::make_model(o.model);
   TrainData data = load_data(o, *model, common.seed);
-  MPSL_INPUT_CHECK(data.train.count >= o.batch,
-                   "--batch " + std::to_string(o.batch) + " is larger than the training set (" +
-                       std::to_string(data.train.count) + " images)");
+  MPSL_INPUT_CHECK(data.train.count >= o.batch, "--batch " + std::to_string(o.batch) +
+                                                    " is larger than the training set (" +
+                                                    std::to_string(data.train.count) + " images)");
 
   obs::MetricsWriter metrics(common.metrics);
   metrics.write({{"event", "run_start"},
@@ -90,7 +93,8 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   std::vector<int64_t> shard(data.train.count);
   std::iota(shard.begin(), shard.end(), 0);
   int64_t steps_per_epoch = data.train.count / o.batch;
-  if (o.batches_per_epoch > 0) steps_per_epoch = std::min<int64_t>(steps_per_epoch, o.batches_per_epoch);
+  if (o.batches_per_epoch > 0)
+    steps_per_epoch = std::min<int64_t>(steps_per_epoch, o.batches_per_epoch);
   MPSL_LOG(Info, "training " << o.model << " on " << (o.synthetic ? "synthetic data" : o.data)
                              << " (" << data.train.count << " images), batch " << o.batch << ", "
                              << steps_per_epoch << " steps per epoch, " << o.rounds
@@ -151,27 +155,26 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
       std::snprintf(line, sizeof line,
                     "round %d/%d: train loss %.4f, train accuracy %.2f%%, test accuracy %.2f%%, "
                     "%lld images in %.1f s (%.0f img/s)",
-                    round, o.rounds, train_loss, 100.0 * round_correct / std::max<int64_t>(round_images, 1),
-                    100.0 * ev.accuracy, static_cast<long long>(round_images), train_seconds, ips);
+                    round, o.rounds, train_loss,
+                    100.0 * round_correct / std::max<int64_t>(round_images, 1), 100.0 * ev.accuracy,
+                    static_cast<long long>(round_images), train_seconds, ips);
     else
-      std::snprintf(line, sizeof line, "round %d/%d: train loss %.4f, %lld images in %.1f s (%.0f img/s)",
-                    round, o.rounds, train_loss, static_cast<long long>(round_images),
-                    train_seconds, ips);
+      std::snprintf(line, sizeof line,
+                    "round %d/%d: train loss %.4f, %lld images in %.1f s (%.0f img/s)", round,
+                    o.rounds, train_loss, static_cast<long long>(round_images), train_seconds, ips);
     progress.summary(line);
-    nlohmann::json ev_json = {{"event", "round_end"},
-                              {"round", round},
-                              {"train_loss", train_loss},
-                              {"images", round_images},
-                              {"seconds", train_seconds},
-                              {"images_per_s", ips},
+    nlohmann::json ev_json = {{"event", "round_end"},        {"round", round},
+                              {"train_loss", train_loss},    {"images", round_images},
+                              {"seconds", train_seconds},    {"images_per_s", ips},
                               {"predicted_seconds", nullptr}};
-    ev_json["test_accuracy"] = data.has_test ? nlohmann::json(ev.accuracy) : nlohmann::json(nullptr);
+    ev_json["test_accuracy"] =
+        data.has_test ? nlohmann::json(ev.accuracy) : nlohmann::json(nullptr);
     if (data.has_test) ev_json["test_loss"] = ev.loss;
     metrics.write(ev_json);
   }
 
   if (!o.save_model.empty()) {
-    io::save_model(o.save_model, *model, trainer.state());
+    io::save_model(o.save_model, *model, trainer.state(), {data.train.mean, data.train.std});
     MPSL_LOG(Info, "model written to " << o.save_model);
   }
   const double ips = timed_seconds > 0 ? timed_images / timed_seconds : 0;
@@ -188,9 +191,10 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                         {"steps", total_steps},
                         {"images_per_s", ips},
                         {"exit", "ok"}};
-  end["test_accuracy"] = std::isnan(last_accuracy) ? nlohmann::json(nullptr) : nlohmann::json(last_accuracy);
+  end["test_accuracy"] =
+      std::isnan(last_accuracy) ? nlohmann::json(nullptr) : nlohmann::json(last_accuracy);
   metrics.write(end);
-  if (!common.quiet) {
+  {  // the machine-readable result line goes to stdout even with --quiet
     char line[256];
     std::snprintf(line, sizeof line, "RESULT model=%s steps=%lld train_img_per_s=%.1f test_acc=%s",
                   o.model.c_str(), static_cast<long long>(total_steps), ips,

@@ -1,7 +1,7 @@
 // Model files (--save-model, mpsl eval --model-file): the weights of a whole model in plain,
 // framework-neutral layouts, one HDF5 dataset per tensor:
 //   /                      attrs format="mpsl-model", format_version, mpsl_version, model,
-//                          classes, input_shape [C,H,W], step
+//                          classes, input_shape [C,H,W], step, input_mean, input_std
 //   /units/NNN             one group per unit with parameters (NNN = unit index, 3 digits),
 //                          attrs type, description
 //   /units/NNN/<tensor>    float32: conv weight [O, I/groups, KH, KW], bias [O]; linear weight
@@ -26,12 +26,19 @@ void write_part_tensors(Location& where, const nn::Model& model, const nn::PartS
 // the file and tensor otherwise).
 void read_part_tensors(const Location& where, const nn::Model& model, nn::PartState& state);
 
+// How the model's inputs were normalised in training: (pixel/255 - mean[c]) / std[c].
+struct InputNormalisation {
+  std::vector<float> mean, std;
+};
+
 // Writes a whole-model state atomically (no partial file is ever left at `path`).
-void save_model(const std::string& path, const nn::Model& model, const nn::PartState& state);
+void save_model(const std::string& path, const nn::Model& model, const nn::PartState& state,
+                const InputNormalisation& norm);
 
 struct LoadedModel {
   std::unique_ptr<nn::Model> model;
   nn::PartState state;
+  InputNormalisation norm;
 };
 // Reads a model file; InputError naming the file for anything wrong with it.
 LoadedModel load_model(const std::string& path);
