@@ -54,4 +54,30 @@ Dataset make_synthetic(int64_t count, int64_t channels, int64_t height, int64_t 
 void assemble_batch(const Dataset& ds, const int64_t* indices, int64_t n, float* images_out,
                     int32_t* labels_out);
 
+// ---- additions -------------------------------------------------------------------------------
+
+// The version write_dataset_h5 writes (attribute format_version) and read_dataset_h5 accepts.
+inline constexpr int kDatasetFormatVersion = 1;
+
+// Where the dataset-fashion-mnist package puts the IDX files (the convert command's default).
+inline constexpr const char* kFashionMnistDefaultFolder = "/usr/share/datasets/fashion-mnist";
+
+const std::vector<std::string>& fashion_mnist_class_names();
+const std::vector<std::string>& cifar10_class_names();
+
+// Reads a whole file, gunzipping it if it is gzip-compressed (plain files are read as they are).
+// Throws InputError naming the file if it is missing, unreadable or a truncated/corrupt gzip.
+std::vector<uint8_t> read_file_maybe_gzipped(const std::string& path);
+
+// Per-channel mean and std of pixel/255 (population std, exact integer sums), without
+// changing the dataset.
+void channel_statistics(const Dataset& ds, std::vector<float>& mean, std::vector<float>& std);
+
+// Checks the invariants of a Dataset (sizes agree, labels below num_classes, mean/std sized
+// per channel or empty); throws RuntimeFailure naming `what` if one fails.
+void check_consistent(const Dataset& ds, const std::string& what);
+
+// One line: "10000 images 1x28x28, 10 classes, mean 0.2860 std 0.3530".
+std::string summary(const Dataset& ds);
+
 }  // namespace mpsl::data
