@@ -336,6 +336,8 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.group("Schedule");
   s.choice("schedule", t.schedule, {"mpsl", "1f1b"}, "pipeline schedule of the stages");
   s.integer("micro-batches", t.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
+  s.choice("optimizer-state", t.optimizer_state, {"reset", "average", "keep"},
+           "momentum buffers at each round's aggregation: zeroed, averaged, or kept per copy");
   s.group("State");
   s.text("checkpoint-dir", t.checkpoint_dir, "DIR", "where checkpoints are written");
   s.integer("checkpoint-every", t.checkpoint_every, 0, "N",

@@ -65,7 +65,7 @@ class DropoutExec : public PlainExec {
   const memory::desc& dst_desc() const override { return dst_desc_; }
   // The mask bit of one element depends only on (seed, unit, step, sample, feature).
   bool keep(const StepInfo& info, int64_t sample, int64_t feature) const {
-    const uint64_t stream = (static_cast<uint64_t>(layer_id_) << 40) ^ info.step;
+    const uint64_t stream = (static_cast<uint64_t>(layer_id_) << 40) ^ (info.owner << 24) ^ info.step;
     const uint64_t counter = (static_cast<uint64_t>(sample) << 32) ^ static_cast<uint64_t>(feature);
     return to_unit_float(hash3(info.seed, stream, counter)) >= p_;
   }

@@ -18,29 +18,44 @@ std::vector<int64_t> epoch_order(const std::vector<int64_t>& shard, uint64_t see
   return order;
 }
 
-LocalTrainer::LocalTrainer(const nn::Model& model, int64_t batch, const optim::SgdConfig& sgd,
-                           uint64_t seed)
+LocalTrainer::LocalTrainer(const nn::Model& model, int64_t batch, int micro_batches,
+                           const optim::SgdConfig& sgd, uint64_t seed)
     : model_(model),
       batch_(batch),
+      micro_(micro_batches),
       sgd_(sgd),
       seed_(seed),
-      state_(model, 0, model.num_units()),
-      program_(model, 0, model.num_units(), batch, false, true),
+      program_(model, 0, model.num_units(), batch / micro_batches, false, true),
       slot_(program_.make_slot()),
       logits_(batch * model.classes()),
       dlogits_(batch * model.classes()) {
-  state_.initialise(model, seed);
+  MPSL_CHECK(micro_batches >= 1 && batch % micro_batches == 0, "micro-batches must divide batch");
 }
 
-nn::LossResult LocalTrainer::step(const float* images, const int32_t* labels) {
-  const nn::StepInfo info{seed_, state_.steps, 0, true};
-  program_.forward(*slot_, state_, images, logits_.data(), info);
-  const nn::LossResult r =
-      nn::softmax_cross_entropy(logits_.data(), labels, batch_, model_.classes(), dlogits_.data(),
-                                1.f / static_cast<float>(batch_));
-  program_.backward(*slot_, state_, dlogits_.data(), nullptr, info, false);
-  optim::sgd_step(state_, sgd_);
-  return r;
+nn::PartState LocalTrainer::make_state() const {
+  nn::PartState s(model_, 0, model_.num_units());
+  s.initialise(model_, seed_);
+  return s;
+}
+
+nn::LossResult LocalTrainer::step(nn::PartState& state, const float* images, const int32_t* labels,
+                                  int owner) {
+  const int64_t mb = batch_ / micro_;
+  const int64_t image_size = model_.input_shape(1).per_sample();
+  const int classes = model_.classes();
+  nn::LossResult total;
+  for (int m = 0; m < micro_; ++m) {
+    const nn::StepInfo info{seed_, state.steps, m * mb, true, static_cast<uint64_t>(owner)};
+    program_.forward(*slot_, state, images + m * mb * image_size, logits_.data(), info);
+    const nn::LossResult r =
+        nn::softmax_cross_entropy(logits_.data(), labels + m * mb, mb, classes, dlogits_.data(),
+                                  1.f / static_cast<float>(batch_));
+    program_.backward(*slot_, state, dlogits_.data(), nullptr, info, m > 0);
+    total.loss_sum += r.loss_sum;
+    total.correct += r.correct;
+  }
+  optim::sgd_step(state, sgd_);
+  return total;
 }
 
 Evaluator::Evaluator(const nn::Model& model, int64_t eval_batch)

@@ -1,4 +1,5 @@
-// `mpsl train`: for now the single-process reference path (one rank, no stages).
+// `mpsl train`: single-process training (one rank, the reference path, also simulating K
+// owners with FedAvg) and multihop parallel split learning over MPI (--stages N).
 #include <chrono>
 #include <cmath>
 #include <numeric>
@@ -12,6 +13,10 @@
 #include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/metrics.hpp"
+#include "mpsl/optim/fedavg.hpp"
+#include "mpsl/pipeline/multihop.hpp"
+#include "mpsl/pipeline/topology.hpp"
+#include "mpsl/train/federation.hpp"
 #include "mpsl/train/local.hpp"
 
 namespace mpsl::cli {
@@ -23,55 +28,76 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-struct TrainData {
-  data::Dataset train, test;
-  bool has_test = false;
-};
-
-TrainData load_data(const TrainOptions& o, const nn::Model& model, uint64_t seed) {
-  TrainData d;
+data::Dataset load_train(const TrainOptions& o, const nn::Model& model, uint64_t seed) {
   if (o.synthetic) {
     const nn::Shape in = model.input_shape(1);
-    d.train = data::make_synthetic(o.synthetic_count, in.c, in.h, in.w, model.classes(), seed);
-  } else {
-    d.train = data::read_dataset_h5(o.data);
-    train::check_dataset_fits(d.train, model, o.data);
+    return data::make_synthetic(o.synthetic_count, in.c, in.h, in.w, model.classes(), seed);
   }
-  if (!o.test_data.empty()) {
-    d.test = data::read_dataset_h5(o.test_data);
-    train::check_dataset_fits(d.test, model, o.test_data);
-    // Test images are normalised with the training set's statistics, as the model saw them.
-    d.test.mean = d.train.mean;
-    d.test.std = d.train.std;
-    d.has_test = true;
-  }
+  data::Dataset d = data::read_dataset_h5(o.data);
+  train::check_dataset_fits(d, model, o.data);
   return d;
 }
 
-}  // namespace
+data::Dataset load_test(const TrainOptions& o, const nn::Model& model, const data::Dataset& train) {
+  data::Dataset d = data::read_dataset_h5(o.test_data);
+  train::check_dataset_fits(d, model, o.test_data);
+  // Test images are normalised with the training set's statistics, as the model saw them.
+  d.mean = train.mean;
+  d.std = train.std;
+  return d;
+}
 
-int run_train(const CommonOptions& common, const TrainOptions& o) {
-  int world = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  if (world > 1 || o.stages > 0 || o.owners > 1) {
-    throw InputError(
-        "this build trains in one process only (1 rank, no --stages, --owners 1); multihop "
-        "training over MPI is not available yet");
-  }
-  const auto t_start = Clock::now();
-  auto model = nn::make_model(o.model);
-  TrainData data = load_data(o, *model, common.seed);
-  MPSL_INPUT_CHECK(data.train.count >= o.batch, "--batch " + std::to_string(o.batch) +
-                                                    " is larger than the training set (" +
-                                                    std::to_string(data.train.count) + " images)");
+struct RoundReport {
+  int round;
+  double train_loss, train_accuracy;
+  int64_t images;
+  double seconds, images_per_s;
+  bool has_test;
+  double test_loss, test_accuracy;
+};
 
-  obs::MetricsWriter metrics(common.metrics);
+// What rank 0 prints and writes at the end of a round.
+void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
+                  obs::MetricsWriter& metrics) {
+  char line[320];
+  if (r.has_test)
+    std::snprintf(line, sizeof line,
+                  "round %d/%d: train loss %.4f, train accuracy %.2f%%, test accuracy %.2f%%, "
+                  "%lld images in %.1f s (%.0f img/s)",
+                  r.round, rounds, r.train_loss, 100.0 * r.train_accuracy, 100.0 * r.test_accuracy,
+                  static_cast<long long>(r.images), r.seconds, r.images_per_s);
+  else
+    std::snprintf(line, sizeof line,
+                  "round %d/%d: train loss %.4f, train accuracy %.2f%%, %lld images in %.1f s "
+                  "(%.0f img/s)",
+                  r.round, rounds, r.train_loss, 100.0 * r.train_accuracy,
+                  static_cast<long long>(r.images), r.seconds, r.images_per_s);
+  progress.summary(line);
+  nlohmann::json ev = {{"event", "round_end"},
+                       {"round", r.round},
+                       {"train_loss", r.train_loss},
+                       {"train_accuracy", r.train_accuracy},
+                       {"images", r.images},
+                       {"seconds", r.seconds},
+                       {"images_per_s", r.images_per_s},
+                       {"predicted_seconds", nullptr}};
+  ev["test_accuracy"] = r.has_test ? nlohmann::json(r.test_accuracy) : nlohmann::json(nullptr);
+  if (r.has_test) ev["test_loss"] = r.test_loss;
+  metrics.write(ev);
+}
+
+void write_run_start(obs::MetricsWriter& metrics, const CommonOptions& common,
+                     const TrainOptions& o, const pipeline::Topology& t, int64_t train_images) {
+  nlohmann::json split = nlohmann::json::array();
+  for (int s : t.split) split.push_back(s);
   metrics.write({{"event", "run_start"},
                  {"command", "train"},
                  {"model", o.model},
-                 {"ranks", world},
+                 {"ranks", t.world_size},
+                 {"owner_ranks", t.owner_ranks},
                  {"owners", o.owners},
                  {"stages", o.stages},
+                 {"split", split},
                  {"schedule", o.schedule},
                  {"micro_batches", o.micro_batches},
                  {"batch", o.batch},
@@ -80,104 +106,127 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                  {"weight_decay", o.weight_decay},
                  {"rounds", o.rounds},
                  {"local_epochs", o.local_epochs},
+                 {"partition", o.partition},
+                 {"optimizer_state", o.optimizer_state},
                  {"seed", common.seed},
                  {"threads", common.threads},
-                 {"train_images", data.train.count},
+                 {"train_images", train_images},
                  {"synthetic", o.synthetic}});
+}
+
+void write_run_end(obs::MetricsWriter& metrics, double seconds, int64_t steps, double ips,
+                   double accuracy, const TrainOptions& o) {
+  nlohmann::json end = {{"event", "run_end"},
+                        {"seconds", seconds},
+                        {"steps", steps},
+                        {"images_per_s", ips},
+                        {"exit", "ok"}};
+  end["test_accuracy"] = std::isnan(accuracy) ? nlohmann::json(nullptr) : nlohmann::json(accuracy);
+  metrics.write(end);
+  // The machine-readable result line goes to stdout even with --quiet.
+  std::printf("RESULT model=%s steps=%lld train_img_per_s=%.1f test_acc=%s\n", o.model.c_str(),
+              static_cast<long long>(steps), ips,
+              std::isnan(accuracy) ? "n/a" : std::to_string(accuracy).c_str());
+  std::fflush(stdout);
+}
+
+void log_plan(const train::FederationPlan& plan, const TrainOptions& o, const std::string& what) {
+  MPSL_LOG(Info, "training " << o.model << " on " << what << ", " << plan.owners << " owner(s) ("
+                             << o.partition << "), batch " << o.batch << ", " << o.rounds
+                             << " round(s) of " << o.local_epochs << " local epoch(s)");
+  if (plan.owners > 1) {
+    std::string counts;
+    for (int k = 0; k < plan.owners && k < 16; ++k)
+      counts += (k ? " " : "") + std::to_string(plan.samples[k]);
+    if (plan.owners > 16) counts += " ...";
+    MPSL_LOG(Info, "samples per owner: " << counts);
+  }
+}
+
+// ---- single process -------------------------------------------------------------------------
+
+int train_single(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
+                 const pipeline::Topology& topo) {
+  const auto t_start = Clock::now();
+  data::Dataset train = load_train(o, model, common.seed);
+  data::Dataset test;
+  const bool has_test = !o.test_data.empty();
+  if (has_test) test = load_test(o, model, train);
+  const train::FederationPlan plan = train::make_federation_plan(train, o, common.seed);
+  const auto policy = optim::parse_optimizer_state_policy(o.optimizer_state);
+
+  obs::MetricsWriter metrics(common.metrics);
+  write_run_start(metrics, common, o, topo, train.count);
+  log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
-  train::LocalTrainer trainer(*model, o.batch, sgd, common.seed);
-  train::Evaluator evaluator(*model, o.eval_batch);
-  train::BatchBuffers buf(o.batch, data.train.image_size());
-
-  std::vector<int64_t> shard(data.train.count);
-  std::iota(shard.begin(), shard.end(), 0);
-  int64_t steps_per_epoch = data.train.count / o.batch;
-  if (o.batches_per_epoch > 0)
-    steps_per_epoch = std::min<int64_t>(steps_per_epoch, o.batches_per_epoch);
-  MPSL_LOG(Info, "training " << o.model << " on " << (o.synthetic ? "synthetic data" : o.data)
-                             << " (" << data.train.count << " images), batch " << o.batch << ", "
-                             << steps_per_epoch << " steps per epoch, " << o.rounds
-                             << " round(s) of " << o.local_epochs << " local epoch(s)");
+  train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed);
+  std::vector<nn::PartState> states;
+  for (int k = 0; k < plan.owners; ++k) states.push_back(trainer.make_state());
+  train::Evaluator evaluator(model, o.eval_batch);
+  train::BatchBuffers buf(o.batch, train.image_size());
 
   int64_t total_steps = 0, timed_images = 0;
   double timed_seconds = 0, last_accuracy = std::nan("");
-  bool stop = false;
-  for (int round = 1; round <= o.rounds && !stop; ++round) {
+  for (int round = 1; round <= o.rounds; ++round) {
     const auto t_round = Clock::now();
     double loss_sum = 0;
-    int64_t round_images = 0, round_correct = 0;
-    obs::Progress progress("round " + std::to_string(round), steps_per_epoch * o.local_epochs,
-                           !common.quiet);
-    for (int epoch = 0; epoch < o.local_epochs && !stop; ++epoch) {
-      const uint64_t global_epoch = static_cast<uint64_t>(round - 1) * o.local_epochs + epoch;
-      const auto order = train::epoch_order(shard, common.seed, 0, global_epoch);
-      for (int64_t s = 0; s < steps_per_epoch; ++s) {
-        if (o.max_steps > 0 && total_steps >= o.max_steps) {
-          stop = true;
-          break;
-        }
-        data::assemble_batch(data.train, order.data() + s * o.batch, o.batch, buf.images.data(),
-                             buf.labels.data());
-        const auto t0 = Clock::now();
-        const nn::LossResult r = trainer.step(buf.images.data(), buf.labels.data());
-        const double dt = seconds_since(t0);
-        if (total_steps >= o.warmup_steps) {
-          timed_seconds += dt;
-          timed_images += o.batch;
-        }
-        if (!std::isfinite(r.loss_sum))
-          throw RuntimeFailure("non-finite loss at round " + std::to_string(round) + ", step " +
-                               std::to_string(total_steps));
-        loss_sum += r.loss_sum;
-        round_correct += r.correct;
-        round_images += o.batch;
-        ++total_steps;
-        const int64_t done = epoch * steps_per_epoch + s + 1;
-        if (done % 10 == 0 || done == steps_per_epoch * o.local_epochs) {
-          char extra[128];
-          std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s", loss_sum / round_images,
-                        timed_seconds > 0 ? timed_images / timed_seconds : 0.0);
-          progress.update(done, extra);
+    int64_t images = 0, correct = 0, done = 0, round_total = 0;
+    for (int k = 0; k < plan.owners; ++k) round_total += plan.round_steps(k, round);
+    obs::Progress progress("round " + std::to_string(round), round_total, !common.quiet);
+    for (int k = 0; k < plan.owners; ++k) {
+      for (int e = 0; e < o.local_epochs; ++e) {
+        const int64_t steps = plan.steps(k, round, e);
+        if (steps == 0) continue;
+        const uint64_t global_epoch = static_cast<uint64_t>(round - 1) * o.local_epochs + e;
+        const auto order = train::epoch_order(plan.shards[k], common.seed, k, global_epoch);
+        for (int64_t s = 0; s < steps; ++s) {
+          data::assemble_batch(train, order.data() + s * o.batch, o.batch, buf.images.data(),
+                               buf.labels.data());
+          const auto t0 = Clock::now();
+          const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
+          const double dt = seconds_since(t0);
+          if (total_steps >= o.warmup_steps) {
+            timed_seconds += dt;
+            timed_images += o.batch;
+          }
+          if (!std::isfinite(r.loss_sum))
+            throw RuntimeFailure("non-finite loss: owner " + std::to_string(k) + ", round " +
+                                 std::to_string(round) + ", step " + std::to_string(total_steps));
+          loss_sum += r.loss_sum;
+          correct += r.correct;
+          images += o.batch;
+          ++total_steps;
+          if (++done % 10 == 0 || done == round_total) {
+            char extra[96];
+            std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s", loss_sum / images,
+                          timed_seconds > 0 ? timed_images / timed_seconds : 0.0);
+            progress.update(done, extra);
+          }
         }
       }
     }
-    const double train_seconds = seconds_since(t_round);
+    if (plan.owners > 1) {
+      std::vector<nn::PartState*> all;
+      for (auto& s : states) all.push_back(&s);
+      optim::average_copies(all, plan.weights(), policy);
+    }
+    const double seconds = seconds_since(t_round);
     train::EvalResult ev;
-    if (data.has_test) {
-      ev = evaluator.run(trainer.state(), data.test);
+    if (has_test) {
+      ev = evaluator.run(states[0], test);
       last_accuracy = ev.accuracy;
     }
-    const double train_loss = round_images ? loss_sum / round_images : 0;
-    const double ips = timed_seconds > 0 ? timed_images / timed_seconds : 0;
-    char line[256];
-    if (data.has_test)
-      std::snprintf(line, sizeof line,
-                    "round %d/%d: train loss %.4f, train accuracy %.2f%%, test accuracy %.2f%%, "
-                    "%lld images in %.1f s (%.0f img/s)",
-                    round, o.rounds, train_loss,
-                    100.0 * round_correct / std::max<int64_t>(round_images, 1), 100.0 * ev.accuracy,
-                    static_cast<long long>(round_images), train_seconds, ips);
-    else
-      std::snprintf(line, sizeof line,
-                    "round %d/%d: train loss %.4f, %lld images in %.1f s (%.0f img/s)", round,
-                    o.rounds, train_loss, static_cast<long long>(round_images), train_seconds, ips);
-    progress.summary(line);
-    nlohmann::json ev_json = {{"event", "round_end"},        {"round", round},
-                              {"train_loss", train_loss},    {"images", round_images},
-                              {"seconds", train_seconds},    {"images_per_s", ips},
-                              {"predicted_seconds", nullptr}};
-    ev_json["test_accuracy"] =
-        data.has_test ? nlohmann::json(ev.accuracy) : nlohmann::json(nullptr);
-    if (data.has_test) ev_json["test_loss"] = ev.loss;
-    metrics.write(ev_json);
+    report_round(
+        {round, images ? loss_sum / images : 0.0,
+         images ? static_cast<double>(correct) / images : 0.0, images, seconds,
+         timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy},
+        o.rounds, progress, metrics);
   }
-
   if (!o.save_model.empty()) {
-    io::save_model(o.save_model, *model, trainer.state(), {data.train.mean, data.train.std});
+    io::save_model(o.save_model, model, states[0], {train.mean, train.std});
     MPSL_LOG(Info, "model written to " << o.save_model);
   }
-  const double ips = timed_seconds > 0 ? timed_images / timed_seconds : 0;
   metrics.write({{"event", "rank_summary"},
                  {"rank", 0},
                  {"role", "single"},
@@ -186,23 +235,153 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                  {"wait_s", 0.0},
                  {"comm_s", 0.0},
                  {"predicted_peak_bytes", nullptr}});
-  nlohmann::json end = {{"event", "run_end"},
-                        {"seconds", seconds_since(t_start)},
-                        {"steps", total_steps},
-                        {"images_per_s", ips},
-                        {"exit", "ok"}};
-  end["test_accuracy"] =
-      std::isnan(last_accuracy) ? nlohmann::json(nullptr) : nlohmann::json(last_accuracy);
-  metrics.write(end);
-  {  // the machine-readable result line goes to stdout even with --quiet
-    char line[256];
-    std::snprintf(line, sizeof line, "RESULT model=%s steps=%lld train_img_per_s=%.1f test_acc=%s",
-                  o.model.c_str(), static_cast<long long>(total_steps), ips,
-                  std::isnan(last_accuracy) ? "n/a" : std::to_string(last_accuracy).c_str());
-    std::printf("%s\n", line);
-    std::fflush(stdout);
+  write_run_end(metrics, seconds_since(t_start), total_steps,
+                timed_seconds > 0 ? timed_images / timed_seconds : 0.0, last_accuracy, o);
+  return 0;
+}
+
+// ---- multihop -------------------------------------------------------------------------------
+
+// Rank 0 computes the plan from the data; every rank receives the per-owner sample and step
+// counts (stages need no data at all).
+train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
+  int owners = plan.owners;
+  std::vector<int64_t> v(2 * owners);
+  if (rank == 0)
+    for (int k = 0; k < owners; ++k)
+      v[k] = plan.samples[k], v[owners + k] = plan.steps_per_epoch[k];
+  MPSL_MPI_CHECK(MPI_Bcast(v.data(), 2 * owners, MPI_INT64_T, 0, MPI_COMM_WORLD));
+  plan.samples.assign(v.begin(), v.begin() + owners);
+  plan.steps_per_epoch.assign(v.begin() + owners, v.end());
+  return plan;
+}
+
+int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
+                   const pipeline::Topology& topo, int rank) {
+  const auto t_start = Clock::now();
+  const bool owner_rank = topo.is_owner_rank(rank);
+  obs::set_log_rank(rank, topo.world_size);
+  const bool reporter = rank == 0;
+
+  // Owner ranks hold the training data (each uses only its owners' shards); rank 0 also holds
+  // the test set. Compute stages never see samples or labels.
+  data::Dataset train, test;
+  train::FederationPlan plan;
+  plan.owners = o.owners;
+  plan.batch = o.batch;
+  plan.rounds = o.rounds;
+  plan.local_epochs = o.local_epochs;
+  plan.max_steps = o.max_steps;
+  if (owner_rank) {
+    train = load_train(o, model, common.seed);
+    plan = train::make_federation_plan(train, o, common.seed);
+  }
+  const bool has_test = !o.test_data.empty();
+  if (reporter && has_test) test = load_test(o, model, train);
+  // Every rank waits here for rank 0's check of the inputs; a bad input ends the job there.
+  plan = share_plan(std::move(plan), rank);
+
+  obs::MetricsWriter metrics(reporter ? common.metrics : std::string());
+  if (reporter) {
+    write_run_start(metrics, common, o, topo, train.count);
+    log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
+    for (const auto& line : pipeline::describe_roles(topo, model)) MPSL_LOG(Info, line);
+  }
+
+  pipeline::Settings settings;
+  settings.model = &model;
+  settings.topology = topo;
+  settings.plan = plan;
+  settings.micro_batches = o.micro_batches;
+  settings.one_f_one_b = o.schedule == "1f1b";
+  settings.sgd = optim::SgdConfig{o.lr, o.momentum, o.weight_decay};
+  settings.policy = optim::parse_optimizer_state_policy(o.optimizer_state);
+  settings.seed = common.seed;
+  settings.eval_batch = o.eval_batch;
+  auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
+
+  int64_t total_images = 0;
+  double train_seconds = 0, last_accuracy = std::nan("");
+  int64_t total_steps = 0;
+  for (int round = 1; round <= o.rounds; ++round) {
+    obs::Progress progress("round " + std::to_string(round), 0, reporter && !common.quiet);
+    MPSL_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    const auto t_round = Clock::now();
+    const pipeline::RoundResult r = runtime->run_round(round);
+    const double round_train_seconds = seconds_since(t_round);
+    runtime->aggregate();
+    const auto [test_loss, test_accuracy] =
+        runtime->evaluate(reporter && has_test ? &test : nullptr);
+    const double seconds = seconds_since(t_round);
+    for (int k = 0; k < plan.owners; ++k) total_steps += plan.round_steps(k, round);
+    if (reporter) {
+      total_images += r.images;
+      train_seconds += round_train_seconds;
+      if (has_test) last_accuracy = test_accuracy;
+      report_round({round, r.images ? r.loss_sum / r.images : 0.0,
+                    r.images ? static_cast<double>(r.correct) / r.images : 0.0, r.images, seconds,
+                    round_train_seconds > 0 ? r.images / round_train_seconds : 0.0, has_test,
+                    test_loss, test_accuracy},
+                   o.rounds, progress, metrics);
+    }
+  }
+
+  if (!o.save_model.empty()) {
+    std::optional<nn::PartState> whole = runtime->gather_model();
+    if (whole) {
+      io::save_model(o.save_model, model, *whole, {train.mean, train.std});
+      MPSL_LOG(Info, "model written to " << o.save_model);
+    }
+  }
+
+  // One rank_summary per rank, gathered on rank 0.
+  const pipeline::RankTimes times = runtime->times();
+  double mine[5] = {static_cast<double>(obs::peak_rss_bytes()), times.busy_s, times.wait_s,
+                    times.comm_s, owner_rank ? 0.0 : 1.0};
+  std::vector<double> all(5 * topo.world_size);
+  MPSL_MPI_CHECK(MPI_Gather(mine, 5, MPI_DOUBLE, all.data(), 5, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  if (reporter) {
+    for (int r = 0; r < topo.world_size; ++r) {
+      const double* v = &all[5 * r];
+      metrics.write({{"event", "rank_summary"},
+                     {"rank", r},
+                     {"role", v[4] > 0.5 ? "stage" : "owner"},
+                     {"stage", v[4] > 0.5 ? topo.stage_of_rank(r) + 1 : 0},
+                     {"peak_rss_bytes", static_cast<int64_t>(v[0])},
+                     {"busy_s", v[1]},
+                     {"wait_s", v[2]},
+                     {"comm_s", v[3]},
+                     {"predicted_peak_bytes", nullptr}});
+      MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
+                              << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
+    }
+    write_run_end(metrics, seconds_since(t_start), total_steps,
+                  train_seconds > 0 ? total_images / train_seconds : 0.0, last_accuracy, o);
   }
   return 0;
+}
+
+}  // namespace
+
+int run_train(const CommonOptions& common, const TrainOptions& o) {
+  int world = 1, rank = 0;
+  MPSL_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
+  MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  auto model = nn::make_model(o.model);
+  const pipeline::Topology topo =
+      pipeline::make_topology(*model, world, o.stages, o.owners, o.split);
+  MPSL_INPUT_CHECK(o.schedule == "1f1b" || o.micro_batches == 1,
+                   "--micro-batches " + std::to_string(o.micro_batches) +
+                       " needs --schedule 1f1b (the mpsl schedule sends whole batches)");
+  optim::parse_optimizer_state_policy(o.optimizer_state);  // validates
+  if (o.dry_run) {
+    if (rank == 0)
+      for (const auto& line : pipeline::describe_roles(topo, *model))
+        std::printf("%s\n", line.c_str());
+    return 0;
+  }
+  if (!topo.multihop()) return train_single(common, o, *model, topo);
+  return train_multihop(common, o, *model, topo, rank);
 }
 
 }  // namespace mpsl::cli

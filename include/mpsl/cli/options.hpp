@@ -52,6 +52,7 @@ struct TrainOptions {
   // schedule
   std::string schedule = "mpsl";  // mpsl | 1f1b
   int micro_batches = 1;
+  std::string optimizer_state = "reset";  // reset | average | keep (at aggregation)
   // state
   std::string checkpoint_dir;
   int checkpoint_every = 0;

@@ -32,6 +32,7 @@ struct StepInfo {
   uint64_t step = 0;          // global optimiser step of this copy
   int64_t sample_offset = 0;  // index of this (micro-)batch's first sample within the batch
   bool training = true;
+  uint64_t owner = 0;  // logical data owner whose batch this is
 };
 
 // Per-batch-in-flight state of one layer (its output activation, pooling workspace, ...).

@@ -23,26 +23,28 @@ std::vector<int64_t> epoch_order(const std::vector<int64_t>& shard, uint64_t see
 struct BatchBuffers {
   std::vector<float> images;
   std::vector<int32_t> labels;
-  BatchBuffers(int64_t batch, int64_t image_size)
-      : images(batch * image_size), labels(batch) {}
+  BatchBuffers(int64_t batch, int64_t image_size) : images(batch * image_size), labels(batch) {}
 };
 
-// A whole-model trainer for one copy of the model: forward, loss, backward, SGD.
+// Trains whole-model copies: forward, loss, backward, SGD. One program (primitives built once)
+// serves every copy. With micro_batches M > 1 a batch runs as M micro-batches whose gradients
+// accumulate before the one optimiser step, which equals the whole-batch update.
 class LocalTrainer {
  public:
-  LocalTrainer(const nn::Model& model, int64_t batch, const optim::SgdConfig& sgd, uint64_t seed);
-  // One optimiser step on a batch of exactly batch() samples (plain NCHW floats).
-  nn::LossResult step(const float* images, const int32_t* labels);
+  LocalTrainer(const nn::Model& model, int64_t batch, int micro_batches,
+               const optim::SgdConfig& sgd, uint64_t seed);
+  // One optimiser step of `state` (owner `owner`) on a batch of exactly batch() samples.
+  nn::LossResult step(nn::PartState& state, const float* images, const int32_t* labels,
+                      int owner = 0);
   int64_t batch() const { return batch_; }
-  nn::PartState& state() { return state_; }
-  const nn::PartState& state() const { return state_; }
+  nn::PartState make_state() const;  // a whole-model copy initialised from the seed
 
  private:
   const nn::Model& model_;
   int64_t batch_;
+  int micro_;
   optim::SgdConfig sgd_;
   uint64_t seed_;
-  nn::PartState state_;
   nn::PartProgram program_;
   std::unique_ptr<nn::PartSlot> slot_;
   std::vector<float> logits_, dlogits_;

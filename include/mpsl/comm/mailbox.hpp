@@ -1,0 +1,137 @@
+// Point-to-point messaging of the pipeline: activations forward, gradients with respect to
+// activations backward. Nothing else can be sent through it: there is no way to send labels or
+// samples, and every message is recorded (kind, peer, bytes) in an audit log that tests check.
+//
+// Receives are posted early (several per peer) into buffers the mailbox owns; sends are
+// non-blocking from pooled buffers. A rank that waits polls with a short, growing sleep instead
+// of spinning a core, which matters when ranks outnumber cores.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mpsl/comm/mpi_environment.hpp"
+
+namespace mpsl::comm {
+
+// An owned or borrowed MPI communicator (MPI_Comm_free on destruction when owned).
+class Communicator {
+ public:
+  Communicator() = default;
+  Communicator(MPI_Comm comm, bool owned) : comm_(comm), owned_(owned) {}
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+  Communicator(Communicator&& o) noexcept;
+  Communicator& operator=(Communicator&& o) noexcept;
+
+  static Communicator world() { return Communicator(MPI_COMM_WORLD, false); }
+  Communicator split(int color, int key) const;
+  Communicator dup() const;
+
+  MPI_Comm get() const { return comm_; }
+  int rank() const;
+  int size() const;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  bool owned_ = false;
+};
+
+enum class MessageKind : int {
+  kActivation = 0,      // forward: the output of a part, owner -> stage -> ... -> owner
+  kActivationGrad = 1,  // backward: d loss / d activation, the reverse way
+};
+const char* kind_name(MessageKind kind);
+
+struct Envelope {
+  MessageKind kind = MessageKind::kActivation;
+  int owner = 0;   // logical data owner
+  int micro = 0;   // micro-batch index within the owner's batch
+  int source = 0;  // sending rank
+};
+
+struct AuditEntry {
+  MessageKind kind;
+  int peer;
+  int64_t bytes;
+  bool outgoing;
+};
+
+struct MailboxStats {
+  double wait_seconds = 0;  // blocked in wait() with nothing to do
+  double comm_seconds = 0;  // inside MPI calls that post or test messages
+  int64_t messages_sent = 0, bytes_sent = 0;
+};
+
+class Mailbox {
+ public:
+  explicit Mailbox(MPI_Comm comm);
+  ~Mailbox();
+  Mailbox(const Mailbox&) = delete;
+  Mailbox& operator=(const Mailbox&) = delete;
+
+  // Posts `depth` receives from `source`, each for up to `max_floats` floats.
+  void listen(int source, int64_t max_floats, int depth);
+
+  // A buffer of at least `floats` floats to fill and pass to send(); it returns to the pool
+  // once the send has completed.
+  float* send_buffer(int64_t floats);
+  void send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner, int micro);
+
+  struct Message {
+    Envelope env;
+    const float* data = nullptr;
+    int64_t floats = 0;
+    int handle = -1;  // for release()
+  };
+  // Waits for the next message. Among those already arrived it returns gradients first, then
+  // those from `preferred_sources` (neighbouring stages), then the earliest.
+  Message wait(const std::vector<int>& preferred_sources = {});
+  // The same without waiting: false when nothing has arrived.
+  bool poll(Message& out, const std::vector<int>& preferred_sources = {});
+  // Hands the buffer back; the receive is posted again.
+  void release(const Message& m);
+  // Waits until every send has completed.
+  void flush();
+
+  const std::vector<AuditEntry>& audit() const { return audit_; }
+  const MailboxStats& stats() const { return stats_; }
+  // What this rank waits for, for stall reports (set by the runtime).
+  void set_waiting_for(std::string what) { waiting_for_ = std::move(what); }
+
+  static int encode_tag(MessageKind kind, int owner, int micro);
+  static Envelope decode_tag(int tag, int source);
+
+ private:
+  struct Recv {
+    int source;
+    std::vector<float> buffer;
+    MPI_Request request = MPI_REQUEST_NULL;
+    bool ready = false;
+    uint64_t posted = 0;  // posting order: MPI matches a peer's messages in this order
+    MPI_Status status{};
+  };
+  struct Send {
+    std::vector<float> buffer;
+    MPI_Request request = MPI_REQUEST_NULL;
+    bool busy = false;
+  };
+  void post(int i);
+  Message take(const std::vector<int>& preferred_sources);
+  uint64_t post_counter_ = 0;
+  bool progress();  // tests all requests; true when something completed
+
+  MPI_Comm comm_;
+  std::vector<std::unique_ptr<Recv>> recvs_;
+  std::vector<std::unique_ptr<Send>> sends_;
+  std::deque<int> ready_;  // receive indices in arrival order
+  std::vector<AuditEntry> audit_;
+  MailboxStats stats_;
+  std::string waiting_for_;
+};
+
+}  // namespace mpsl::comm

@@ -1,0 +1,42 @@
+// Federated averaging of part copies, weighted by the owners' sample counts.
+//
+// Sums are taken in double, in owner order, and converted to float once at the end, so the
+// single-process simulation and the multihop runtime (which adds per-rank partial sums with an
+// MPI reduction) agree to the float rounding of that final conversion.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpsl/nn/model.hpp"
+
+namespace mpsl::optim {
+
+// What happens to the momentum buffers when copies are averaged at a round's end.
+enum class OptimizerStatePolicy {
+  kReset,    // zeroed: every round starts with fresh optimiser state (torch_fedavg.py's recipe)
+  kAverage,  // averaged with the same weights as the parameters
+  kKeep,     // each copy keeps its own
+};
+OptimizerStatePolicy parse_optimizer_state_policy(const std::string& text);
+
+// acc[i] += weight * src[i] for i < n.
+void accumulate_weighted(const float* src, double weight, int64_t n, double* acc);
+
+// The weighted sums of params, buffers and (policy kAverage) momentum of `copies`.
+struct PartSums {
+  std::vector<double> params, buffers, momentum;
+};
+PartSums weighted_sums(const std::vector<const nn::PartState*>& copies,
+                       const std::vector<double>& weights, bool with_momentum);
+
+// Sets every copy to sums / total_weight, applying the optimiser-state policy.
+void assign_average(const PartSums& sums, double total_weight,
+                    const std::vector<nn::PartState*>& copies, OptimizerStatePolicy policy);
+
+// Both steps, for copies that all live in this process.
+void average_copies(const std::vector<nn::PartState*>& copies, const std::vector<double>& weights,
+                    OptimizerStatePolicy policy);
+
+}  // namespace mpsl::optim

@@ -1,0 +1,70 @@
+// The multihop runtime: what an owner rank and a compute-stage rank do in a round, how they
+// aggregate at its end, and how the aggregated model is evaluated through the pipeline.
+//
+// Schedules. Each owner's batch runs as M micro-batches (M = 1 for the paper's "mpsl"
+// schedule, where every owner has exactly one batch in flight). An owner keeps up to W
+// micro-batches in flight (W = 1 for mpsl, min(M, N + 2) for 1f1b) and always handles arrived
+// work (outputs to finish, gradients to apply) before starting a new forward pass. Stages serve
+// what has arrived: gradients first, then work from neighbouring stages, then the earliest.
+// Every part copy steps once per batch, after the backward of its last micro-batch, so the
+// update equals the whole-batch update.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "mpsl/comm/mailbox.hpp"
+#include "mpsl/data/dataset.hpp"
+#include "mpsl/nn/model.hpp"
+#include "mpsl/optim/fedavg.hpp"
+#include "mpsl/optim/sgd.hpp"
+#include "mpsl/pipeline/topology.hpp"
+#include "mpsl/train/federation.hpp"
+
+namespace mpsl::pipeline {
+
+struct Settings {
+  const nn::Model* model = nullptr;
+  Topology topology;
+  train::FederationPlan plan;
+  int micro_batches = 1;
+  bool one_f_one_b = false;
+  optim::SgdConfig sgd;
+  optim::OptimizerStatePolicy policy = optim::OptimizerStatePolicy::kReset;
+  uint64_t seed = 1;
+  int64_t eval_batch = 1000;
+};
+
+struct RoundResult {
+  double loss_sum = 0;  // over this rank's owners (summed over ranks on rank 0)
+  int64_t correct = 0;
+  int64_t images = 0;
+};
+
+struct RankTimes {
+  double busy_s = 0, wait_s = 0, comm_s = 0;
+};
+
+class RankRuntime {
+ public:
+  virtual ~RankRuntime() = default;
+  // Trains one round (every owner's batches of that round).
+  virtual RoundResult run_round(int round) = 0;
+  // FedAvg of the owner parts (owner ranks) and of the per-owner copies (stages).
+  virtual void aggregate() = 0;
+  // Evaluates the aggregated model through the pipeline; `test` is given on rank 0 only.
+  // Returns (loss, accuracy) on rank 0.
+  virtual std::pair<double, double> evaluate(const data::Dataset* test) = 0;
+  // The aggregated model's parts, gathered on rank 0 as one whole-model state.
+  virtual std::optional<nn::PartState> gather_model() = 0;
+  virtual RankTimes times() const = 0;
+  virtual const comm::Mailbox& mailbox() const = 0;
+  virtual const char* role() const = 0;
+};
+
+// Builds the runtime for this rank. `train` is the training set (owner ranks only).
+std::unique_ptr<RankRuntime> make_runtime(const Settings& settings, const data::Dataset* train,
+                                          int rank);
+
+}  // namespace mpsl::pipeline

@@ -1,0 +1,35 @@
+// Which data owner trains on what, and for how many steps: the same on every rank, so compute
+// stages know how many tasks a round brings without any extra messages.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "mpsl/cli/options.hpp"
+#include "mpsl/data/dataset.hpp"
+
+namespace mpsl::train {
+
+struct FederationPlan {
+  int owners = 1;
+  int64_t batch = 0;
+  int rounds = 1;
+  int local_epochs = 1;
+  int64_t max_steps = 0;                     // per owner over the whole run; 0 = no cap
+  std::vector<std::vector<int64_t>> shards;  // per owner (empty on compute stages)
+  std::vector<int64_t> samples;              // per owner: shard size (the FedAvg weight)
+  std::vector<int64_t> steps_per_epoch;      // per owner
+
+  // Steps owner k takes in `round` (1-based), local epoch `epoch` (0-based).
+  int64_t steps(int k, int round, int epoch) const;
+  int64_t round_steps(int k, int round) const;
+  std::vector<double> weights() const;  // samples as doubles
+  double total_weight() const;
+};
+
+// Partitions the training set (iid or dirichlet) and validates that every owner has at least
+// one batch; InputError naming the owner and the fix otherwise.
+FederationPlan make_federation_plan(const data::Dataset& train, const cli::TrainOptions& opts,
+                                    uint64_t seed);
+
+}  // namespace mpsl::train

@@ -1,0 +1,257 @@
+#include "mpsl/comm/mailbox.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <thread>
+
+#include "mpsl/core/error.hpp"
+
+namespace mpsl::comm {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+constexpr int kMaxMicro = 1024;
+}  // namespace
+
+// ---- Communicator ---------------------------------------------------------------------------
+
+Communicator::~Communicator() {
+  if (owned_ && comm_ != MPI_COMM_NULL && !MpiEnvironment::finalized()) MPI_Comm_free(&comm_);
+}
+Communicator::Communicator(Communicator&& o) noexcept : comm_(o.comm_), owned_(o.owned_) {
+  o.comm_ = MPI_COMM_NULL;
+  o.owned_ = false;
+}
+Communicator& Communicator::operator=(Communicator&& o) noexcept {
+  if (this != &o) {
+    if (owned_ && comm_ != MPI_COMM_NULL && !MpiEnvironment::finalized()) MPI_Comm_free(&comm_);
+    comm_ = o.comm_;
+    owned_ = o.owned_;
+    o.comm_ = MPI_COMM_NULL;
+    o.owned_ = false;
+  }
+  return *this;
+}
+Communicator Communicator::split(int color, int key) const {
+  MPI_Comm out;
+  MPSL_MPI_CHECK(MPI_Comm_split(comm_, color, key, &out));
+  return Communicator(out, true);
+}
+Communicator Communicator::dup() const {
+  MPI_Comm out;
+  MPSL_MPI_CHECK(MPI_Comm_dup(comm_, &out));
+  return Communicator(out, true);
+}
+int Communicator::rank() const {
+  int r = 0;
+  MPSL_MPI_CHECK(MPI_Comm_rank(comm_, &r));
+  return r;
+}
+int Communicator::size() const {
+  int s = 0;
+  MPSL_MPI_CHECK(MPI_Comm_size(comm_, &s));
+  return s;
+}
+
+// ---- Mailbox --------------------------------------------------------------------------------
+
+const char* kind_name(MessageKind kind) {
+  switch (kind) {
+    case MessageKind::kActivation:
+      return "activation";
+    case MessageKind::kActivationGrad:
+      return "activation-gradient";
+  }
+  return "?";
+}
+
+int Mailbox::encode_tag(MessageKind kind, int owner, int micro) {
+  MPSL_CHECK(micro >= 0 && micro < kMaxMicro, "micro-batch index out of range");
+  return ((owner * kMaxMicro + micro) << 1) | static_cast<int>(kind);
+}
+
+Envelope Mailbox::decode_tag(int tag, int source) {
+  Envelope e;
+  e.kind = static_cast<MessageKind>(tag & 1);
+  e.micro = (tag >> 1) % kMaxMicro;
+  e.owner = (tag >> 1) / kMaxMicro;
+  e.source = source;
+  return e;
+}
+
+Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {}
+
+Mailbox::~Mailbox() {
+  if (MpiEnvironment::finalized()) return;
+  for (auto& r : recvs_) {
+    if (r->request != MPI_REQUEST_NULL) {
+      MPI_Cancel(&r->request);
+      MPI_Wait(&r->request, MPI_STATUS_IGNORE);
+    }
+  }
+  for (auto& s : sends_)
+    if (s->request != MPI_REQUEST_NULL) MPI_Wait(&s->request, MPI_STATUS_IGNORE);
+}
+
+void Mailbox::listen(int source, int64_t max_floats, int depth) {
+  for (int d = 0; d < depth; ++d) {
+    auto r = std::make_unique<Recv>();
+    r->source = source;
+    r->buffer.resize(static_cast<size_t>(max_floats));
+    recvs_.push_back(std::move(r));
+    post(static_cast<int>(recvs_.size()) - 1);
+  }
+}
+
+void Mailbox::post(int i) {
+  Recv& r = *recvs_[i];
+  r.ready = false;
+  r.posted = post_counter_++;
+  const auto t = Clock::now();
+  MPSL_MPI_CHECK(MPI_Irecv(r.buffer.data(), static_cast<int>(r.buffer.size()), MPI_FLOAT, r.source,
+                           MPI_ANY_TAG, comm_, &r.request));
+  stats_.comm_seconds += since(t);
+}
+
+float* Mailbox::send_buffer(int64_t floats) {
+  for (auto& s : sends_) {
+    if (!s->busy && static_cast<int64_t>(s->buffer.size()) >= floats) {
+      s->busy = true;
+      return s->buffer.data();
+    }
+  }
+  // Complete finished sends before growing the pool.
+  progress();
+  for (auto& s : sends_) {
+    if (!s->busy && static_cast<int64_t>(s->buffer.size()) >= floats) {
+      s->busy = true;
+      return s->buffer.data();
+    }
+  }
+  auto s = std::make_unique<Send>();
+  s->buffer.resize(static_cast<size_t>(floats));
+  s->busy = true;
+  sends_.push_back(std::move(s));
+  return sends_.back()->buffer.data();
+}
+
+void Mailbox::send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner,
+                   int micro) {
+  Send* slot = nullptr;
+  for (auto& s : sends_)
+    if (s->buffer.data() == buffer) slot = s.get();
+  MPSL_CHECK(slot && slot->busy && slot->request == MPI_REQUEST_NULL,
+             "send() needs a buffer from send_buffer()");
+  const auto t = Clock::now();
+  MPSL_MPI_CHECK(MPI_Isend(buffer, static_cast<int>(floats), MPI_FLOAT, dest,
+                           encode_tag(kind, owner, micro), comm_, &slot->request));
+  stats_.comm_seconds += since(t);
+  audit_.push_back({kind, dest, floats * static_cast<int64_t>(sizeof(float)), true});
+  ++stats_.messages_sent;
+  stats_.bytes_sent += floats * static_cast<int64_t>(sizeof(float));
+}
+
+bool Mailbox::progress() {
+  const auto t = Clock::now();
+  bool any = false;
+  std::vector<int> arrived;
+  for (size_t i = 0; i < recvs_.size(); ++i) {
+    Recv& r = *recvs_[i];
+    if (r.ready || r.request == MPI_REQUEST_NULL) continue;
+    int done = 0;
+    MPSL_MPI_CHECK(MPI_Test(&r.request, &done, &r.status));
+    if (done) {
+      r.ready = true;
+      arrived.push_back(static_cast<int>(i));
+      any = true;
+    }
+  }
+  // Receives from one peer complete in the order they were posted; keep that order, so each
+  // owner's micro-batches are handled in sequence.
+  std::sort(arrived.begin(), arrived.end(),
+            [&](int a, int b) { return recvs_[a]->posted < recvs_[b]->posted; });
+  ready_.insert(ready_.end(), arrived.begin(), arrived.end());
+  for (auto& s : sends_) {
+    if (s->request == MPI_REQUEST_NULL) continue;
+    int done = 0;
+    MPSL_MPI_CHECK(MPI_Test(&s->request, &done, MPI_STATUS_IGNORE));
+    if (done) {
+      s->busy = false;
+      any = true;
+    }
+  }
+  stats_.comm_seconds += since(t);
+  return any;
+}
+
+Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
+  const auto t0 = Clock::now();
+  int idle = 0;
+  while (true) {
+    progress();
+    if (!ready_.empty()) break;
+    // Back off: spin briefly, then sleep 20 us doubling up to 200 us.
+    if (++idle > 50) {
+      const int us = std::min(200, 20 << std::min(3, (idle - 50) / 20));
+      std::this_thread::sleep_for(std::chrono::microseconds(us));
+    }
+  }
+  stats_.wait_seconds += since(t0);
+  return take(preferred_sources);
+}
+
+bool Mailbox::poll(Message& out, const std::vector<int>& preferred_sources) {
+  progress();
+  if (ready_.empty()) return false;
+  out = take(preferred_sources);
+  return true;
+}
+
+Mailbox::Message Mailbox::take(const std::vector<int>& preferred_sources) {
+  // Choose: gradients first, then preferred sources, then arrival order.
+  auto rank_of = [&](int i) {
+    const Recv& r = *recvs_[i];
+    const Envelope e = decode_tag(r.status.MPI_TAG, r.status.MPI_SOURCE);
+    int score = 0;
+    if (e.kind == MessageKind::kActivationGrad) score -= 2;
+    for (int p : preferred_sources)
+      if (p == e.source) score -= 1;
+    return score;
+  };
+  auto best = ready_.begin();
+  for (auto it = ready_.begin(); it != ready_.end(); ++it)
+    if (rank_of(*it) < rank_of(*best)) best = it;
+  const int i = *best;
+  ready_.erase(best);
+  Recv& r = *recvs_[i];
+  int count = 0;
+  MPSL_MPI_CHECK(MPI_Get_count(&r.status, MPI_FLOAT, &count));
+  Message m;
+  m.env = decode_tag(r.status.MPI_TAG, r.status.MPI_SOURCE);
+  m.data = r.buffer.data();
+  m.floats = count;
+  m.handle = i;
+  audit_.push_back({m.env.kind, m.env.source, count * static_cast<int64_t>(sizeof(float)), false});
+  return m;
+}
+
+void Mailbox::release(const Message& m) {
+  post(m.handle);
+}
+
+void Mailbox::flush() {
+  const auto t0 = Clock::now();
+  int idle = 0;
+  while (true) {
+    bool busy = false;
+    for (auto& s : sends_) busy |= s->request != MPI_REQUEST_NULL;
+    if (!busy) break;
+    if (!progress() && ++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  stats_.wait_seconds += since(t0);
+}
+
+}  // namespace mpsl::comm

@@ -1,0 +1,569 @@
+#include "mpsl/pipeline/multihop.hpp"
+
+#include <chrono>
+#include <map>
+#include <thread>
+
+#include "mpsl/core/error.hpp"
+#include "mpsl/nn/loss.hpp"
+#include "mpsl/train/local.hpp"
+
+namespace mpsl::pipeline {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+constexpr int kEvalTag = 7;
+constexpr int kModelTag = 8;
+
+// Blocking receive of a message of unknown size that sleeps while it waits (a plain MPI_Recv
+// busy-polls a core, which slows everyone when ranks outnumber cores).
+std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag) {
+  MPI_Status st;
+  int flag = 0, idle = 0;
+  while (true) {
+    MPSL_MPI_CHECK(MPI_Iprobe(source, tag, comm, &flag, &st));
+    if (flag) break;
+    if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+  int count = 0;
+  MPSL_MPI_CHECK(MPI_Get_count(&st, MPI_FLOAT, &count));
+  std::vector<float> v(count);
+  MPSL_MPI_CHECK(MPI_Recv(v.data(), count, MPI_FLOAT, source, tag, comm, MPI_STATUS_IGNORE));
+  return v;
+}
+
+void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag) {
+  MPI_Request req;
+  MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req));
+  int done = 0, idle = 0;
+  while (true) {
+    MPSL_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) break;
+    if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
+
+int64_t eval_batches(int64_t count, int64_t eval_batch) {
+  return (count + eval_batch - 1) / eval_batch;
+}
+
+// Inference programs of one part, built on demand per batch size.
+class InferencePrograms {
+ public:
+  InferencePrograms(const nn::Model& m, int begin, int end) : model_(m), begin_(begin), end_(end) {}
+  void forward(nn::PartState& state, int64_t batch, const float* in, float* out) {
+    auto it = progs_.find(batch);
+    if (it == progs_.end()) {
+      auto p = std::make_unique<nn::PartProgram>(model_, begin_, end_, batch, false, false);
+      auto s = p->make_slot();
+      it = progs_.emplace(batch, std::make_pair(std::move(p), std::move(s))).first;
+    }
+    it->second.first->forward(*it->second.second, state, in, out, nn::StepInfo{0, 0, 0, false});
+  }
+
+ private:
+  const nn::Model& model_;
+  int begin_, end_;
+  std::map<int64_t, std::pair<std::unique_ptr<nn::PartProgram>, std::unique_ptr<nn::PartSlot>>>
+      progs_;
+};
+
+// A pool of activation slots for batches in flight through one program.
+class SlotPool {
+ public:
+  explicit SlotPool(const nn::PartProgram& p) : program_(p) {}
+  std::unique_ptr<nn::PartSlot> acquire() {
+    if (free_.empty()) return program_.make_slot();
+    auto s = std::move(free_.back());
+    free_.pop_back();
+    return s;
+  }
+  void release(std::unique_ptr<nn::PartSlot> s) { free_.push_back(std::move(s)); }
+
+ private:
+  const nn::PartProgram& program_;
+  std::vector<std::unique_ptr<nn::PartSlot>> free_;
+};
+
+// ---- owner ranks ----------------------------------------------------------------------------
+
+class OwnerRuntime : public RankRuntime {
+ public:
+  OwnerRuntime(const Settings& s, const data::Dataset& train, int rank)
+      : s_(s),
+        t_(s.topology),
+        model_(*s.model),
+        train_(train),
+        rank_(rank),
+        world_(comm::Communicator::world()),
+        owner_comm_(world_.split(0, rank)),
+        eval_comm_(world_.dup()),
+        mailbox_(world_.get()),
+        micro_batch_(s.plan.batch / s.micro_batches),
+        window_(s.one_f_one_b ? std::min(s.micro_batches, t_.stages + 2) : 1),
+        first_(model_, t_.first_part().first, t_.first_part().second, micro_batch_, false, true),
+        last_(model_, t_.last_part().first, t_.last_part().second, micro_batch_, true, true),
+        first_slots_(first_),
+        last_slot_(last_.make_slot()),
+        first_eval_(model_, t_.first_part().first, t_.first_part().second),
+        last_eval_(model_, t_.last_part().first, t_.last_part().second),
+        logits_(micro_batch_ * model_.classes()),
+        dlogits_(micro_batch_ * model_.classes()) {
+    for (int k : t_.owners_of_rank(rank)) {
+      auto o = std::make_unique<Owner>();
+      o->id = k;
+      o->first = nn::PartState(model_, t_.first_part().first, t_.first_part().second);
+      o->last = nn::PartState(model_, t_.last_part().first, t_.last_part().second);
+      o->first.initialise(model_, s.seed);
+      o->last.initialise(model_, s.seed);
+      o->images.resize(s.plan.batch * train.image_size());
+      o->labels.resize(s.plan.batch);
+      o->slots.resize(s.micro_batches);
+      owners_.push_back(std::move(o));
+    }
+    const int last_stage = t_.rank_of_stage(t_.stages - 1), first_stage = t_.rank_of_stage(0);
+    const int64_t out_floats = micro_batch_ * last_.input_shape().per_sample();
+    const int64_t grad_floats = micro_batch_ * first_.output_shape().per_sample();
+    const int depth = std::min<int>(static_cast<int>(owners_.size()) * window_, 16) + 1;
+    if (first_stage == last_stage) {
+      mailbox_.listen(first_stage, std::max(out_floats, grad_floats), 2 * depth);
+    } else {
+      mailbox_.listen(last_stage, out_floats, depth);
+      mailbox_.listen(first_stage, grad_floats, depth);
+    }
+    preferred_ = {last_stage, first_stage};
+  }
+
+  const char* role() const override { return "owner"; }
+  const comm::Mailbox& mailbox() const override { return mailbox_; }
+  RankTimes times() const override {
+    return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
+  }
+
+  RoundResult run_round(int round) override {
+    round_ = round;
+    result_ = RoundResult{};
+    for (auto& o : owners_) {
+      o->epoch = 0;
+      o->step_in_epoch = 0;
+      o->steps_left = s_.plan.round_steps(o->id, round);
+      o->batch_active = false;
+      if (o->steps_left > 0) start_epoch(*o);
+    }
+    size_t next = 0;
+    while (!round_done()) {
+      comm::Mailbox::Message m;
+      if (mailbox_.poll(m, preferred_)) {
+        handle(m);
+        continue;
+      }
+      // Start one forward pass, visiting owners round-robin.
+      bool started = false;
+      for (size_t i = 0; i < owners_.size() && !started; ++i) {
+        Owner& o = *owners_[(next + i) % owners_.size()];
+        if (can_send(o)) {
+          send_forward(o);
+          next = (next + i + 1) % owners_.size();
+          started = true;
+        }
+      }
+      if (!started) handle(mailbox_.wait(preferred_));
+    }
+    mailbox_.flush();
+    // Rank 0 reports the totals over all owner ranks.
+    double loss = result_.loss_sum;
+    int64_t counts[2] = {result_.correct, result_.images};
+    RoundResult total = result_;
+    MPSL_MPI_CHECK(
+        MPI_Reduce(&loss, &total.loss_sum, 1, MPI_DOUBLE, MPI_SUM, 0, owner_comm_.get()));
+    int64_t sums[2] = {0, 0};
+    MPSL_MPI_CHECK(MPI_Reduce(counts, sums, 2, MPI_INT64_T, MPI_SUM, 0, owner_comm_.get()));
+    total.correct = sums[0];
+    total.images = sums[1];
+    return total;
+  }
+
+  void aggregate() override {
+    const auto t0 = Clock::now();
+    const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
+    for (int which = 0; which < 2; ++which) {
+      std::vector<const nn::PartState*> copies;
+      std::vector<nn::PartState*> targets;
+      std::vector<double> weights;
+      for (auto& o : owners_) {
+        nn::PartState& p = which == 0 ? o->first : o->last;
+        copies.push_back(&p);
+        targets.push_back(&p);
+        weights.push_back(static_cast<double>(s_.plan.samples[o->id]));
+      }
+      optim::PartSums sums = optim::weighted_sums(copies, weights, momentum);
+      // Only these weighted sums leave the rank; the reduction returns the global sums.
+      for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
+        if (!v->empty())
+          MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
+                                       MPI_DOUBLE, MPI_SUM, owner_comm_.get()));
+      optim::assign_average(sums, s_.plan.total_weight(), targets, s_.policy);
+    }
+    busy_ += since(t0);
+  }
+
+  std::pair<double, double> evaluate(const data::Dataset* test) override {
+    // Everyone learns how many evaluation batches will come.
+    int64_t count = test ? test->count : 0;
+    MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    if (rank_ != 0 || count == 0) return {0, 0};
+    Owner& o = *owners_.front();  // all owners hold the same aggregated parts
+    const int64_t eb = s_.eval_batch;
+    const int64_t in_floats = model_.input_shape(1).per_sample();
+    std::vector<float> images(eb * in_floats), act;
+    std::vector<int32_t> labels(eb);
+    std::vector<int64_t> idx(eb);
+    double loss = 0;
+    int64_t correct = 0;
+    const int first_stage = t_.rank_of_stage(0), last_stage = t_.rank_of_stage(t_.stages - 1);
+    for (int64_t start = 0; start < count; start += eb) {
+      const int64_t b = std::min(eb, count - start);
+      for (int64_t i = 0; i < b; ++i) idx[i] = start + i;
+      data::assemble_batch(*test, idx.data(), b, images.data(), labels.data());
+      act.resize(b * model_.shape_before(t_.first_part().second, 1).per_sample());
+      first_eval_.forward(o.first, b, images.data(), act.data());
+      send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
+                  kEvalTag);
+      std::vector<float> out = recv_any_size(eval_comm_.get(), last_stage, kEvalTag);
+      std::vector<float> logits(b * model_.classes());
+      last_eval_.forward(o.last, b, out.data(), logits.data());
+      const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
+                                                         model_.classes(), nullptr, 1.f);
+      loss += r.loss_sum;
+      correct += r.correct;
+    }
+    return {loss / count, static_cast<double>(correct) / count};
+  }
+
+  std::optional<nn::PartState> gather_model() override {
+    if (rank_ != 0) return std::nullopt;
+    nn::PartState whole(model_, 0, model_.num_units());
+    const Owner& o = *owners_.front();
+    auto place = [&](const float* params, int64_t np, const float* buffers, int64_t nb, int unit) {
+      const auto& l = whole.layout;
+      const int64_t po = l.unit_param_offset[unit], bo = l.unit_buffer_offset[unit];
+      std::copy(params, params + np, whole.params.data() + po);
+      std::copy(buffers, buffers + nb, whole.buffers.data() + bo);
+    };
+    place(o.first.params.data(), o.first.params.size(), o.first.buffers.data(),
+          o.first.buffers.size(), t_.first_part().first);
+    for (int st = 0; st < t_.stages; ++st) {
+      std::vector<float> v = recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag);
+      const auto [b, e] = t_.stage_part(st);
+      const nn::PartLayout l = nn::PartLayout::make(model_, b, e);
+      MPSL_CHECK(static_cast<int64_t>(v.size()) == l.param_count + l.buffer_count,
+                 "stage model size mismatch");
+      place(v.data(), l.param_count, v.data() + l.param_count, l.buffer_count, b);
+    }
+    place(o.last.params.data(), o.last.params.size(), o.last.buffers.data(), o.last.buffers.size(),
+          t_.last_part().first);
+    whole.steps = o.first.steps;
+    ++whole.version;
+    return whole;
+  }
+
+ private:
+  struct Owner {
+    int id = 0;
+    nn::PartState first, last;
+    std::vector<int64_t> order;
+    int epoch = 0;
+    int64_t step_in_epoch = 0, steps_left = 0;
+    std::vector<float> images;
+    std::vector<int32_t> labels;
+    bool batch_active = false;
+    int next_micro = 0, outputs_done = 0, grads_done = 0, in_flight = 0;
+    std::vector<std::unique_ptr<nn::PartSlot>> slots;  // part-1 activations per micro-batch
+  };
+
+  void start_epoch(Owner& o) {
+    const uint64_t global_epoch =
+        static_cast<uint64_t>(round_ - 1) * s_.plan.local_epochs + o.epoch;
+    o.order = train::epoch_order(s_.plan.shards[o.id], s_.seed, o.id, global_epoch);
+  }
+
+  bool round_done() const {
+    for (const auto& o : owners_)
+      if (o->steps_left > 0 || o->in_flight > 0) return false;
+    return true;
+  }
+
+  bool can_send(const Owner& o) const {
+    if (o.steps_left <= 0 || o.in_flight >= window_) return false;
+    return !o.batch_active || o.next_micro < s_.micro_batches;
+  }
+
+  nn::StepInfo info(const Owner& o, int micro) const {
+    return nn::StepInfo{s_.seed, o.first.steps, micro * micro_batch_, true,
+                        static_cast<uint64_t>(o.id)};
+  }
+
+  void send_forward(Owner& o) {
+    const auto t0 = Clock::now();
+    if (!o.batch_active) {
+      while (o.step_in_epoch >= s_.plan.steps(o.id, round_, o.epoch)) {
+        ++o.epoch;
+        o.step_in_epoch = 0;
+        start_epoch(o);
+      }
+      data::assemble_batch(train_, o.order.data() + o.step_in_epoch * s_.plan.batch, s_.plan.batch,
+                           o.images.data(), o.labels.data());
+      o.batch_active = true;
+      o.next_micro = o.outputs_done = o.grads_done = 0;
+    }
+    const int m = o.next_micro++;
+    o.slots[m] = first_slots_.acquire();
+    const int64_t floats = micro_batch_ * first_.output_shape().per_sample();
+    float* buf = mailbox_.send_buffer(floats);
+    first_.forward(*o.slots[m], o.first, o.images.data() + m * micro_batch_ * train_.image_size(),
+                   buf, info(o, m));
+    busy_ += since(t0);
+    mailbox_.send(buf, floats, t_.rank_of_stage(0), comm::MessageKind::kActivation, o.id, m);
+    ++o.in_flight;
+  }
+
+  Owner& owner(int id) {
+    return *owners_[id / t_.owner_ranks];  // owners of this rank are rank, rank + O, ...
+  }
+
+  void handle(const comm::Mailbox::Message& msg) {
+    const auto t0 = Clock::now();
+    Owner& o = owner(msg.env.owner);
+    const int m = msg.env.micro;
+    if (msg.env.kind == comm::MessageKind::kActivation) {
+      // The last stage's output: part P, the loss (labels never leave this rank), backward.
+      last_.forward(*last_slot_, o.last, msg.data, logits_.data(), info(o, m));
+      const nn::LossResult r = nn::softmax_cross_entropy(
+          logits_.data(), o.labels.data() + m * micro_batch_, micro_batch_, model_.classes(),
+          dlogits_.data(), 1.f / static_cast<float>(s_.plan.batch));
+      result_.loss_sum += r.loss_sum;
+      result_.correct += r.correct;
+      result_.images += micro_batch_;
+      mailbox_.release(msg);
+      const int64_t floats = micro_batch_ * last_.input_shape().per_sample();
+      float* buf = mailbox_.send_buffer(floats);
+      last_.backward(*last_slot_, o.last, dlogits_.data(), buf, info(o, m), o.outputs_done > 0);
+      ++o.outputs_done;
+      busy_ += since(t0);
+      mailbox_.send(buf, floats, t_.rank_of_stage(t_.stages - 1),
+                    comm::MessageKind::kActivationGrad, o.id, m);
+    } else {
+      first_.backward(*o.slots[m], o.first, msg.data, nullptr, info(o, m), o.grads_done > 0);
+      mailbox_.release(msg);
+      first_slots_.release(std::move(o.slots[m]));
+      ++o.grads_done;
+      --o.in_flight;
+      if (o.grads_done == s_.micro_batches) {
+        optim::sgd_step(o.first, s_.sgd);
+        optim::sgd_step(o.last, s_.sgd);
+        o.batch_active = false;
+        ++o.step_in_epoch;
+        --o.steps_left;
+      }
+      busy_ += since(t0);
+    }
+  }
+
+  const Settings& s_;
+  const Topology& t_;
+  const nn::Model& model_;
+  const data::Dataset& train_;
+  int rank_;
+  comm::Communicator world_, owner_comm_, eval_comm_;
+  comm::Mailbox mailbox_;
+  int64_t micro_batch_;
+  int window_;
+  nn::PartProgram first_, last_;
+  SlotPool first_slots_;
+  std::unique_ptr<nn::PartSlot> last_slot_;
+  InferencePrograms first_eval_, last_eval_;
+  std::vector<float> logits_, dlogits_;
+  std::vector<std::unique_ptr<Owner>> owners_;
+  std::vector<int> preferred_;
+  int round_ = 1;
+  RoundResult result_;
+  double busy_ = 0;
+};
+
+// ---- compute stages -------------------------------------------------------------------------
+
+class StageRuntime : public RankRuntime {
+ public:
+  StageRuntime(const Settings& s, int rank)
+      : s_(s),
+        t_(s.topology),
+        model_(*s.model),
+        rank_(rank),
+        stage_(t_.stage_of_rank(rank)),
+        world_(comm::Communicator::world()),
+        owner_comm_(world_.split(1, rank)),
+        eval_comm_(world_.dup()),
+        mailbox_(world_.get()),
+        micro_batch_(s.plan.batch / s.micro_batches),
+        program_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second, micro_batch_,
+                 true, true),
+        slots_(program_),
+        eval_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second) {
+    const auto [b, e] = t_.stage_part(stage_);
+    for (int k = 0; k < t_.owners; ++k) {
+      copies_.emplace_back(model_, b, e);
+      copies_.back().initialise(model_, s.seed);
+    }
+    grads_done_.assign(t_.owners, 0);
+    const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
+    const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
+    const int window = s.one_f_one_b ? std::min(s.micro_batches, t_.stages + 2) : 1;
+    std::vector<int> prev, next;
+    if (stage_ == 0)
+      for (int r = 0; r < t_.owner_ranks; ++r) prev.push_back(r);
+    else
+      prev.push_back(t_.rank_of_stage(stage_ - 1));
+    if (stage_ == t_.stages - 1)
+      for (int r = 0; r < t_.owner_ranks; ++r) next.push_back(r);
+    else
+      next.push_back(t_.rank_of_stage(stage_ + 1));
+    auto depth_for = [&](int peer) {
+      const int owners_behind =
+          peer < t_.owner_ranks ? static_cast<int>(t_.owners_of_rank(peer).size()) : t_.owners;
+      return std::min(owners_behind * window, 16) + 1;
+    };
+    std::map<int, int64_t> size;
+    std::map<int, int> depth;
+    for (int p : prev) size[p] = std::max(size[p], in_floats), depth[p] += depth_for(p);
+    for (int p : next) size[p] = std::max(size[p], out_floats), depth[p] += depth_for(p);
+    for (auto [peer, floats] : size) mailbox_.listen(peer, floats, depth[peer]);
+    if (stage_ > 0) preferred_.push_back(t_.rank_of_stage(stage_ - 1));
+    if (stage_ < t_.stages - 1) preferred_.push_back(t_.rank_of_stage(stage_ + 1));
+  }
+
+  const char* role() const override { return "stage"; }
+  const comm::Mailbox& mailbox() const override { return mailbox_; }
+  RankTimes times() const override {
+    return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
+  }
+
+  RoundResult run_round(int round) override {
+    int64_t total = 0;
+    for (int k = 0; k < t_.owners; ++k) total += s_.plan.round_steps(k, round) * s_.micro_batches;
+    int64_t fwd = 0, bwd = 0;
+    const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
+    const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
+    while (fwd < total || bwd < total) {
+      const comm::Mailbox::Message msg = mailbox_.wait(preferred_);
+      const auto t0 = Clock::now();
+      const int k = msg.env.owner, m = msg.env.micro;
+      nn::PartState& copy = copies_[k];
+      const nn::StepInfo info{s_.seed, copy.steps, m * micro_batch_, true,
+                              static_cast<uint64_t>(k)};
+      if (msg.env.kind == comm::MessageKind::kActivation) {
+        auto slot = slots_.acquire();
+        float* buf = mailbox_.send_buffer(out_floats);
+        program_.forward(*slot, copy, msg.data, buf, info);
+        mailbox_.release(msg);
+        in_flight_[key(k, m)] = std::move(slot);
+        busy_ += since(t0);
+        mailbox_.send(buf, out_floats, next_rank(k), comm::MessageKind::kActivation, k, m);
+        ++fwd;
+      } else {
+        auto it = in_flight_.find(key(k, m));
+        MPSL_CHECK(it != in_flight_.end(), "gradient for a micro-batch that was never forwarded");
+        float* buf = mailbox_.send_buffer(in_floats);
+        program_.backward(*it->second, copy, msg.data, buf, info, grads_done_[k] > 0);
+        mailbox_.release(msg);
+        slots_.release(std::move(it->second));
+        in_flight_.erase(it);
+        if (++grads_done_[k] == s_.micro_batches) {
+          optim::sgd_step(copy, s_.sgd);
+          grads_done_[k] = 0;
+        }
+        busy_ += since(t0);
+        mailbox_.send(buf, in_floats, prev_rank(k), comm::MessageKind::kActivationGrad, k, m);
+        ++bwd;
+      }
+    }
+    mailbox_.flush();
+    return {};
+  }
+
+  void aggregate() override {
+    const auto t0 = Clock::now();
+    std::vector<nn::PartState*> all;
+    for (auto& c : copies_) all.push_back(&c);
+    optim::average_copies(all, s_.plan.weights(), s_.policy);
+    busy_ += since(t0);
+  }
+
+  std::pair<double, double> evaluate(const data::Dataset*) override {
+    int64_t count = 0;
+    MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    const int prev = stage_ == 0 ? 0 : t_.rank_of_stage(stage_ - 1);
+    const int next = stage_ == t_.stages - 1 ? 0 : t_.rank_of_stage(stage_ + 1);
+    const int64_t in_per = program_.input_shape().per_sample();
+    const int64_t out_per = program_.output_shape().per_sample();
+    for (int64_t i = 0; i < eval_batches(count, s_.eval_batch); ++i) {
+      std::vector<float> in = recv_any_size(eval_comm_.get(), prev, kEvalTag);
+      const int64_t b = static_cast<int64_t>(in.size()) / in_per;
+      std::vector<float> out(b * out_per);
+      eval_.forward(copies_.front(), b, in.data(), out.data());
+      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag);
+    }
+    return {0, 0};
+  }
+
+  std::optional<nn::PartState> gather_model() override {
+    const nn::PartState& c = copies_.front();
+    std::vector<float> v(c.params.size() + c.buffers.size());
+    std::copy(c.params.data(), c.params.data() + c.params.size(), v.begin());
+    std::copy(c.buffers.data(), c.buffers.data() + c.buffers.size(), v.begin() + c.params.size());
+    send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag);
+    return std::nullopt;
+  }
+
+ private:
+  static int64_t key(int owner, int micro) { return static_cast<int64_t>(owner) * 4096 + micro; }
+  int next_rank(int owner) const {
+    return stage_ == t_.stages - 1 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ + 1);
+  }
+  int prev_rank(int owner) const {
+    return stage_ == 0 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ - 1);
+  }
+
+  const Settings& s_;
+  const Topology& t_;
+  const nn::Model& model_;
+  int rank_;
+  int stage_;
+  comm::Communicator world_, owner_comm_, eval_comm_;
+  comm::Mailbox mailbox_;
+  int64_t micro_batch_;
+  nn::PartProgram program_;
+  SlotPool slots_;
+  InferencePrograms eval_;
+  std::vector<nn::PartState> copies_;
+  std::vector<int> grads_done_;
+  std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
+  std::vector<int> preferred_;
+  double busy_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<RankRuntime> make_runtime(const Settings& s, const data::Dataset* train, int rank) {
+  if (s.topology.is_owner_rank(rank)) {
+    MPSL_CHECK(train != nullptr, "owner ranks need the training set");
+    return std::make_unique<OwnerRuntime>(s, *train, rank);
+  }
+  return std::make_unique<StageRuntime>(s, rank);
+}
+
+}  // namespace mpsl::pipeline

@@ -1,0 +1,64 @@
+#include "mpsl/train/federation.hpp"
+
+#include <algorithm>
+
+#include "mpsl/core/error.hpp"
+#include "mpsl/data/partition.hpp"
+
+namespace mpsl::train {
+
+int64_t FederationPlan::steps(int k, int round, int epoch) const {
+  const int64_t spe = steps_per_epoch.at(k);
+  if (max_steps <= 0) return spe;
+  const int64_t before = (static_cast<int64_t>(round - 1) * local_epochs + epoch) * spe;
+  return std::clamp<int64_t>(max_steps - before, 0, spe);
+}
+
+int64_t FederationPlan::round_steps(int k, int round) const {
+  int64_t s = 0;
+  for (int e = 0; e < local_epochs; ++e) s += steps(k, round, e);
+  return s;
+}
+
+std::vector<double> FederationPlan::weights() const {
+  return std::vector<double>(samples.begin(), samples.end());
+}
+
+double FederationPlan::total_weight() const {
+  double t = 0;
+  for (auto s : samples) t += static_cast<double>(s);
+  return t;
+}
+
+FederationPlan make_federation_plan(const data::Dataset& train, const cli::TrainOptions& o,
+                                    uint64_t seed) {
+  FederationPlan p;
+  p.owners = o.owners;
+  p.batch = o.batch;
+  p.rounds = o.rounds;
+  p.local_epochs = o.local_epochs;
+  p.max_steps = o.max_steps;
+  if (o.owners == 1) {
+    p.shards.assign(1, std::vector<int64_t>(train.count));
+    for (int64_t i = 0; i < train.count; ++i) p.shards[0][i] = i;
+  } else if (o.partition == "dirichlet") {
+    p.shards = data::partition_dirichlet(train, o.owners, o.alpha, seed);
+  } else {
+    p.shards = data::partition_iid(train.count, o.owners, seed);
+  }
+  for (int k = 0; k < o.owners; ++k) {
+    const int64_t n = static_cast<int64_t>(p.shards[k].size());
+    if (n < o.batch)
+      throw InputError("owner " + std::to_string(k) + " gets " + std::to_string(n) +
+                       " training samples, fewer than --batch " + std::to_string(o.batch) +
+                       (o.partition == "dirichlet" ? "; use a larger --alpha, " : "; use ") +
+                       "fewer --owners or a smaller --batch");
+    int64_t spe = n / o.batch;
+    if (o.batches_per_epoch > 0) spe = std::min<int64_t>(spe, o.batches_per_epoch);
+    p.samples.push_back(n);
+    p.steps_per_epoch.push_back(spe);
+  }
+  return p;
+}
+
+}  // namespace mpsl::train
