@@ -345,6 +345,9 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.text("resume", t.resume, "latest|DIR", "continue from a checkpoint");
   s.text("save-model", t.save_model, "FILE.h5", "save the trained model (for 'mpsl eval')");
   s.group("Observe and emulate");
+  s.text("audit-dir", t.audit_dir, "DIR",
+         "write every message each rank sent or received (kind, peer, bytes) to "
+         "DIR/audit-rank<R>.jsonl");
   s.text("trace", t.trace, "FILE.json", "write a Chrome trace of all ranks");
   s.flag("dry-run", t.dry_run, "print the role map and the memory per rank, then stop");
   s.text("emulate", t.emulate, "FILE", "device speed factors and link bandwidths to emulate");

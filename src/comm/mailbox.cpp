@@ -149,7 +149,7 @@ void Mailbox::send(float* buffer, int64_t floats, int dest, MessageKind kind, in
   MPSL_MPI_CHECK(MPI_Isend(buffer, static_cast<int>(floats), MPI_FLOAT, dest,
                            encode_tag(kind, owner, micro), comm_, &slot->request));
   stats_.comm_seconds += since(t);
-  audit_.push_back({kind, dest, floats * static_cast<int64_t>(sizeof(float)), true});
+  audit_message(kind_name(kind), dest, floats * static_cast<int64_t>(sizeof(float)), true);
   ++stats_.messages_sent;
   stats_.bytes_sent += floats * static_cast<int64_t>(sizeof(float));
 }
@@ -234,7 +234,8 @@ Mailbox::Message Mailbox::take(const std::vector<int>& preferred_sources) {
   m.data = r.buffer.data();
   m.floats = count;
   m.handle = i;
-  audit_.push_back({m.env.kind, m.env.source, count * static_cast<int64_t>(sizeof(float)), false});
+  audit_message(kind_name(m.env.kind), m.env.source, count * static_cast<int64_t>(sizeof(float)),
+                false);
   return m;
 }
 

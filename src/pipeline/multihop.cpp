@@ -22,7 +22,7 @@ constexpr int kModelTag = 8;
 
 // Blocking receive of a message of unknown size that sleeps while it waits (a plain MPI_Recv
 // busy-polls a core, which slows everyone when ranks outnumber cores).
-std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag) {
+std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char* kind) {
   MPI_Status st;
   int flag = 0, idle = 0;
   while (true) {
@@ -34,10 +34,13 @@ std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag) {
   MPSL_MPI_CHECK(MPI_Get_count(&st, MPI_FLOAT, &count));
   std::vector<float> v(count);
   MPSL_MPI_CHECK(MPI_Recv(v.data(), count, MPI_FLOAT, source, tag, comm, MPI_STATUS_IGNORE));
+  comm::audit_message(kind, source, count * static_cast<int64_t>(sizeof(float)), false);
   return v;
 }
 
-void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag) {
+void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag,
+                 const char* kind) {
+  comm::audit_message(kind, dest, n * static_cast<int64_t>(sizeof(float)), true);
   MPI_Request req;
   MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req));
   int done = 0, idle = 0;
@@ -204,9 +207,12 @@ class OwnerRuntime : public RankRuntime {
       optim::PartSums sums = optim::weighted_sums(copies, weights, momentum);
       // Only these weighted sums leave the rank; the reduction returns the global sums.
       for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
-        if (!v->empty())
+        if (!v->empty()) {
+          comm::audit_message("fedavg-weighted-sum", -1,
+                              static_cast<int64_t>(v->size() * sizeof(double)), true);
           MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
                                        MPI_DOUBLE, MPI_SUM, owner_comm_.get()));
+        }
       optim::assign_average(sums, s_.plan.total_weight(), targets, s_.policy);
     }
     busy_ += since(t0);
@@ -233,8 +239,8 @@ class OwnerRuntime : public RankRuntime {
       act.resize(b * model_.shape_before(t_.first_part().second, 1).per_sample());
       first_eval_.forward(o.first, b, images.data(), act.data());
       send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
-                  kEvalTag);
-      std::vector<float> out = recv_any_size(eval_comm_.get(), last_stage, kEvalTag);
+                  kEvalTag, "eval-activation");
+      std::vector<float> out = recv_any_size(eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
       std::vector<float> logits(b * model_.classes());
       last_eval_.forward(o.last, b, out.data(), logits.data());
       const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
@@ -258,7 +264,7 @@ class OwnerRuntime : public RankRuntime {
     place(o.first.params.data(), o.first.params.size(), o.first.buffers.data(),
           o.first.buffers.size(), t_.first_part().first);
     for (int st = 0; st < t_.stages; ++st) {
-      std::vector<float> v = recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag);
+      std::vector<float> v = recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag, "stage-part");
       const auto [b, e] = t_.stage_part(st);
       const nn::PartLayout l = nn::PartLayout::make(model_, b, e);
       MPSL_CHECK(static_cast<int64_t>(v.size()) == l.param_count + l.buffer_count,
@@ -511,11 +517,11 @@ class StageRuntime : public RankRuntime {
     const int64_t in_per = program_.input_shape().per_sample();
     const int64_t out_per = program_.output_shape().per_sample();
     for (int64_t i = 0; i < eval_batches(count, s_.eval_batch); ++i) {
-      std::vector<float> in = recv_any_size(eval_comm_.get(), prev, kEvalTag);
+      std::vector<float> in = recv_any_size(eval_comm_.get(), prev, kEvalTag, "eval-activation");
       const int64_t b = static_cast<int64_t>(in.size()) / in_per;
       std::vector<float> out(b * out_per);
       eval_.forward(copies_.front(), b, in.data(), out.data());
-      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag);
+      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag, "eval-activation");
     }
     return {0, 0};
   }
@@ -525,7 +531,7 @@ class StageRuntime : public RankRuntime {
     std::vector<float> v(c.params.size() + c.buffers.size());
     std::copy(c.params.data(), c.params.data() + c.params.size(), v.begin());
     std::copy(c.buffers.data(), c.buffers.data() + c.buffers.size(), v.begin() + c.params.size());
-    send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag);
+    send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag, "stage-part");
     return std::nullopt;
   }
 

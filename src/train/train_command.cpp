@@ -7,6 +7,7 @@
 #include <mpi.h>
 
 #include "mpsl/cli/commands.hpp"
+#include "mpsl/comm/audit.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/zoo.hpp"
@@ -251,6 +252,8 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
     for (int k = 0; k < owners; ++k)
       v[k] = plan.samples[k], v[owners + k] = plan.steps_per_epoch[k];
   MPSL_MPI_CHECK(MPI_Bcast(v.data(), 2 * owners, MPI_INT64_T, 0, MPI_COMM_WORLD));
+  comm::audit_message("plan-counts", 0, static_cast<int64_t>(v.size() * sizeof(int64_t)),
+                      rank == 0);
   plan.samples.assign(v.begin(), v.begin() + owners);
   plan.steps_per_epoch.assign(v.begin() + owners, v.end());
   return plan;
@@ -333,6 +336,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       MPSL_LOG(Info, "model written to " << o.save_model);
     }
   }
+
+  if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
 
   // One rank_summary per rank, gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();

@@ -60,6 +60,7 @@ struct TrainOptions {
   std::string save_model;
   // observe / emulate
   std::string trace;
+  std::string audit_dir;  // per-rank message audit (privacy checks)
   bool dry_run = false;
   std::string emulate;
   int eval_batch = 1000;

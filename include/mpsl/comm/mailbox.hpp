@@ -1,6 +1,6 @@
 // Point-to-point messaging of the pipeline: activations forward, gradients with respect to
 // activations backward. Nothing else can be sent through it: there is no way to send labels or
-// samples, and every message is recorded (kind, peer, bytes) in an audit log that tests check.
+// samples, and every message is recorded (kind, peer, bytes) in the audit log (comm/audit.hpp).
 //
 // Receives are posted early (several per peer) into buffers the mailbox owns; sends are
 // non-blocking from pooled buffers. A rank that waits polls with a short, growing sleep instead
@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "mpsl/comm/audit.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 
 namespace mpsl::comm {
@@ -54,13 +55,6 @@ struct Envelope {
   int source = 0;  // sending rank
 };
 
-struct AuditEntry {
-  MessageKind kind;
-  int peer;
-  int64_t bytes;
-  bool outgoing;
-};
-
 struct MailboxStats {
   double wait_seconds = 0;  // blocked in wait() with nothing to do
   double comm_seconds = 0;  // inside MPI calls that post or test messages
@@ -98,7 +92,6 @@ class Mailbox {
   // Waits until every send has completed.
   void flush();
 
-  const std::vector<AuditEntry>& audit() const { return audit_; }
   const MailboxStats& stats() const { return stats_; }
   // What this rank waits for, for stall reports (set by the runtime).
   void set_waiting_for(std::string what) { waiting_for_ = std::move(what); }
@@ -129,7 +122,6 @@ class Mailbox {
   std::vector<std::unique_ptr<Recv>> recvs_;
   std::vector<std::unique_ptr<Send>> sends_;
   std::deque<int> ready_;  // receive indices in arrival order
-  std::vector<AuditEntry> audit_;
   MailboxStats stats_;
   std::string waiting_for_;
 };

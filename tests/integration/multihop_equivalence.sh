@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Multihop == single process: the backbone equivalence tests of the multihop runtime.
+#  - K = 1 owner, N = 1, 2, 3 stages, mpsl schedule and 1f1b with M = 1: bitwise equal weights.
+#  - 1f1b with M = 2, 4 micro-batches vs whole-batch training: max relative difference <= 1e-5
+#    (micro-batches sum gradients in another order, so bitwise equality is not possible).
+#  - K = 4 owners (non-IID), N = 2, two rounds with FedAvg vs the single-process simulation of the
+#    same per-owner training plus FedAvg: bitwise equal.
+set -uo pipefail
+MPSL=${1:?usage: multihop_equivalence.sh PATH_TO_MPSL}
+source "$(dirname "$0")/lib_mpi.bash"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+same() {  # same NAME A B [--tolerance X]
+  local name=$1 a=$2 b=$3
+  shift 3
+  if out=$($PY "$HERE/compare_models.py" "$a" "$b" "$@"); then pass "$name: $out"; else fail "$name: $out"; fi
+}
+
+C="--model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1 --quiet"
+mpsl_run 1 train $C --max-steps 12 --save-model "$T/ref.h5" > /dev/null || fail "reference run"
+for n in 1 2 3; do
+  mpsl_run $((n + 1)) train $C --max-steps 12 --stages "$n" --save-model "$T/mh$n.h5" > /dev/null \
+    && same "K=1 N=$n mpsl schedule == single process (bitwise)" "$T/ref.h5" "$T/mh$n.h5" \
+    || fail "K=1 N=$n run"
+done
+mpsl_run 3 train $C --max-steps 12 --stages 2 --schedule 1f1b --micro-batches 1 \
+  --save-model "$T/f1.h5" > /dev/null \
+  && same "K=1 N=2 1f1b M=1 == single process (bitwise)" "$T/ref.h5" "$T/f1.h5" || fail "1f1b M=1 run"
+
+# Micro-batches: compare after 3 steps, before chaotic growth of rounding differences.
+mpsl_run 1 train $C --max-steps 3 --save-model "$T/ref3.h5" > /dev/null || fail "reference run (3 steps)"
+for m in 2 4; do
+  for n in 1 3; do
+    mpsl_run $((n + 1)) train $C --max-steps 3 --stages "$n" --schedule 1f1b --micro-batches "$m" \
+      --save-model "$T/m$m$n.h5" > /dev/null \
+      && same "K=1 N=$n 1f1b M=$m == whole batch (rel <= 1e-5)" "$T/ref3.h5" "$T/m$m$n.h5" \
+        --tolerance 1e-5 || fail "1f1b M=$m N=$n run"
+  done
+  mpsl_run 1 train $C --max-steps 3 --schedule 1f1b --micro-batches "$m" --save-model "$T/s$m.h5" \
+    > /dev/null && same "single process M=$m == whole batch (rel <= 1e-5)" "$T/ref3.h5" "$T/s$m.h5" \
+    --tolerance 1e-5 || fail "single process M=$m run"
+done
+
+C4="--model fmnist-cnn --synthetic --synthetic-count 2048 --batch 32 --batches-per-epoch 6 --rounds 2"
+C4="$C4 --owners 4 --threads 1 --quiet --partition dirichlet --alpha 1"
+mpsl_run 1 train $C4 --save-model "$T/k4ref.h5" > /dev/null || fail "K=4 simulation"
+mpsl_run 4 train $C4 --stages 2 --save-model "$T/k4.h5" > /dev/null \
+  && same "K=4 (2 owner ranks) N=2 two rounds == single-process FedAvg simulation (bitwise)" \
+    "$T/k4ref.h5" "$T/k4.h5" || fail "K=4 N=2 run"
+mpsl_run 3 train $C4 --stages 2 --schedule 1f1b --micro-batches 1 --save-model "$T/k4b.h5" \
+  > /dev/null && same "K=4 (1 owner rank) N=2 1f1b == simulation (bitwise)" "$T/k4ref.h5" \
+  "$T/k4b.h5" || fail "K=4 1 owner rank run"
+summary
