@@ -189,6 +189,7 @@ bool Mailbox::progress() {
 
 Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   const auto t0 = Clock::now();
+  const double comm_before = stats_.comm_seconds;
   int idle = 0;
   while (true) {
     progress();
@@ -199,7 +200,8 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
       std::this_thread::sleep_for(std::chrono::microseconds(us));
     }
   }
-  stats_.wait_seconds += since(t0);
+  // Time inside MPI calls counts as communication, the rest of the wait as waiting.
+  stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
   return take(preferred_sources);
 }
 
@@ -245,6 +247,7 @@ void Mailbox::release(const Message& m) {
 
 void Mailbox::flush() {
   const auto t0 = Clock::now();
+  const double comm_before = stats_.comm_seconds;
   int idle = 0;
   while (true) {
     bool busy = false;
@@ -252,7 +255,7 @@ void Mailbox::flush() {
     if (!busy) break;
     if (!progress() && ++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
-  stats_.wait_seconds += since(t0);
+  stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
 }
 
 }  // namespace mpsl::comm
