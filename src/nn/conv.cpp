@@ -224,7 +224,8 @@ class Conv2d : public Layer {
         break;
       }
       default: {
-        const int64_t fan_out = s_.out_channels * s_.kernel * s_.kernel / s_.groups;
+        // torch: fan_out = weight.size(0) * kh * kw, not divided by groups.
+        const int64_t fan_out = s_.out_channels * s_.kernel * s_.kernel;
         detail::init_normal(rng, p, n, std::sqrt(2.f / static_cast<float>(fan_out)));
         if (s_.bias) std::fill(p + n, p + n + s_.out_channels, 0.f);
       }

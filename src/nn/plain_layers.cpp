@@ -90,6 +90,10 @@ class DropoutExec : public PlainExec {
     if (!diff_src_) return diff_src_;
     const float* d = plain_diff(diff_dst);
     float* g = fptr_mut(diff_src_);
+    if (!info.training || p_ <= 0.f) {  // forward was the identity
+      std::copy(d, d + in_.elements(), g);
+      return diff_src_;
+    }
     const int64_t per = in_.per_sample();
     const float scale = 1.f / (1.f - p_);
     for (int64_t n = 0; n < in_.n; ++n)
