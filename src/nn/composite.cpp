@@ -60,7 +60,7 @@ class ChainExec : public LayerExec {
       b.src_desc = src;
       b.in = offsets_.in[i];
       b.need_diff_src = i > 0 || a.need_diff_src;
-      b.layer_id = a.layer_id * 64 + i;  // distinct dropout streams for members
+      b.layer_id = mix64(a.layer_id) + i + 1;  // distinct random streams for members
       execs_.push_back(layers[i]->bind(b));
       src = execs_.back()->dst_desc();
     }
@@ -113,6 +113,10 @@ class Sequence : public Layer {
   std::string type() const override { return "sequence"; }
   std::string describe() const override { return name_ + " [" + describe_chain(layers_) + "]"; }
   Shape output_shape(const Shape& in) const override { return offsets_of(layers_, in).in.back(); }
+  int output_ndims(int nd) const override {
+    for (const auto& l : layers_) nd = l->output_ndims(nd);
+    return nd;
+  }
   std::vector<TensorSpec> params(const Shape& in) const override { return collect(in, false); }
   std::vector<TensorSpec> buffers(const Shape& in) const override { return collect(in, true); }
   void init(const Shape& in, Rng& rng, float* p, float* b) const override {
@@ -154,8 +158,13 @@ struct ResidualSlot : LayerSlot {
 
 class ResidualExec : public LayerExec {
  public:
+  // The shortcut's members get their own random streams.
+  static BindArgs shortcut_args(BindArgs a) {
+    a.layer_id = ~a.layer_id;
+    return a;
+  }
   ResidualExec(const Layers& main, const Layers& shortcut, const BindArgs& a)
-      : eng_(a.engine), strm_(a.stream), main_(main, a), shortcut_(shortcut, a) {
+      : eng_(a.engine), strm_(a.stream), main_(main, a), shortcut_(shortcut, shortcut_args(a)) {
     const memory::desc m = main_.dst_desc();
     const memory::desc s = shortcut_.empty() ? a.src_desc : shortcut_.dst_desc();
     MPSL_INPUT_CHECK(m.dims() == s.dims(), "residual: branch shapes differ");

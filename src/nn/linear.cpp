@@ -21,10 +21,13 @@ class LinearExec : public LayerExec {
   LinearExec(int64_t out, bool relu, const BindArgs& a)
       : out_(out), relu_(relu), eng_(a.engine), strm_(a.stream) {
     const Shape in = a.in;
-    memory::dims wdims = in.flat() ? memory::dims{out, in.c} : memory::dims{out, in.c, in.h, in.w};
+    // The weights follow the rank of what arrives: [out, C] for [N, C], [out, C, H, W] for
+    // [N, C, H, W] (the same bytes as the plain [out, C*H*W]).
+    const bool flat_input = a.src_desc.dims().size() == 2;
+    memory::dims wdims = flat_input ? memory::dims{out, in.c} : memory::dims{out, in.c, in.h, in.w};
     auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
-    memory::desc src_md = any(dims_of(in)), w_md = any(wdims), b_md({out}, dt::f32, tag::a),
-                 dst_md = any({in.n, out});
+    memory::desc src_md = any(flat_input ? memory::dims{in.n, in.c} : dims4(in)), w_md = any(wdims),
+                 b_md({out}, dt::f32, tag::a), dst_md = any({in.n, out});
     dnnl::primitive_attr attr;
     if (relu) {
       dnnl::post_ops ops;
@@ -149,6 +152,7 @@ class Linear : public Layer {
     return "fc ->" + std::to_string(out_) + (relu_ ? " +relu" : "");
   }
   Shape output_shape(const Shape& in) const override { return {in.n, out_, 1, 1}; }
+  int output_ndims(int) const override { return 2; }
   std::vector<TensorSpec> params(const Shape& in) const override {
     return {{"weight", {out_, in.per_sample()}}, {"bias", {out_}}};
   }

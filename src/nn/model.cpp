@@ -46,6 +46,13 @@ Shape Model::shape_before(int i, int64_t batch) const {
   return s;
 }
 
+int Model::ndims_before(int i) const {
+  MPSL_CHECK(i >= 0 && i <= num_units(), "unit index out of range");
+  int nd = 4;
+  for (int u = 0; u < i; ++u) nd = units_[u]->output_ndims(nd);
+  return nd;
+}
+
 // ---- FloatBuffer ----------------------------------------------------------------------------
 
 void FloatBuffer::Free::operator()(float* p) const {
@@ -138,7 +145,8 @@ PartProgram::PartProgram(const Model& model, int begin, int end, int64_t batch,
   Runtime& rt = cpu_runtime();
   in_ = model.shape_before(begin, batch);
   out_ = model.shape_before(end, batch);
-  plain_in_desc_ = plain_desc(dims_of(in_));
+  plain_in_desc_ =
+      plain_desc(model.ndims_before(begin) == 2 ? memory::dims{in_.n, in_.c} : dims4(in_));
   memory::desc src = plain_in_desc_;
   for (int u = begin; u < end; ++u) {
     BindArgs a{rt.engine,

@@ -65,7 +65,7 @@ class DropoutExec : public PlainExec {
   const memory::desc& dst_desc() const override { return dst_desc_; }
   // The mask bit of one element depends only on (seed, unit, step, sample, feature).
   bool keep(const StepInfo& info, int64_t sample, int64_t feature) const {
-    const uint64_t stream = (static_cast<uint64_t>(layer_id_) << 40) ^ (info.owner << 24) ^ info.step;
+    const uint64_t stream = mix64(mix64(layer_id_ + 1) + info.owner) + info.step;
     const uint64_t counter = (static_cast<uint64_t>(sample) << 32) ^ static_cast<uint64_t>(feature);
     return to_unit_float(hash3(info.seed, stream, counter)) >= p_;
   }
@@ -112,6 +112,7 @@ class Dropout : public Layer {
  public:
   explicit Dropout(float p) : p_(p) {}
   std::string type() const override { return "dropout"; }
+  int output_ndims(int input_ndims) const override { return input_ndims; }
   std::string describe() const override {
     char b[32];
     std::snprintf(b, sizeof b, "dropout %.2g", p_);
@@ -233,6 +234,7 @@ class Flatten : public Layer {
   std::string type() const override { return "flatten"; }
   std::string describe() const override { return "flatten"; }
   Shape output_shape(const Shape& in) const override { return {in.n, in.per_sample(), 1, 1}; }
+  int output_ndims(int) const override { return 2; }
   double forward_flops(const Shape&) const override { return 0; }
   std::unique_ptr<LayerExec> bind(const BindArgs& a) const override {
     return std::make_unique<FlattenExec>(a);

@@ -67,6 +67,7 @@ class Relu : public Layer {
   std::string type() const override { return "relu"; }
   std::string describe() const override { return "relu"; }
   Shape output_shape(const Shape& in) const override { return in; }
+  int output_ndims(int input_ndims) const override { return input_ndims; }
   double forward_flops(const Shape& in) const override {
     return static_cast<double>(in.elements());
   }

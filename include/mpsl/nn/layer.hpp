@@ -84,6 +84,8 @@ class Layer {
   // One line for `mpsl inspect`, e.g. "conv3x3 1->32 s1 p1 +relu".
   virtual std::string describe() const = 0;
   virtual Shape output_shape(const Shape& in) const = 0;
+  // Rank of the output memory (4 = [N,C,H,W], 2 = [N,C]) given the input's rank.
+  virtual int output_ndims(int input_ndims) const { return 4; }
   virtual std::vector<TensorSpec> params(const Shape& in) const { return {}; }
   virtual std::vector<TensorSpec> buffers(const Shape& in) const { return {}; }
   // Fills params and buffers with their initial values (torch-compatible distributions).

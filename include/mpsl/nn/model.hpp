@@ -26,6 +26,9 @@ class Model {
   const Layer& unit(int i) const { return *units_.at(i); }
   // Input shape of unit i (i == num_units() gives the model output).
   Shape shape_before(int i, int64_t batch) const;
+  // Rank of the activation memory entering unit i in a whole-model run (4 or 2); a part that
+  // starts at unit i takes its input with this rank.
+  int ndims_before(int i) const;
 
  private:
   std::string name_;
