@@ -49,11 +49,12 @@ class ConvExec : public LayerExec {
       ops.append_eltwise(1.f, algorithm::eltwise_relu, 0.f, 0.f);
       attr.set_post_ops(ops);
     }
-    // Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with enough channels to fill its
-    // tiles (it is slower for the first layer of an image net); direct otherwise, or where this
+    // Winograd F(4x4, 3x3) for 3x3 stride-1 convolutions with enough channels and pixels to fill
+    // its tiles (it is slower for the first layer of an image net); direct otherwise, or where this
     // CPU has no Winograd implementation.
+    // Small maps waste most of Winograd's 6x6 tiles, so they stay direct.
     const bool try_winograd = s.kernel == 3 && s.stride == 1 && s.groups == 1 && in.c >= 16 &&
-                              s.out_channels >= 16 && winograd_enabled();
+                              s.out_channels >= 16 && oh >= 4 && ow >= 4 && winograd_enabled();
     auto make_fwd = [&](algorithm alg) {
       return dnnl::convolution_forward::primitive_desc(
           dnnl::convolution_forward::desc(
@@ -101,7 +102,9 @@ class ConvExec : public LayerExec {
           dnnl::convolution_backward_data::desc(alg, src_md, w_md, dst_md, strides, pad, pad), eng_,
           fwd_pd_);
       bwd_d_ = dnnl::convolution_backward_data(bwd_d_pd_);
-      w_bwd_ = WeightsCache(w_plain_, bwd_d_pd_.weights_desc(), eng_);
+      // Backward-data reuses the forward copy of the weights when it wants the same layout.
+      bwd_shares_weights_ = bwd_d_pd_.weights_desc() == fwd_pd_.weights_desc();
+      if (!bwd_shares_weights_) w_bwd_ = WeightsCache(w_plain_, bwd_d_pd_.weights_desc(), eng_);
       diff_src_ = memory(bwd_d_pd_.diff_src_desc(), eng_);
     }
   }
@@ -162,7 +165,7 @@ class ConvExec : public LayerExec {
     if (!diff_src_) return diff_src_;
     const memory& dd_data = ddd_conv_.to(*dd, bwd_d_pd_.diff_dst_desc(), eng_, strm_);
     bwd_d_.execute(strm_, {{DNNL_ARG_DIFF_DST, dd_data},
-                           {DNNL_ARG_WEIGHTS, w_bwd_.get(p.params, p, strm_)},
+                           {DNNL_ARG_WEIGHTS, (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_)},
                            {DNNL_ARG_DIFF_SRC, diff_src_}});
     return diff_src_;
   }
@@ -183,6 +186,7 @@ class ConvExec : public LayerExec {
   dnnl::eltwise_backward relu_bwd_;
   memory::desc w_plain_, dst_desc_;
   WeightsCache w_fwd_, w_bwd_;
+  bool bwd_shares_weights_ = false;
   GradTarget w_grad_, b_grad_;
   memory bias_mem_, diff_src_, relu_diff_;
   Converter in_conv_, dd_conv_, src_w_conv_, ddw_conv_, ddd_conv_;

@@ -1,6 +1,7 @@
 // Fully connected layer (oneDNN inner product) with ReLU fused as a post-op. A 4D input is
 // flattened in NCHW order, so the plain weights are [out, C*H*W] like torch's nn.Linear.
 #include <cmath>
+#include <cstdlib>
 
 #include "detail.hpp"
 #include "mpsl/nn/layers.hpp"
@@ -11,6 +12,12 @@ namespace {
 using namespace detail;
 using dnnl::algorithm;
 using dnnl::prop_kind;
+
+// MPSL_IP_GRAD=plain makes backward-weights write the plain gradient directly (no reorder).
+bool plain_grad() {
+  const char* v = std::getenv("MPSL_IP_GRAD");
+  return v && std::string(v) == "plain";
+}
 
 struct LinearSlot : LayerSlot {
   memory src, dst;
@@ -26,7 +33,10 @@ class LinearExec : public LayerExec {
     const bool flat_input = a.src_desc.dims().size() == 2;
     memory::dims wdims = flat_input ? memory::dims{out, in.c} : memory::dims{out, in.c, in.h, in.w};
     auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
-    memory::desc src_md = any(flat_input ? memory::dims{in.n, in.c} : dims4(in)), w_md = any(wdims),
+    const char* wl = std::getenv("MPSL_IP_WEIGHTS");
+    const bool plain_weights = wl && std::string(wl) == "plain";
+    memory::desc src_md = any(flat_input ? memory::dims{in.n, in.c} : dims4(in)),
+                 w_md = plain_weights ? plain_desc(wdims) : any(wdims),
                  b_md({out}, dt::f32, tag::a), dst_md = any({in.n, out});
     dnnl::primitive_attr attr;
     if (relu) {
@@ -59,7 +69,9 @@ class LinearExec : public LayerExec {
       relu_diff_ = memory(dst_desc_, eng_);
     }
     bwd_w_pd_ = dnnl::inner_product_backward_weights::primitive_desc(
-        dnnl::inner_product_backward_weights::desc(src_md, w_md, b_md, dst_md), eng_, fwd_pd_);
+        dnnl::inner_product_backward_weights::desc(src_md, plain_grad() ? w_plain_ : w_md, b_md,
+                                                   dst_md),
+        eng_, fwd_pd_);
     bwd_w_ = dnnl::inner_product_backward_weights(bwd_w_pd_);
     w_grad_ = GradTarget(w_plain_, bwd_w_pd_.diff_weights_desc(), eng_);
     b_grad_ = GradTarget(b_md, bwd_w_pd_.diff_bias_desc(), eng_);
@@ -67,7 +79,9 @@ class LinearExec : public LayerExec {
       bwd_d_pd_ = dnnl::inner_product_backward_data::primitive_desc(
           dnnl::inner_product_backward_data::desc(src_md, w_md, dst_md), eng_, fwd_pd_);
       bwd_d_ = dnnl::inner_product_backward_data(bwd_d_pd_);
-      w_bwd_ = WeightsCache(w_plain_, bwd_d_pd_.weights_desc(), eng_);
+      // Backward-data reuses the forward copy of the weights when it wants the same layout.
+      bwd_shares_weights_ = bwd_d_pd_.weights_desc() == fwd_pd_.weights_desc();
+      if (!bwd_shares_weights_) w_bwd_ = WeightsCache(w_plain_, bwd_d_pd_.weights_desc(), eng_);
       diff_src_ = memory(bwd_d_pd_.diff_src_desc(), eng_);
     }
   }
@@ -119,7 +133,7 @@ class LinearExec : public LayerExec {
     if (!diff_src_) return diff_src_;
     const memory& dd_data = ddd_conv_.to(*dd, bwd_d_pd_.diff_dst_desc(), eng_, strm_);
     bwd_d_.execute(strm_, {{DNNL_ARG_DIFF_DST, dd_data},
-                           {DNNL_ARG_WEIGHTS, w_bwd_.get(p.params, p, strm_)},
+                           {DNNL_ARG_WEIGHTS, (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_)},
                            {DNNL_ARG_DIFF_SRC, diff_src_}});
     return diff_src_;
   }
@@ -139,6 +153,7 @@ class LinearExec : public LayerExec {
   dnnl::eltwise_backward relu_bwd_;
   memory::desc w_plain_, dst_desc_;
   WeightsCache w_fwd_, w_bwd_;
+  bool bwd_shares_weights_ = false;
   GradTarget w_grad_, b_grad_;
   memory bias_mem_, diff_src_, relu_diff_;
   Converter in_conv_, dd_conv_, src_w_conv_, ddw_conv_, ddd_conv_;
