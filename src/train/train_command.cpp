@@ -10,6 +10,7 @@
 #include "mpsl/comm/audit.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/io/model_file.hpp"
+#include "mpsl/io/output_path.hpp"
 #include "mpsl/nn/zoo.hpp"
 #include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
@@ -167,8 +168,12 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   train::Evaluator evaluator(model, o.eval_batch);
   train::BatchBuffers buf(o.batch, train.image_size());
 
-  int64_t total_steps = 0, timed_images = 0;
+  int64_t total_steps = 0, timed_images = 0, planned = 0;
   double timed_seconds = 0, last_accuracy = std::nan("");
+  for (int r = 1; r <= o.rounds; ++r)
+    for (int k = 0; k < plan.owners; ++k) planned += plan.round_steps(k, r);
+  // Runs too short for the warm-up are timed from their first step.
+  const int64_t warmup = planned > o.warmup_steps ? o.warmup_steps : 0;
   for (int round = 1; round <= o.rounds; ++round) {
     const auto t_round = Clock::now();
     double loss_sum = 0;
@@ -187,7 +192,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           const auto t0 = Clock::now();
           const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
           const double dt = seconds_since(t0);
-          if (total_steps >= o.warmup_steps) {
+          if (total_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;
           }
@@ -379,6 +384,8 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                    "--micro-batches " + std::to_string(o.micro_batches) +
                        " needs --schedule 1f1b (the mpsl schedule sends whole batches)");
   optim::parse_optimizer_state_policy(o.optimizer_state);  // validates
+  // Outputs are checked before any training: a run must not fail at its very end.
+  if (!o.save_model.empty() && rank == 0) io::prepare_output_file(o.save_model, "--save-model");
   if (o.dry_run) {
     if (rank == 0)
       for (const auto& line : pipeline::describe_roles(topo, *model))

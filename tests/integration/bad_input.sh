@@ -11,6 +11,7 @@
 # Usage: bash bad_input.sh PATH_TO_MPSL        (ctest: integration.bad_input)
 # Needs /usr/bin/python3 with numpy and h5py (python3-h5py) to make the bad files.
 set -uo pipefail
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
 MPSL="${1:?usage: bad_input.sh PATH_TO_MPSL}"
 MPSL="$(cd "$(dirname "$MPSL")" && pwd)/$(basename "$MPSL")"
