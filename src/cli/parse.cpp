@@ -205,6 +205,13 @@ class SpecList {
         });
   }
 
+  // An option with its own conversion (`set` throws InputError via bad_value).
+  void custom(const std::string& name, const std::string& value_name, const std::string& help,
+              const std::string& shown_default,
+              std::function<void(const std::string&, const Origin&)> set) {
+    add(name, value_name, help, shown_default, std::move(set));
+  }
+
   void cli_only(const std::string& name, const std::string& help) {
     add(name, "", help, "", [](const std::string&, const Origin&) {});
     specs_.back().cli_only = true;
@@ -303,6 +310,35 @@ void add_common(SpecList& s, CommonOptions& c) {
   s.cli_only("version", "print the version and exit");
 }
 
+// --checkpoint-every: "N" or "Nrounds", "Nsteps", "Ns" / "Nm" / "Nh" (seconds, minutes, hours).
+void parse_checkpoint_every(const std::string& text, TrainOptions& t, const Origin& origin) {
+  const std::string expected =
+      "N or Nrounds (rounds), Nsteps (steps into a round) or Ns, Nm, Nh (wall clock), e.g. 2, "
+      "50steps, 600s";
+  const size_t digits_end = text.find_first_not_of("0123456789.");
+  const std::string number = text.substr(0, digits_end);
+  const std::string unit = digits_end == std::string::npos ? "" : text.substr(digits_end);
+  t.checkpoint_every = 0;
+  t.checkpoint_every_steps = 0;
+  t.checkpoint_every_seconds = 0;
+  t.checkpoint_every_text = text;
+  if (number.empty()) bad_value("checkpoint-every", expected, text, origin);
+  if (unit.empty() || unit == "rounds" || unit == "round") {
+    t.checkpoint_every = parse_integer<int>("checkpoint-every", number, 0, origin);
+  } else if (unit == "steps" || unit == "step") {
+    t.checkpoint_every_steps = parse_integer<int64_t>("checkpoint-every", number, 1, origin);
+  } else if (unit == "s" || unit == "sec" || unit == "m" || unit == "min" || unit == "h") {
+    float v = 0;
+    auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
+    if (ec != std::errc() || ptr != number.data() + number.size() || !(v > 0))
+      bad_value("checkpoint-every", expected, text, origin);
+    const double scale = unit[0] == 'h' ? 3600.0 : unit[0] == 'm' ? 60.0 : 1.0;
+    t.checkpoint_every_seconds = v * scale;
+  } else {
+    bad_value("checkpoint-every", expected, text, origin);
+  }
+}
+
 void add_train(SpecList& s, TrainOptions& t) {
   s.group("Model and data");
   s.text("model", t.model, "NAME",
@@ -340,9 +376,16 @@ void add_train(SpecList& s, TrainOptions& t) {
            "momentum buffers at each round's aggregation: zeroed, averaged, or kept per copy");
   s.group("State");
   s.text("checkpoint-dir", t.checkpoint_dir, "DIR", "where checkpoints are written");
-  s.integer("checkpoint-every", t.checkpoint_every, 0, "N",
-            "checkpoint every N rounds (0 = never)");
-  s.text("resume", t.resume, "latest|DIR", "continue from a checkpoint");
+  s.custom("checkpoint-every", "N[rounds]|Nsteps|Ns|Nm|Nh",
+           "checkpoint every N rounds (default 1 with --checkpoint-dir), every N steps into a "
+           "round, or after N seconds/minutes/hours of wall clock; 0 = only at the end",
+           "",
+           [&t](const std::string& text, const Origin& o) { parse_checkpoint_every(text, t, o); });
+  s.integer("checkpoint-keep", t.checkpoint_keep, 0, "N",
+            "keep only the newest N checkpoints in --checkpoint-dir (0 = keep all)");
+  s.text("resume", t.resume, "latest|DIR",
+         "continue from the checkpoint --checkpoint-dir's 'latest' names, or from a checkpoint "
+         "folder");
   s.text("save-model", t.save_model, "FILE.h5", "save the trained model (for 'mpsl eval')");
   s.group("Observe and emulate");
   s.text("audit-dir", t.audit_dir, "DIR",
@@ -588,7 +631,7 @@ void validate_split(const TrainOptions& t) {
                 "'");
 }
 
-void validate_train(const TrainOptions& t) {
+void validate_train(TrainOptions& t) {
   require(!t.model.empty(),
           "train needs --model NAME (fmnist-cnn lenet5 vgg11 vgg16 vgg19 resnet18 resnet101)");
   require(!t.data.empty() || t.synthetic, "train needs --data TRAIN.h5 or --synthetic");
@@ -598,8 +641,11 @@ void validate_train(const TrainOptions& t) {
                                               std::to_string(t.micro_batches));
   require(t.split.empty() || t.plan.empty(), "--split and --plan exclude each other; give one");
   validate_split(t);
-  require(t.checkpoint_every == 0 || !t.checkpoint_dir.empty(),
+  require(t.checkpoint_every_text.empty() || !t.checkpoint_dir.empty(),
           "--checkpoint-every needs --checkpoint-dir DIR");
+  require(t.checkpoint_keep == 0 || !t.checkpoint_dir.empty(),
+          "--checkpoint-keep needs --checkpoint-dir DIR");
+  if (!t.checkpoint_dir.empty() && t.checkpoint_every_text.empty()) t.checkpoint_every = 1;
   require(t.resume != "latest" || !t.checkpoint_dir.empty(),
           "--resume latest needs --checkpoint-dir DIR (or give --resume DIR)");
 }

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <map>
 #include <thread>
+#include <tuple>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/nn/loss.hpp"
@@ -38,8 +39,7 @@ std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char*
   return v;
 }
 
-void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag,
-                 const char* kind) {
+void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag, const char* kind) {
   comm::audit_message(kind, dest, n * static_cast<int64_t>(sizeof(float)), true);
   MPI_Request req;
   MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req));
@@ -127,6 +127,8 @@ class OwnerRuntime : public RankRuntime {
       o->images.resize(s.plan.batch * train.image_size());
       o->labels.resize(s.plan.batch);
       o->slots.resize(s.micro_batches);
+      const auto& shard = s.plan.shards.at(k);
+      o->shard_crc32 = io::crc32_bytes(shard.data(), shard.size() * sizeof(int64_t));
       owners_.push_back(std::move(o));
     }
     const int last_stage = t_.rank_of_stage(t_.stages - 1), first_stage = t_.rank_of_stage(0);
@@ -148,18 +150,28 @@ class OwnerRuntime : public RankRuntime {
     return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
   }
 
-  RoundResult run_round(int round) override {
+  void begin_round(int round, int64_t start_step) override {
     round_ = round;
-    result_ = RoundResult{};
     for (auto& o : owners_) {
-      o->epoch = 0;
-      o->step_in_epoch = 0;
-      o->steps_left = s_.plan.round_steps(o->id, round);
+      const int64_t steps = s_.plan.round_steps(o->id, round);
+      o->steps_done = std::min(start_step, steps);
+      std::tie(o->epoch, o->step_in_epoch) = s_.plan.cursor(o->id, round, o->steps_done);
+      o->window_left = 0;
       o->batch_active = false;
-      if (o->steps_left > 0) start_epoch(*o);
+      o->loss_sum = 0;
+      o->correct = o->seen = 0;
+      if (o->steps_done < steps) start_epoch(*o);
+    }
+  }
+
+  void run_steps(int64_t from, int64_t to) override {
+    for (auto& o : owners_) {
+      const int64_t steps = s_.plan.round_steps(o->id, round_);
+      MPSL_CHECK(o->steps_done == std::min(from, steps), "step windows must follow each other");
+      o->window_left = std::min(to, steps) - std::min(from, steps);
     }
     size_t next = 0;
-    while (!round_done()) {
+    while (!window_done()) {
       comm::Mailbox::Message m;
       if (mailbox_.poll(m, preferred_)) {
         handle(m);
@@ -178,10 +190,20 @@ class OwnerRuntime : public RankRuntime {
       if (!started) handle(mailbox_.wait(preferred_));
     }
     mailbox_.flush();
-    // Rank 0 reports the totals over all owner ranks.
-    double loss = result_.loss_sum;
-    int64_t counts[2] = {result_.correct, result_.images};
-    RoundResult total = result_;
+  }
+
+  RoundResult finish_round() override {
+    // Rank 0 reports the totals over all owner ranks (summed in owner order, so where step
+    // windows fell does not change the figures).
+    RoundResult mine;
+    for (const auto& o : owners_) {
+      mine.loss_sum += o->loss_sum;
+      mine.correct += o->correct;
+      mine.images += o->seen;
+    }
+    double loss = mine.loss_sum;
+    int64_t counts[2] = {mine.correct, mine.images};
+    RoundResult total = mine;
     MPSL_MPI_CHECK(
         MPI_Reduce(&loss, &total.loss_sum, 1, MPI_DOUBLE, MPI_SUM, 0, owner_comm_.get()));
     int64_t sums[2] = {0, 0};
@@ -189,6 +211,36 @@ class OwnerRuntime : public RankRuntime {
     total.correct = sums[0];
     total.images = sums[1];
     return total;
+  }
+
+  RankState checkpoint_state() override {
+    RankState st;
+    for (auto& o : owners_) {
+      io::OwnerRecord r;
+      r.owner = o->id;
+      r.samples = s_.plan.samples[o->id];
+      r.shard_crc32 = o->shard_crc32;
+      r.steps_in_round = o->steps_done;
+      std::tie(r.epoch, r.step_in_epoch) = s_.plan.cursor(o->id, round_, o->steps_done);
+      r.global_epoch = static_cast<int64_t>(round_ - 1) * s_.plan.local_epochs + r.epoch;
+      r.loss_sum = o->loss_sum;
+      r.correct = o->correct;
+      r.images = o->seen;
+      st.owners.push_back(r);
+      const std::string base = "owners/" + std::to_string(o->id);
+      st.parts.push_back({base + "/first", o->id, &o->first});
+      st.parts.push_back({base + "/last", o->id, &o->last});
+    }
+    return st;
+  }
+
+  void restore_tallies(const std::vector<io::OwnerRecord>& records) override {
+    for (const auto& r : records) {
+      Owner& o = owner(r.owner);
+      o.loss_sum = r.loss_sum;
+      o.correct = r.correct;
+      o.seen = r.images;
+    }
   }
 
   void aggregate() override {
@@ -240,7 +292,8 @@ class OwnerRuntime : public RankRuntime {
       first_eval_.forward(o.first, b, images.data(), act.data());
       send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
                   kEvalTag, "eval-activation");
-      std::vector<float> out = recv_any_size(eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
+      std::vector<float> out =
+          recv_any_size(eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
       std::vector<float> logits(b * model_.classes());
       last_eval_.forward(o.last, b, out.data(), logits.data());
       const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
@@ -264,7 +317,8 @@ class OwnerRuntime : public RankRuntime {
     place(o.first.params.data(), o.first.params.size(), o.first.buffers.data(),
           o.first.buffers.size(), t_.first_part().first);
     for (int st = 0; st < t_.stages; ++st) {
-      std::vector<float> v = recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag, "stage-part");
+      std::vector<float> v =
+          recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag, "stage-part");
       const auto [b, e] = t_.stage_part(st);
       const nn::PartLayout l = nn::PartLayout::make(model_, b, e);
       MPSL_CHECK(static_cast<int64_t>(v.size()) == l.param_count + l.buffer_count,
@@ -284,7 +338,12 @@ class OwnerRuntime : public RankRuntime {
     nn::PartState first, last;
     std::vector<int64_t> order;
     int epoch = 0;
-    int64_t step_in_epoch = 0, steps_left = 0;
+    int64_t step_in_epoch = 0;
+    int64_t steps_done = 0;   // in the round
+    int64_t window_left = 0;  // steps left in the current window
+    uint32_t shard_crc32 = 0;
+    double loss_sum = 0;  // this round's tallies
+    int64_t correct = 0, seen = 0;
     std::vector<float> images;
     std::vector<int32_t> labels;
     bool batch_active = false;
@@ -298,14 +357,14 @@ class OwnerRuntime : public RankRuntime {
     o.order = train::epoch_order(s_.plan.shards[o.id], s_.seed, o.id, global_epoch);
   }
 
-  bool round_done() const {
+  bool window_done() const {
     for (const auto& o : owners_)
-      if (o->steps_left > 0 || o->in_flight > 0) return false;
+      if (o->window_left > 0 || o->in_flight > 0) return false;
     return true;
   }
 
   bool can_send(const Owner& o) const {
-    if (o.steps_left <= 0 || o.in_flight >= window_) return false;
+    if (o.window_left <= 0 || o.in_flight >= window_) return false;
     return !o.batch_active || o.next_micro < s_.micro_batches;
   }
 
@@ -352,9 +411,9 @@ class OwnerRuntime : public RankRuntime {
       const nn::LossResult r = nn::softmax_cross_entropy(
           logits_.data(), o.labels.data() + m * micro_batch_, micro_batch_, model_.classes(),
           dlogits_.data(), 1.f / static_cast<float>(s_.plan.batch));
-      result_.loss_sum += r.loss_sum;
-      result_.correct += r.correct;
-      result_.images += micro_batch_;
+      o.loss_sum += r.loss_sum;
+      o.correct += r.correct;
+      o.seen += micro_batch_;
       mailbox_.release(msg);
       const int64_t floats = micro_batch_ * last_.input_shape().per_sample();
       float* buf = mailbox_.send_buffer(floats);
@@ -374,7 +433,8 @@ class OwnerRuntime : public RankRuntime {
         optim::sgd_step(o.last, s_.sgd);
         o.batch_active = false;
         ++o.step_in_epoch;
-        --o.steps_left;
+        ++o.steps_done;
+        --o.window_left;
       }
       busy_ += since(t0);
     }
@@ -397,7 +457,6 @@ class OwnerRuntime : public RankRuntime {
   std::vector<std::unique_ptr<Owner>> owners_;
   std::vector<int> preferred_;
   int round_ = 1;
-  RoundResult result_;
   double busy_ = 0;
 };
 
@@ -458,10 +517,23 @@ class StageRuntime : public RankRuntime {
     return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
   }
 
-  RoundResult run_round(int round) override {
+  void begin_round(int round, int64_t start_step) override {
+    round_ = round;
+    grads_done_.assign(t_.owners, 0);
+    fwd_ = bwd_ = 0;
+    for (int k = 0; k < t_.owners; ++k)
+      fwd_ += std::min(start_step, s_.plan.round_steps(k, round)) * s_.micro_batches;
+    bwd_ = fwd_;
+  }
+
+  void run_steps(int64_t, int64_t to) override {
+    // Counted over the round: when no collective separates two windows, work of the next one
+    // may arrive (and is done) early.
     int64_t total = 0;
-    for (int k = 0; k < t_.owners; ++k) total += s_.plan.round_steps(k, round) * s_.micro_batches;
-    int64_t fwd = 0, bwd = 0;
+    for (int k = 0; k < t_.owners; ++k)
+      total += std::min(to, s_.plan.round_steps(k, round_)) * s_.micro_batches;
+    int64_t& fwd = fwd_;
+    int64_t& bwd = bwd_;
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
     const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
     while (fwd < total || bwd < total) {
@@ -498,8 +570,18 @@ class StageRuntime : public RankRuntime {
       }
     }
     mailbox_.flush();
-    return {};
   }
+
+  RoundResult finish_round() override { return {}; }
+
+  RankState checkpoint_state() override {
+    RankState st;
+    for (int k = 0; k < t_.owners; ++k)
+      st.parts.push_back({"copies/" + std::to_string(k), k, &copies_[k]});
+    return st;
+  }
+
+  void restore_tallies(const std::vector<io::OwnerRecord>&) override {}
 
   void aggregate() override {
     const auto t0 = Clock::now();
@@ -521,7 +603,8 @@ class StageRuntime : public RankRuntime {
       const int64_t b = static_cast<int64_t>(in.size()) / in_per;
       std::vector<float> out(b * out_per);
       eval_.forward(copies_.front(), b, in.data(), out.data());
-      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag, "eval-activation");
+      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag,
+                  "eval-activation");
     }
     return {0, 0};
   }
@@ -531,7 +614,8 @@ class StageRuntime : public RankRuntime {
     std::vector<float> v(c.params.size() + c.buffers.size());
     std::copy(c.params.data(), c.params.data() + c.params.size(), v.begin());
     std::copy(c.buffers.data(), c.buffers.data() + c.buffers.size(), v.begin() + c.params.size());
-    send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag, "stage-part");
+    send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag,
+                "stage-part");
     return std::nullopt;
   }
 
@@ -559,6 +643,8 @@ class StageRuntime : public RankRuntime {
   std::vector<int> grads_done_;
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
   std::vector<int> preferred_;
+  int round_ = 1;
+  int64_t fwd_ = 0, bwd_ = 0;  // tasks done in the round
   double busy_ = 0;
 };
 

@@ -20,6 +20,22 @@ int64_t FederationPlan::round_steps(int k, int round) const {
   return s;
 }
 
+int64_t FederationPlan::round_length(int round) const {
+  int64_t longest = 0;
+  for (int k = 0; k < owners; ++k) longest = std::max(longest, round_steps(k, round));
+  return longest;
+}
+
+std::pair<int, int64_t> FederationPlan::cursor(int k, int round, int64_t done) const {
+  int epoch = 0;
+  int64_t left = std::min(done, round_steps(k, round));
+  while (epoch + 1 < local_epochs && left >= steps(k, round, epoch)) {
+    left -= steps(k, round, epoch);
+    ++epoch;
+  }
+  return {epoch, left};
+}
+
 std::vector<double> FederationPlan::weights() const {
   return std::vector<double>(samples.begin(), samples.end());
 }

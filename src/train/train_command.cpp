@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <tuple>
 
 #include <mpi.h>
 
@@ -18,6 +19,7 @@
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/pipeline/multihop.hpp"
 #include "mpsl/pipeline/topology.hpp"
+#include "mpsl/train/checkpointing.hpp"
 #include "mpsl/train/federation.hpp"
 #include "mpsl/train/local.hpp"
 
@@ -145,7 +147,24 @@ void log_plan(const train::FederationPlan& plan, const TrainOptions& o, const st
   }
 }
 
+// Optimiser steps of all owners in rounds 1..rounds (the run's step counter, whatever was
+// resumed).
+int64_t plan_steps_until(const train::FederationPlan& plan, int rounds) {
+  int64_t total = 0;
+  for (int r = 1; r <= rounds; ++r)
+    for (int k = 0; k < plan.owners; ++k) total += plan.round_steps(k, r);
+  return total;
+}
+
 // ---- single process -------------------------------------------------------------------------
+
+// Where each simulated owner stands in the round, and what it has accumulated in it.
+struct OwnerProgress {
+  double loss_sum = 0;
+  int64_t correct = 0, images = 0;
+  uint64_t order_epoch = ~uint64_t{0};  // the global epoch `order` belongs to
+  std::vector<int64_t> order;
+};
 
 int train_single(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
                  const pipeline::Topology& topo) {
@@ -156,9 +175,11 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   if (has_test) test = load_test(o, model, train);
   const train::FederationPlan plan = train::make_federation_plan(train, o, common.seed);
   const auto policy = optim::parse_optimizer_state_policy(o.optimizer_state);
+  const nlohmann::json data_id = train::data_json(train, o);
+  const train::ResumePoint resume = train::find_resume_point(common, o, topo, data_id, 0);
 
-  obs::MetricsWriter metrics(common.metrics);
-  write_run_start(metrics, common, o, topo, train.count);
+  obs::MetricsWriter metrics(common.metrics, resume.resumed());
+  if (!resume.resumed()) write_run_start(metrics, common, o, topo, train.count);
   log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
@@ -167,49 +188,115 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   for (int k = 0; k < plan.owners; ++k) states.push_back(trainer.make_state());
   train::Evaluator evaluator(model, o.eval_batch);
   train::BatchBuffers buf(o.batch, train.image_size());
+  std::vector<OwnerProgress> progress_of(plan.owners);
 
-  int64_t total_steps = 0, timed_images = 0, planned = 0;
-  double timed_seconds = 0, last_accuracy = std::nan("");
-  for (int r = 1; r <= o.rounds; ++r)
-    for (int k = 0; k < plan.owners; ++k) planned += plan.round_steps(k, r);
-  // Runs too short for the warm-up are timed from their first step.
-  const int64_t warmup = planned > o.warmup_steps ? o.warmup_steps : 0;
-  for (int round = 1; round <= o.rounds; ++round) {
-    const auto t_round = Clock::now();
-    double loss_sum = 0;
-    int64_t images = 0, correct = 0, done = 0, round_total = 0;
-    for (int k = 0; k < plan.owners; ++k) round_total += plan.round_steps(k, round);
-    obs::Progress progress("round " + std::to_string(round), round_total, !common.quiet);
+  // What a checkpoint holds: every owner's whole-model copy and its place in the round.
+  int round_now = 1;
+  int64_t step_now = 0;
+  auto rank_state = [&]() {
+    pipeline::RankState st;
     for (int k = 0; k < plan.owners; ++k) {
-      for (int e = 0; e < o.local_epochs; ++e) {
-        const int64_t steps = plan.steps(k, round, e);
-        if (steps == 0) continue;
-        const uint64_t global_epoch = static_cast<uint64_t>(round - 1) * o.local_epochs + e;
-        const auto order = train::epoch_order(plan.shards[k], common.seed, k, global_epoch);
-        for (int64_t s = 0; s < steps; ++s) {
-          data::assemble_batch(train, order.data() + s * o.batch, o.batch, buf.images.data(),
-                               buf.labels.data());
+      io::OwnerRecord r;
+      r.owner = k;
+      r.samples = plan.samples[k];
+      r.shard_crc32 =
+          io::crc32_bytes(plan.shards[k].data(), plan.shards[k].size() * sizeof(int64_t));
+      r.steps_in_round = std::min(step_now, plan.round_steps(k, round_now));
+      std::tie(r.epoch, r.step_in_epoch) = plan.cursor(k, round_now, r.steps_in_round);
+      r.global_epoch = static_cast<int64_t>(round_now - 1) * o.local_epochs + r.epoch;
+      r.loss_sum = progress_of[k].loss_sum;
+      r.correct = progress_of[k].correct;
+      r.images = progress_of[k].images;
+      st.owners.push_back(r);
+      st.parts.push_back({"owners/" + std::to_string(k) + "/model", k, &states[k]});
+    }
+    return st;
+  };
+
+  train::Checkpointer checkpoints(common, o, model, topo, plan, data_id, 0);
+  int start_round = 1;
+  int64_t start_step = 0;
+  if (resume.resumed()) {
+    round_now = resume.manifest.round;
+    step_now = resume.manifest.step_in_round;
+    pipeline::RankState st = rank_state();
+    train::load_rank_state(resume, model, topo, plan, 0, st);
+    start_round = resume.start_round();
+    start_step = resume.start_step();
+    if (!resume.manifest.round_complete)
+      for (const auto& r : st.owners) {
+        progress_of[r.owner].loss_sum = r.loss_sum;
+        progress_of[r.owner].correct = r.correct;
+        progress_of[r.owner].images = r.images;
+      }
+    checkpoints.set_last_name(resume.manifest.name);
+    MPSL_LOG(Info, "resumed from " << resume.folder << ": round " << start_round << ", step "
+                                   << start_step);
+    metrics.write({{"event", "resume"},
+                   {"checkpoint", resume.folder},
+                   {"round", start_round},
+                   {"step", start_step}});
+  }
+
+  int64_t process_steps = 0, timed_images = 0;
+  double timed_seconds = 0, last_accuracy = std::nan("");
+  for (int round = start_round; round <= o.rounds; ++round) {
+    const auto t_round = Clock::now();
+    const int64_t length = plan.round_length(round);
+    int64_t step = round == start_round ? start_step : 0;
+    if (step == 0) progress_of.assign(plan.owners, OwnerProgress{});
+    int64_t done = 0, round_total = 0;
+    for (int k = 0; k < plan.owners; ++k) round_total += plan.round_steps(k, round);
+    for (int k = 0; k < plan.owners; ++k) done += std::min(step, plan.round_steps(k, round));
+    obs::Progress progress("round " + std::to_string(round), round_total, !common.quiet);
+    round_now = round;
+    while (step < length) {
+      const int64_t stop = checkpoints.next_stop(round, step);
+      // Steps [step, stop) of every owner in turn (each owner's copy is its own, so the
+      // window does not change any owner's sequence of updates).
+      for (int k = 0; k < plan.owners; ++k) {
+        OwnerProgress& op = progress_of[k];
+        const int64_t last = std::min(stop, plan.round_steps(k, round));
+        for (int64_t s = std::min(step, plan.round_steps(k, round)); s < last; ++s) {
+          const auto [epoch, in_epoch] = plan.cursor(k, round, s);
+          const uint64_t global_epoch = static_cast<uint64_t>(round - 1) * o.local_epochs + epoch;
+          if (op.order_epoch != global_epoch) {
+            op.order = train::epoch_order(plan.shards[k], common.seed, k, global_epoch);
+            op.order_epoch = global_epoch;
+          }
+          data::assemble_batch(train, op.order.data() + in_epoch * o.batch, o.batch,
+                               buf.images.data(), buf.labels.data());
           const auto t0 = Clock::now();
           const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
           const double dt = seconds_since(t0);
-          if (total_steps >= warmup) {
+          if (process_steps >= o.warmup_steps) {
             timed_seconds += dt;
             timed_images += o.batch;
           }
           if (!std::isfinite(r.loss_sum))
             throw RuntimeFailure("non-finite loss: owner " + std::to_string(k) + ", round " +
-                                 std::to_string(round) + ", step " + std::to_string(total_steps));
-          loss_sum += r.loss_sum;
-          correct += r.correct;
-          images += o.batch;
-          ++total_steps;
+                                 std::to_string(round) + ", step " + std::to_string(s));
+          op.loss_sum += r.loss_sum;
+          op.correct += r.correct;
+          op.images += o.batch;
+          ++process_steps;
           if (++done % 10 == 0 || done == round_total) {
+            double loss = 0;
+            int64_t images = 0;
+            for (const auto& p : progress_of) loss += p.loss_sum, images += p.images;
             char extra[96];
-            std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s", loss_sum / images,
+            std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s", loss / images,
                           timed_seconds > 0 ? timed_images / timed_seconds : 0.0);
             progress.update(done, extra);
           }
         }
+      }
+      step = stop;
+      step_now = step;
+      if (step < length && checkpoints.due_mid_round(round, step)) {
+        pipeline::RankState st = rank_state();
+        checkpoints.write(round, step, false, st, metrics);
+        if (checkpoints.stop_requested()) return 0;
       }
     }
     if (plan.owners > 1) {
@@ -223,11 +310,24 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
       ev = evaluator.run(states[0], test);
       last_accuracy = ev.accuracy;
     }
+    double loss_sum = 0;
+    int64_t images = 0, correct = 0;
+    for (const auto& p : progress_of) {
+      loss_sum += p.loss_sum;
+      images += p.images;
+      correct += p.correct;
+    }
     report_round(
         {round, images ? loss_sum / images : 0.0,
          images ? static_cast<double>(correct) / images : 0.0, images, seconds,
          timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy},
         o.rounds, progress, metrics);
+    step_now = length;
+    if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
+      pipeline::RankState st = rank_state();
+      checkpoints.write(round, length, true, st, metrics);
+      if (checkpoints.stop_requested()) return 0;
+    }
   }
   if (!o.save_model.empty()) {
     io::save_model(o.save_model, model, states[0], {train.mean, train.std});
@@ -241,7 +341,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                  {"wait_s", 0.0},
                  {"comm_s", 0.0},
                  {"predicted_peak_bytes", nullptr}});
-  write_run_end(metrics, seconds_since(t_start), total_steps,
+  write_run_end(metrics, seconds_since(t_start), plan_steps_until(plan, o.rounds),
                 timed_seconds > 0 ? timed_images / timed_seconds : 0.0, last_accuracy, o);
   return 0;
 }
@@ -288,10 +388,12 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   if (reporter && has_test) test = load_test(o, model, train);
   // Every rank waits here for rank 0's check of the inputs; a bad input ends the job there.
   plan = share_plan(std::move(plan), rank);
+  const nlohmann::json data_id = reporter ? train::data_json(train, o) : nlohmann::json();
+  const train::ResumePoint resume = train::find_resume_point(common, o, topo, data_id, rank);
 
-  obs::MetricsWriter metrics(reporter ? common.metrics : std::string());
+  obs::MetricsWriter metrics(reporter ? common.metrics : std::string(), resume.resumed());
   if (reporter) {
-    write_run_start(metrics, common, o, topo, train.count);
+    if (!resume.resumed()) write_run_start(metrics, common, o, topo, train.count);
     log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
     for (const auto& line : pipeline::describe_roles(topo, model)) MPSL_LOG(Info, line);
   }
@@ -308,20 +410,57 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   settings.eval_batch = o.eval_batch;
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
 
+  train::Checkpointer checkpoints(common, o, model, topo, plan, data_id, rank);
+  int start_round = 1;
+  int64_t start_step = 0;
+  std::vector<io::OwnerRecord> resumed_owners;
+  if (resume.resumed()) {
+    // The runtime's owners stand where the checkpoint was taken before their state is read.
+    runtime->begin_round(resume.manifest.round, resume.manifest.step_in_round);
+    pipeline::RankState st = runtime->checkpoint_state();
+    train::load_rank_state(resume, model, topo, plan, rank, st);
+    resumed_owners = st.owners;
+    start_round = resume.start_round();
+    start_step = resume.start_step();
+    checkpoints.set_last_name(resume.manifest.name);
+    if (reporter) {
+      MPSL_LOG(Info, "resumed from " << resume.folder << ": round " << start_round << ", step "
+                                     << start_step);
+      metrics.write({{"event", "resume"},
+                     {"checkpoint", resume.folder},
+                     {"round", start_round},
+                     {"step", start_step}});
+    }
+  }
+  auto checkpoint = [&](int round, int64_t step, bool complete) {
+    pipeline::RankState st = runtime->checkpoint_state();
+    checkpoints.write(round, step, complete, st, metrics);
+    return checkpoints.stop_requested();
+  };
+
   int64_t total_images = 0;
   double train_seconds = 0, last_accuracy = std::nan("");
-  int64_t total_steps = 0;
-  for (int round = 1; round <= o.rounds; ++round) {
+  for (int round = start_round; round <= o.rounds; ++round) {
     obs::Progress progress("round " + std::to_string(round), 0, reporter && !common.quiet);
     MPSL_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
     const auto t_round = Clock::now();
-    const pipeline::RoundResult r = runtime->run_round(round);
+    const int64_t length = plan.round_length(round);
+    int64_t step = round == start_round ? start_step : 0;
+    runtime->begin_round(round, step);
+    if (step > 0) runtime->restore_tallies(resumed_owners);
+    while (step < length) {
+      const int64_t stop = checkpoints.next_stop(round, step);
+      runtime->run_steps(step, stop);
+      step = stop;
+      if (step < length && checkpoints.due_mid_round(round, step) && checkpoint(round, step, false))
+        return 0;
+    }
+    const pipeline::RoundResult r = runtime->finish_round();
     const double round_train_seconds = seconds_since(t_round);
     runtime->aggregate();
     const auto [test_loss, test_accuracy] =
         runtime->evaluate(reporter && has_test ? &test : nullptr);
     const double seconds = seconds_since(t_round);
-    for (int k = 0; k < plan.owners; ++k) total_steps += plan.round_steps(k, round);
     if (reporter) {
       total_images += r.images;
       train_seconds += round_train_seconds;
@@ -332,6 +471,9 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     test_loss, test_accuracy},
                    o.rounds, progress, metrics);
     }
+    if ((checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) &&
+        checkpoint(round, length, true))
+      return 0;
   }
 
   if (!o.save_model.empty()) {
@@ -365,7 +507,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }
-    write_run_end(metrics, seconds_since(t_start), total_steps,
+    write_run_end(metrics, seconds_since(t_start), plan_steps_until(plan, o.rounds),
                   train_seconds > 0 ? total_images / train_seconds : 0.0, last_accuracy, o);
   }
   return 0;

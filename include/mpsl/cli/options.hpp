@@ -9,26 +9,26 @@
 namespace mpsl::cli {
 
 struct CommonOptions {
-  std::string config;            // --config FILE.ini
-  uint64_t seed = 1;             // --seed
-  int threads = 0;               // --threads (oneDNN/OpenMP threads per rank); 0 = OMP default
-  std::string metrics;           // --metrics FILE (JSON lines, rank 0)
+  std::string config;              // --config FILE.ini
+  uint64_t seed = 1;               // --seed
+  int threads = 0;                 // --threads (oneDNN/OpenMP threads per rank); 0 = OMP default
+  std::string metrics;             // --metrics FILE (JSON lines, rank 0)
   std::string log_level = "info";  // --log-level error|warn|info|debug
-  bool quiet = false;            // --quiet
+  bool quiet = false;              // --quiet
 };
 
 struct ConvertOptions {
-  std::string format;  // fashion-mnist | cifar10
-  std::string input;   // default for fashion-mnist: /usr/share/datasets/fashion-mnist
-  std::string output;  // FILE.h5
+  std::string format;           // fashion-mnist | cifar10
+  std::string input;            // default for fashion-mnist: /usr/share/datasets/fashion-mnist
+  std::string output;           // FILE.h5
   std::string split = "train";  // train | test
 };
 
 struct TrainOptions {
-  std::string model;      // zoo name
-  std::string data;       // TRAIN.h5
-  std::string test_data;  // TEST.h5 (optional)
-  bool synthetic = false;      // random data of the model's input shape (benchmarks)
+  std::string model;       // zoo name
+  std::string data;        // TRAIN.h5
+  std::string test_data;   // TEST.h5 (optional)
+  bool synthetic = false;  // random data of the model's input shape (benchmarks)
   int64_t synthetic_count = 8192;
   // optimisation
   int batch = 128;
@@ -54,9 +54,16 @@ struct TrainOptions {
   int micro_batches = 1;
   std::string optimizer_state = "reset";  // reset | average | keep (at aggregation)
   // state
+  // --checkpoint-every N | Nrounds | Nsteps | Ns/Nm/Nh: exactly one of the three below is set
+  // when it is given (checkpoint_every_text keeps the text). Not given with --checkpoint-dir:
+  // every round. Whatever the interval, a run with --checkpoint-dir also checkpoints at its end.
   std::string checkpoint_dir;
-  int checkpoint_every = 0;
-  std::string resume;
+  std::string checkpoint_every_text;
+  int checkpoint_every = 0;             // rounds
+  int64_t checkpoint_every_steps = 0;   // steps (mid-round: consistent cuts between steps)
+  double checkpoint_every_seconds = 0;  // wall clock; taken at the next agreed step boundary
+  int checkpoint_keep = 0;              // keep the newest N checkpoints (0 = all)
+  std::string resume;                   // latest | a checkpoint folder
   std::string save_model;
   // observe / emulate
   std::string trace;

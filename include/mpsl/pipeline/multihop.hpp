@@ -10,12 +10,14 @@
 // update equals the whole-batch update.
 #pragma once
 
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
 
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/data/dataset.hpp"
+#include "mpsl/io/checkpoint.hpp"
 #include "mpsl/nn/model.hpp"
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/optim/sgd.hpp"
@@ -46,11 +48,36 @@ struct RankTimes {
   double busy_s = 0, wait_s = 0, comm_s = 0;
 };
 
+// What a rank keeps that a checkpoint must hold: a record per data owner on the rank (cursor,
+// round tallies) and every part copy (pointers into the runtime, valid while it lives).
+struct RankState {
+  std::vector<io::OwnerRecord> owners;
+  std::vector<io::PartRecord> parts;
+};
+
 class RankRuntime {
  public:
   virtual ~RankRuntime() = default;
-  // Trains one round (every owner's batches of that round).
-  virtual RoundResult run_round(int round) = 0;
+  // Starts `round` with every owner `start_step` steps into it (0, or where a checkpoint was
+  // taken: owner k then stands at step min(start_step, its round steps)).
+  virtual void begin_round(int round, int64_t start_step) = 0;
+  // Trains steps [from, to) of the round: owner k takes its steps min(to, R_k) - min(from, R_k)
+  // (R_k = its steps in the round). Returns with nothing in flight, so the ranks' states form a
+  // consistent cut (what a mid-round checkpoint needs). Windows must follow each other.
+  virtual void run_steps(int64_t from, int64_t to) = 0;
+  // Ends the round's training: the loss tallies summed over the owner ranks, on rank 0.
+  virtual RoundResult finish_round() = 0;
+  // Trains one whole round (every owner's batches of that round).
+  RoundResult run_round(int round) {
+    begin_round(round, 0);
+    run_steps(0, std::numeric_limits<int64_t>::max());
+    return finish_round();
+  }
+  // The state a checkpoint holds (owner records describe where begin_round/run_steps left off).
+  virtual RankState checkpoint_state() = 0;
+  // After loading a checkpoint into checkpoint_state()'s parts: the round tallies so far of a
+  // round resumed in its middle (call after begin_round).
+  virtual void restore_tallies(const std::vector<io::OwnerRecord>& owners) = 0;
   // FedAvg of the owner parts (owner ranks) and of the per-owner copies (stages).
   virtual void aggregate() = 0;
   // Evaluates the aggregated model through the pipeline; `test` is given on rank 0 only.

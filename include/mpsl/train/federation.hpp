@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "mpsl/cli/options.hpp"
@@ -23,6 +24,12 @@ struct FederationPlan {
   // Steps owner k takes in `round` (1-based), local epoch `epoch` (0-based).
   int64_t steps(int k, int round, int epoch) const;
   int64_t round_steps(int k, int round) const;
+  // The round's length in steps: the longest owner's round_steps. Step windows and mid-round
+  // checkpoints count in these steps (owner k is done after step round_steps(k, round)).
+  int64_t round_length(int round) const;
+  // Where owner k stands after `done` steps of `round`: (local epoch, steps taken in it). A
+  // completed epoch moves on to the next one, except the round's last.
+  std::pair<int, int64_t> cursor(int k, int round, int64_t done) const;
   std::vector<double> weights() const;  // samples as doubles
   double total_weight() const;
 };
