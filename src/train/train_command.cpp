@@ -1,7 +1,10 @@
 // `mpsl train`: single-process training (one rank, the reference path, also simulating K
 // owners with FedAvg) and multihop parallel split learning over MPI (--stages N).
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <numeric>
 #include <tuple>
 
@@ -156,6 +159,20 @@ int64_t plan_steps_until(const train::FederationPlan& plan, int rounds) {
   return total;
 }
 
+// --checkpoint-dir must be a folder we can write (created if missing), checked before training.
+void check_checkpoint_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    throw InputError("--checkpoint-dir '" + dir + "' is a file; give a folder");
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir, ec))
+    throw InputError("--checkpoint-dir '" + dir + "' cannot be created" +
+                     (ec ? " (" + ec.message() + ")" : std::string()));
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw InputError("--checkpoint-dir '" + dir + "' is not writable");
+}
+
 // ---- single process -------------------------------------------------------------------------
 
 // Where each simulated owner stands in the round, and what it has accumulated in it.
@@ -240,6 +257,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
 
   int64_t process_steps = 0, timed_images = 0;
   double timed_seconds = 0, last_accuracy = std::nan("");
+  // Runs too short for the warm-up are timed from their first step.
+  const int64_t planned =
+      plan_steps_until(plan, o.rounds) - (resume.resumed() ? resume.manifest.total_steps : 0);
+  const int64_t warmup = planned > o.warmup_steps ? o.warmup_steps : 0;
   for (int round = start_round; round <= o.rounds; ++round) {
     const auto t_round = Clock::now();
     const int64_t length = plan.round_length(round);
@@ -269,7 +290,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           const auto t0 = Clock::now();
           const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
           const double dt = seconds_since(t0);
-          if (process_steps >= o.warmup_steps) {
+          if (process_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;
           }
@@ -528,6 +549,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   optim::parse_optimizer_state_policy(o.optimizer_state);  // validates
   // Outputs are checked before any training: a run must not fail at its very end.
   if (!o.save_model.empty() && rank == 0) io::prepare_output_file(o.save_model, "--save-model");
+  if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
   if (o.dry_run) {
     if (rank == 0)
       for (const auto& line : pipeline::describe_roles(topo, *model))
