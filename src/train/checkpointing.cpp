@@ -105,6 +105,10 @@ void check_manifest(const io::Manifest& m, const std::string& folder, const nloh
     const nlohmann::json mine = config.at(key);
     const nlohmann::json theirs = m.config.contains(key) ? m.config.at(key) : nlohmann::json();
     if (mine == theirs) continue;
+    // Float options compare as the floats training uses.
+    if (mine.is_number_float() && theirs.is_number() &&
+        static_cast<float>(mine.get<double>()) == static_cast<float>(theirs.get<double>()))
+      continue;
     was += std::string(was.empty() ? "" : ", ") + option + " " + show(theirs);
     now += std::string(now.empty() ? "" : ", ") + option + " " + show(mine);
   }
@@ -287,22 +291,10 @@ void load_rank_state(const ResumePoint& rp, const nn::Model& model, const pipeli
   int failing = problem.empty() ? t.world_size : rank;
   MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &failing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
   if (failing == t.world_size) return;
-  if (failing != 0) {
-    if (rank == failing) {
-      int n = static_cast<int>(problem.size());
-      MPSL_MPI_CHECK(MPI_Send(&n, 1, MPI_INT, 0, 91, MPI_COMM_WORLD));
-      MPSL_MPI_CHECK(MPI_Send(problem.data(), n, MPI_CHAR, 0, 92, MPI_COMM_WORLD));
-    } else if (rank == 0) {
-      int n = 0;
-      MPSL_MPI_CHECK(MPI_Recv(&n, 1, MPI_INT, failing, 91, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
-      problem.resize(n);
-      MPSL_MPI_CHECK(
-          MPI_Recv(problem.data(), n, MPI_CHAR, failing, 92, MPI_COMM_WORLD, MPI_STATUS_IGNORE));
-    }
-  }
-  if (problem.empty())
-    problem =
-        "checkpoint " + rp.folder + ": rank " + std::to_string(failing) + " cannot load its file";
+  // Everyone learns the failing rank's message (a broadcast, not a point-to-point message: the
+  // runtimes' mailboxes have receives posted on MPI_COMM_WORLD that could match one), so the
+  // message rank 0 reports is the one that names the file and the problem.
+  broadcast_string(problem, failing, rank);
   throw InputError(problem);
 }
 
