@@ -136,8 +136,13 @@ void write_part(Location& file, const std::string& group, const nn::Model& model
   }
   for (const auto& e : st.layout.tensors) {
     const std::string path = unit_group(e.unit) + "/" + tensor_name(e);
-    write_tensor(g, path, e.dims, (e.buffer ? st.buffers.data() : st.params.data()) + e.offset);
-    if (!e.buffer) write_tensor(g, "momentum/" + path, e.dims, st.momentum.data() + e.offset);
+    // Weights may be stored in oneDNN's layouts (PartState::formats): files hold plain ones.
+    if (e.buffer) {
+      write_tensor(g, path, e.dims, st.buffers.data() + e.offset);
+    } else {
+      write_tensor(g, path, e.dims, st.plain_values(e, st.params).data());
+      write_tensor(g, "momentum/" + path, e.dims, st.plain_values(e, st.momentum).data());
+    }
   }
 }
 
@@ -164,6 +169,26 @@ void read_tensor(const Location& g, const std::string& path, const std::vector<i
   if (stored != computed)
     bad(g.file_path(), "tensor " + full + ": checksum mismatch (stored crc32 " + hex32(stored) +
                            ", data gives " + hex32(computed) + "): the file is damaged");
+}
+
+// Verifies the checksum of every tensor under `group` (throws naming the first damaged one).
+void check_all_tensors(const Location& file, const std::string& group) {
+  Group g = file.open_group(group);
+  for (const std::string& name : g.children()) {
+    const std::string path = group == "/" ? name : group + "/" + name;
+    H5O_info_t info;
+    check(H5Oget_info_by_name(g.id(), name.c_str(), &info, H5P_DEFAULT), "H5Oget_info_by_name",
+          file.file_path() + ":/" + path, ErrorKind::Input);
+    if (info.type == H5O_TYPE_GROUP) {
+      check_all_tensors(file, path);
+    } else if (info.type == H5O_TYPE_DATASET) {
+      Dataset d = g.open_dataset(name);
+      if (!d.has_attribute("crc32")) continue;
+      const Shape shape = d.shape();
+      std::vector<float> v(static_cast<size_t>(d.element_count()));
+      read_tensor(g, name, std::vector<int64_t>(shape.begin(), shape.end()), v.data(), "?");
+    }
+  }
 }
 
 std::string utc_now() {
@@ -270,10 +295,15 @@ void read_part(const Location& file, const std::string& group, const nn::Model& 
                               std::to_string(st.layout.end) + ")");
   for (const auto& t : st.layout.tensors) {
     const std::string path = unit_group(t.unit) + "/" + tensor_name(t);
-    read_tensor(g, path, t.dims, (t.buffer ? st.buffers.data() : st.params.data()) + t.offset,
-                model.name());
-    if (!t.buffer)
-      read_tensor(g, "momentum/" + path, t.dims, st.momentum.data() + t.offset, model.name());
+    if (t.buffer) {
+      read_tensor(g, path, t.dims, st.buffers.data() + t.offset, model.name());
+    } else {
+      std::vector<float> v(static_cast<size_t>(nn::TensorSpec{t.name, t.dims}.elements()));
+      read_tensor(g, path, t.dims, v.data(), model.name());
+      st.set_plain_values(t, v.data(), st.params);
+      read_tensor(g, "momentum/" + path, t.dims, v.data(), model.name());
+      st.set_plain_values(t, v.data(), st.momentum);
+    }
   }
   st.steps = static_cast<uint64_t>(g.read_int_attribute("steps"));
   ++st.version;
@@ -365,10 +395,12 @@ File open_rank_file(const std::string& folder, const Manifest& m, int rank) {
                   m.model + "'");
   if (f.read_int_attribute("rank") != rank)
     bad(path, "holds rank " + std::to_string(f.read_int_attribute("rank")) + "'s state");
-  if (actual.crc32 != entry.summary.crc32)
+  if (actual.crc32 != entry.summary.crc32) {
+    check_all_tensors(f, "/");  // names the damaged tensor when the damage is in one
     bad(path, "file checksum mismatch (the manifest records crc32 " + hex32(entry.summary.crc32) +
                   ", the file gives " + hex32(actual.crc32) +
                   "): the file was modified or damaged");
+  }
   return f;
 }
 
