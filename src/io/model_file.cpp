@@ -32,8 +32,14 @@ void write_part_tensors(Location& where, const nn::Model& model, const nn::PartS
     g.write_attribute("description", model.unit(u).describe());
   }
   for (const auto& e : state.layout.tensors) {
-    const float* src = (e.buffer ? state.buffers.data() : state.params.data()) + e.offset;
     Shape dims(e.dims.begin(), e.dims.end());
+    // Weights may be stored in oneDNN's layouts (PartState::formats); files hold plain ones.
+    std::vector<float> plain;
+    const float* src = state.buffers.data() + e.offset;
+    if (!e.buffer) {
+      plain = state.plain_values(e, state.params);
+      src = plain.data();
+    }
     where.write_dataset<float>(unit_group(e.unit) + "/" + tensor_name(e), dims,
                                std::span<const float>(src, element_count(dims)));
   }
@@ -52,8 +58,10 @@ void read_part_tensors(const Location& where, const nn::Model& model, nn::PartSt
       throw InputError(where.file_path() + ": tensor " + path + " has shape " +
                        shape_string(shape) + ", model '" + model.name() + "' needs " +
                        shape_string(want));
-    float* dst = (e.buffer ? state.buffers.data() : state.params.data()) + e.offset;
-    std::copy(v.begin(), v.end(), dst);
+    if (e.buffer)
+      std::copy(v.begin(), v.end(), state.buffers.data() + e.offset);
+    else
+      state.set_plain_values(e, v.data(), state.params);
   }
   ++state.version;
 }

@@ -60,6 +60,9 @@ class BnExec : public LayerExec {
     return s;
   }
   const memory::desc& dst_desc() const override { return dst_desc_; }
+  void param_formats(std::vector<memory::desc>& out) const override {
+    out.insert(out.end(), 2, memory::desc());
+  }
   const memory& forward(const memory& src, LayerSlot& sb, const ParamRefs& p,
                         const StepInfo& info) override {
     auto& s = slot_as<BnSlot>(sb);

@@ -22,22 +22,28 @@ struct ChainSlot : LayerSlot {
 // Offsets of each member's parameters and buffers inside the composite's arrays.
 struct MemberOffsets {
   std::vector<int64_t> param, buffer;
-  std::vector<Shape> in;  // each member's input shape
+  std::vector<int> tensors;  // index of each member's first parameter tensor
+  std::vector<Shape> in;     // each member's input shape
 };
 
 MemberOffsets offsets_of(const Layers& layers, Shape in) {
   MemberOffsets o;
   int64_t p = 0, b = 0;
+  int t = 0;
   for (const auto& l : layers) {
     o.param.push_back(p);
     o.buffer.push_back(b);
+    o.tensors.push_back(t);
     o.in.push_back(in);
-    p += total_elements(l->params(in));
+    const auto specs = l->params(in);
+    p += total_elements(specs);
+    t += static_cast<int>(specs.size());
     b += total_elements(l->buffers(in));
     in = l->output_shape(in);
   }
   o.param.push_back(p);
   o.buffer.push_back(b);
+  o.tensors.push_back(t);
   o.in.push_back(in);
   return o;
 }
@@ -47,6 +53,7 @@ ParamRefs member_refs(const ParamRefs& p, const MemberOffsets& o, size_t i) {
   if (p.params) r.params = p.params + o.param[i];
   if (p.grads) r.grads = p.grads + o.param[i];
   if (p.buffers) r.buffers = p.buffers + o.buffer[i];
+  if (p.formats) r.formats = p.formats + o.tensors[i];
   return r;
 }
 
@@ -67,6 +74,9 @@ class ChainExec : public LayerExec {
     dst_desc_ = src;
   }
   bool empty() const { return execs_.empty(); }
+  void param_formats(std::vector<memory::desc>& out) const override {
+    for (const auto& e : execs_) e->param_formats(out);
+  }
   std::unique_ptr<LayerSlot> make_slot() const override {
     auto s = std::make_unique<ChainSlot>();
     for (const auto& e : execs_) s->slots.push_back(e->make_slot());
@@ -189,9 +199,14 @@ class ResidualExec : public LayerExec {
     src_desc_ = a.src_desc;
     n_main_params_ = 0;
   }
-  void set_param_split(int64_t p, int64_t b) {
+  void set_param_split(int64_t p, int64_t b, int t) {
     split_params_ = p;
     split_buffers_ = b;
+    split_tensors_ = t;
+  }
+  void param_formats(std::vector<memory::desc>& out) const override {
+    main_.param_formats(out);
+    shortcut_.param_formats(out);
   }
   std::unique_ptr<LayerSlot> make_slot() const override {
     auto s = std::make_unique<ResidualSlot>();
@@ -238,6 +253,7 @@ class ResidualExec : public LayerExec {
     if (p.params) r.params = p.params + split_params_;
     if (p.grads) r.grads = p.grads + split_params_;
     if (p.buffers) r.buffers = p.buffers + split_buffers_;
+    if (p.formats) r.formats = p.formats + split_tensors_;
     return r;
   }
   dnnl::engine eng_;
@@ -248,6 +264,7 @@ class ResidualExec : public LayerExec {
   dnnl::eltwise_backward relu_bwd_;
   memory d_out_, diff_src_;
   Converter dd_conv_, a_conv_, b_conv_;
+  int split_tensors_ = 0;
   int64_t split_params_ = 0, split_buffers_ = 0, n_main_params_ = 0;
 };
 
@@ -281,7 +298,7 @@ class Residual : public Layer {
   std::unique_ptr<LayerExec> bind(const BindArgs& a) const override {
     auto e = std::make_unique<ResidualExec>(main_, shortcut_, a);
     const MemberOffsets m = offsets_of(main_, a.in);
-    e->set_param_split(m.param.back(), m.buffer.back());
+    e->set_param_split(m.param.back(), m.buffer.back(), m.tensors.back());
     return e;
   }
 

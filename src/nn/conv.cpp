@@ -115,6 +115,10 @@ class ConvExec : public LayerExec {
     return s;
   }
   const memory::desc& dst_desc() const override { return dst_desc_; }
+  void param_formats(std::vector<memory::desc>& out) const override {
+    out.push_back(fwd_pd_.weights_desc());
+    if (spec_.bias) out.push_back(memory::desc());
+  }
 
   const memory& forward(const memory& src, LayerSlot& slot_base, const ParamRefs& p,
                         const StepInfo&) override {
@@ -125,9 +129,10 @@ class ConvExec : public LayerExec {
       in_conv_.copy(src, slot.src, strm_);
       x = &slot.src;
     }
-    std::unordered_map<int, memory> args{{DNNL_ARG_SRC, *x},
-                                         {DNNL_ARG_WEIGHTS, w_fwd_.get(p.params, p, strm_)},
-                                         {DNNL_ARG_DST, slot.dst}};
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, *x},
+        {DNNL_ARG_WEIGHTS, w_fwd_.get(p.params, p, strm_, stored_format(p, 0))},
+        {DNNL_ARG_DST, slot.dst}};
     if (spec_.bias) {
       bias_mem_.set_data_handle(p.params + weight_elems());
       args[DNNL_ARG_BIAS] = bias_mem_;
@@ -155,18 +160,21 @@ class ConvExec : public LayerExec {
       std::unordered_map<int, memory> args{
           {DNNL_ARG_SRC, xw},
           {DNNL_ARG_DIFF_DST, dw},
-          {DNNL_ARG_DIFF_WEIGHTS, w_grad_.target(p.grads, accumulate)}};
+          {DNNL_ARG_DIFF_WEIGHTS, w_grad_.target(p.grads, accumulate, stored_format(p, 0))}};
       float* bias_grad = p.grads + weight_elems();
       if (spec_.bias) args[DNNL_ARG_DIFF_BIAS] = b_grad_.target(bias_grad, accumulate);
       bwd_w_.execute(strm_, args);
-      w_grad_.finish(p.grads, accumulate, strm_);
+      w_grad_.finish(p.grads, accumulate, strm_, stored_format(p, 0));
       if (spec_.bias) b_grad_.finish(bias_grad, accumulate, strm_);
     }
     if (!diff_src_) return diff_src_;
     const memory& dd_data = ddd_conv_.to(*dd, bwd_d_pd_.diff_dst_desc(), eng_, strm_);
-    bwd_d_.execute(strm_, {{DNNL_ARG_DIFF_DST, dd_data},
-                           {DNNL_ARG_WEIGHTS, (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_)},
-                           {DNNL_ARG_DIFF_SRC, diff_src_}});
+    bwd_d_.execute(
+        strm_,
+        {{DNNL_ARG_DIFF_DST, dd_data},
+         {DNNL_ARG_WEIGHTS,
+          (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_, stored_format(p, 0))},
+         {DNNL_ARG_DIFF_SRC, diff_src_}});
     return diff_src_;
   }
 

@@ -59,21 +59,44 @@ void Converter::copy(const memory& src, const memory& dst, dnnl::stream& strm, b
 
 WeightsCache::WeightsCache(const memory::desc& plain, const memory::desc& want,
                            const dnnl::engine& eng)
-    : plain_(plain, eng, DNNL_MEMORY_NONE), same_(plain == want) {
+    : plain_(plain, eng, DNNL_MEMORY_NONE), same_(plain == want), want_(want) {
+  direct_ = memory(want, eng, DNNL_MEMORY_NONE);
   if (!same_) {
     converted_ = memory(want, eng);
     prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, plain, eng, want));
   }
 }
 
-const memory& WeightsCache::get(float* plain_data, const ParamRefs& p, dnnl::stream& strm) {
-  if (plain_.get_data_handle() != plain_data) plain_.set_data_handle(plain_data);
+const memory& WeightsCache::get(float* data, const ParamRefs& p, dnnl::stream& strm,
+                                const memory::desc& stored) {
+  if (!is_empty(stored)) {
+    if (stored == want_) {  // stored as the primitive wants it: no copy at all
+      direct_.set_data_handle(data);
+      return direct_;
+    }
+    if (owner_ != p.owner || version_ != p.version || data_ != data) {
+      if (!stored_mem_ || !(stored_mem_.get_desc() == stored)) {
+        stored_mem_ = memory(stored, converted_ ? converted_.get_engine() : plain_.get_engine(),
+                             DNNL_MEMORY_NONE);
+        stored_prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(
+            stored_mem_.get_engine(), stored, stored_mem_.get_engine(), want_));
+        if (!converted_) converted_ = memory(want_, stored_mem_.get_engine());
+      }
+      stored_mem_.set_data_handle(data);
+      stored_prim_.execute(strm, stored_mem_, converted_);
+      owner_ = p.owner;
+      version_ = p.version;
+      data_ = data;
+    }
+    return converted_;
+  }
+  if (plain_.get_data_handle() != data) plain_.set_data_handle(data);
   if (same_) return plain_;
-  if (owner_ != p.owner || version_ != p.version || data_ != plain_data) {
+  if (owner_ != p.owner || version_ != p.version || data_ != data) {
     prim_.execute(strm, plain_, converted_);
     owner_ = p.owner;
     version_ = p.version;
-    data_ = plain_data;
+    data_ = data;
   }
   return converted_;
 }
@@ -81,19 +104,29 @@ const memory& WeightsCache::get(float* plain_data, const ParamRefs& p, dnnl::str
 GradTarget::GradTarget(const memory::desc& plain, const memory::desc& prim, const dnnl::engine& eng)
     : plain_(plain, eng, DNNL_MEMORY_NONE), prim_desc_(prim), same_(plain == prim) {
   scratch_ = memory(prim, eng);
+  direct_ = memory(prim, eng, DNNL_MEMORY_NONE);
 }
 
-const memory& GradTarget::target(float* grad, bool accumulate) {
-  used_scratch_ = accumulate || !same_;
+const memory& GradTarget::target(float* grad, bool accumulate, const memory::desc& stored) {
+  const bool same = is_empty(stored) ? same_ : stored == prim_desc_;
+  used_scratch_ = accumulate || !same;
   if (used_scratch_) return scratch_;
-  plain_.set_data_handle(grad);
-  return plain_;
+  direct_.set_data_handle(grad);
+  return direct_;
 }
 
-void GradTarget::finish(float* grad, bool accumulate, dnnl::stream& strm) {
+void GradTarget::finish(float* grad, bool accumulate, dnnl::stream& strm,
+                        const memory::desc& stored) {
   if (!used_scratch_) return;
-  plain_.set_data_handle(grad);
-  conv_.copy(scratch_, plain_, strm, accumulate);
+  if (is_empty(stored)) {
+    plain_.set_data_handle(grad);
+    conv_.copy(scratch_, plain_, strm, accumulate);
+    return;
+  }
+  if (!dest_ || !(dest_.get_desc() == stored))
+    dest_ = memory(stored, scratch_.get_engine(), DNNL_MEMORY_NONE);
+  dest_.set_data_handle(grad);
+  conv_.copy(scratch_, dest_, strm, accumulate);
 }
 
 void init_uniform(Rng& rng, float* p, int64_t n, float bound) {

@@ -45,10 +45,14 @@ class WeightsCache {
  public:
   WeightsCache() = default;
   WeightsCache(const memory::desc& plain, const memory::desc& want, const dnnl::engine& eng);
-  const memory& get(float* plain_data, const ParamRefs& p, dnnl::stream& strm);
+  // `stored`: how the tensor at `data` is laid out (empty = plain).
+  const memory& get(float* data, const ParamRefs& p, dnnl::stream& strm,
+                    const memory::desc& stored = memory::desc());
 
  private:
-  memory plain_, converted_;
+  memory plain_, converted_, stored_mem_, direct_;
+  memory::desc want_;
+  dnnl::reorder stored_prim_;
   bool same_ = true;
   dnnl::reorder prim_;
   const void* owner_ = nullptr;
@@ -63,17 +67,27 @@ class GradTarget {
   GradTarget() = default;
   GradTarget(const memory::desc& plain, const memory::desc& prim, const dnnl::engine& eng);
   // The memory to hand to the primitive as DIFF_WEIGHTS.
-  const memory& target(float* grad, bool accumulate);
+  // `stored`: how the gradient array is laid out (empty = plain), like the parameters.
+  const memory& target(float* grad, bool accumulate, const memory::desc& stored = memory::desc());
   // Finishes: moves the scratch into the gradient array (adding when accumulate).
-  void finish(float* grad, bool accumulate, dnnl::stream& strm);
+  void finish(float* grad, bool accumulate, dnnl::stream& strm,
+              const memory::desc& stored = memory::desc());
 
  private:
-  memory plain_, scratch_;
+  memory plain_, scratch_, direct_, dest_;
   memory::desc prim_desc_;
   bool same_ = true;
   Converter conv_;
   bool used_scratch_ = false;
 };
+
+// The stored format of tensor i of a layer (empty = plain).
+inline memory::desc stored_format(const ParamRefs& p, int i) {
+  return p.formats ? p.formats[i] : memory::desc();
+}
+inline bool is_empty(const memory::desc& d) {
+  return d.data.ndims == 0;
+}
 
 inline const float* fptr(const memory& m) {
   return static_cast<const float*>(m.get_data_handle());

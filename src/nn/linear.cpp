@@ -92,6 +92,10 @@ class LinearExec : public LayerExec {
     return s;
   }
   const memory::desc& dst_desc() const override { return dst_desc_; }
+  void param_formats(std::vector<memory::desc>& out) const override {
+    out.push_back(fwd_pd_.weights_desc());
+    out.push_back(memory::desc());
+  }
 
   const memory& forward(const memory& src, LayerSlot& slot_base, const ParamRefs& p,
                         const StepInfo&) override {
@@ -104,7 +108,7 @@ class LinearExec : public LayerExec {
     }
     bias_mem_.set_data_handle(p.params + w_elems_);
     fwd_.execute(strm_, {{DNNL_ARG_SRC, *x},
-                         {DNNL_ARG_WEIGHTS, w_fwd_.get(p.params, p, strm_)},
+                         {DNNL_ARG_WEIGHTS, w_fwd_.get(p.params, p, strm_, stored_format(p, 0))},
                          {DNNL_ARG_BIAS, bias_mem_},
                          {DNNL_ARG_DST, slot.dst}});
     return slot.dst;
@@ -124,17 +128,21 @@ class LinearExec : public LayerExec {
     const memory& xw = src_w_conv_.to(x, bwd_w_pd_.src_desc(), eng_, strm_);
     const memory& dw = ddw_conv_.to(*dd, bwd_w_pd_.diff_dst_desc(), eng_, strm_);
     float* bias_grad = p.grads + w_elems_;
-    bwd_w_.execute(strm_, {{DNNL_ARG_SRC, xw},
-                           {DNNL_ARG_DIFF_DST, dw},
-                           {DNNL_ARG_DIFF_WEIGHTS, w_grad_.target(p.grads, accumulate)},
-                           {DNNL_ARG_DIFF_BIAS, b_grad_.target(bias_grad, accumulate)}});
-    w_grad_.finish(p.grads, accumulate, strm_);
+    bwd_w_.execute(
+        strm_, {{DNNL_ARG_SRC, xw},
+                {DNNL_ARG_DIFF_DST, dw},
+                {DNNL_ARG_DIFF_WEIGHTS, w_grad_.target(p.grads, accumulate, stored_format(p, 0))},
+                {DNNL_ARG_DIFF_BIAS, b_grad_.target(bias_grad, accumulate)}});
+    w_grad_.finish(p.grads, accumulate, strm_, stored_format(p, 0));
     b_grad_.finish(bias_grad, accumulate, strm_);
     if (!diff_src_) return diff_src_;
     const memory& dd_data = ddd_conv_.to(*dd, bwd_d_pd_.diff_dst_desc(), eng_, strm_);
-    bwd_d_.execute(strm_, {{DNNL_ARG_DIFF_DST, dd_data},
-                           {DNNL_ARG_WEIGHTS, (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_)},
-                           {DNNL_ARG_DIFF_SRC, diff_src_}});
+    bwd_d_.execute(
+        strm_,
+        {{DNNL_ARG_DIFF_DST, dd_data},
+         {DNNL_ARG_WEIGHTS,
+          (bwd_shares_weights_ ? w_fwd_ : w_bwd_).get(p.params, p, strm_, stored_format(p, 0))},
+         {DNNL_ARG_DIFF_SRC, diff_src_}});
     return diff_src_;
   }
 

@@ -118,7 +118,92 @@ PartState::PartState(const Model& model, int begin, int end)
       momentum(layout.param_count),
       buffers(layout.buffer_count) {}
 
+int PartState::first_tensor_of_unit(int unit) const {
+  for (size_t i = 0; i < layout.tensors.size(); ++i)
+    if (layout.tensors[i].unit == unit) return static_cast<int>(i);
+  return static_cast<int>(layout.tensors.size());
+}
+
+bool PartState::plain() const {
+  for (const auto& f : formats)
+    if (f.data.ndims != 0) return false;
+  return true;
+}
+
+namespace {
+// Reorders `n` floats at `src` (layout from) to `dst` (layout to), through oneDNN.
+void reorder_tensor(const memory::desc& from, const float* src, const memory::desc& to,
+                    float* dst) {
+  Runtime& rt = cpu_runtime();
+  memory a(from, rt.engine, const_cast<float*>(src)), b(to, rt.engine, dst);
+  dnnl::reorder(a, b).execute(rt.stream, a, b);
+  rt.stream.wait();
+}
+}  // namespace
+
+void PartState::adopt_formats(const PartProgram& program) {
+  const std::vector<memory::desc> wanted = program.param_formats();
+  formats.resize(layout.tensors.size());
+  size_t next = 0;
+  for (size_t i = 0; i < layout.tensors.size(); ++i) {
+    const auto& e = layout.tensors[i];
+    if (e.buffer) continue;
+    MPSL_CHECK(next < wanted.size(), "program and state disagree on the parameter tensors");
+    const memory::desc want = wanted[next++];
+    if (want.data.ndims == 0 || formats[i] == want) continue;
+    const memory::desc plain = plain_desc(want.dims());
+    const int64_t n = TensorSpec{e.name, e.dims}.elements();
+    // Only layouts without padding fit in the tensor's place in the flat arrays.
+    if (want == plain || want.get_size() != static_cast<size_t>(n) * sizeof(float)) continue;
+    for (FloatBuffer* a : {&params, &momentum}) {
+      std::vector<float> values = plain_values(e, *a);
+      reorder_tensor(plain, values.data(), want, a->data() + e.offset);
+    }
+    formats[i] = want;
+  }
+  grads.fill(0.f);
+  ++version;
+}
+
+std::vector<float> PartState::plain_values(const PartLayout::Entry& e,
+                                           const FloatBuffer& array) const {
+  const int64_t n = TensorSpec{e.name, e.dims}.elements();
+  std::vector<float> out(n);
+  const size_t i = &e - layout.tensors.data();
+  const float* src = array.data() + e.offset;
+  if (e.buffer || i >= formats.size() || formats[i].data.ndims == 0) {
+    std::copy(src, src + n, out.begin());
+  } else {
+    reorder_tensor(formats[i], src, plain_desc(formats[i].dims()), out.data());
+  }
+  return out;
+}
+
+void PartState::set_plain_values(const PartLayout::Entry& e, const float* values,
+                                 FloatBuffer& array) {
+  const int64_t n = TensorSpec{e.name, e.dims}.elements();
+  const size_t i = &e - layout.tensors.data();
+  float* dst = array.data() + e.offset;
+  if (e.buffer || i >= formats.size() || formats[i].data.ndims == 0) {
+    std::copy(values, values + n, dst);
+  } else {
+    reorder_tensor(plain_desc(formats[i].dims()), values, formats[i], dst);
+  }
+  if (&array == &params) ++version;
+}
+
+FloatBuffer PartState::plain_array(const FloatBuffer& array) const {
+  FloatBuffer out(array.size());
+  for (const auto& e : layout.tensors) {
+    if (e.buffer) continue;
+    const std::vector<float> v = plain_values(e, array);
+    std::copy(v.begin(), v.end(), out.data() + e.offset);
+  }
+  return out;
+}
+
 void PartState::initialise(const Model& model, uint64_t seed) {
+  formats.assign(layout.tensors.size(), memory::desc());  // initial values are plain
   for (int u = layout.begin; u < layout.end; ++u) {
     Rng rng(seed, 0x1000 + static_cast<uint64_t>(u));
     const int k = u - layout.begin;
@@ -178,7 +263,15 @@ ParamRefs PartProgram::refs(PartState& st, int k) const {
   r.buffers = st.buffers.data() + st.layout.unit_buffer_offset[k];
   r.version = st.version;
   r.owner = &st;
+  if (!st.formats.empty() && !st.plain())
+    r.formats = st.formats.data() + st.first_tensor_of_unit(begin_ + k);
   return r;
+}
+
+std::vector<memory::desc> PartProgram::param_formats() const {
+  std::vector<memory::desc> out;
+  for (const auto& e : execs_) e->param_formats(out);
+  return out;
 }
 
 void PartProgram::forward(PartSlot& slot, PartState& state, const float* input, float* output,

@@ -35,6 +35,7 @@ LocalTrainer::LocalTrainer(const nn::Model& model, int64_t batch, int micro_batc
 nn::PartState LocalTrainer::make_state() const {
   nn::PartState s(model_, 0, model_.num_units());
   s.initialise(model_, seed_);
+  s.adopt_formats(program_);  // weights in the layouts the primitives want
   return s;
 }
 

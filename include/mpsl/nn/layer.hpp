@@ -42,16 +42,23 @@ struct LayerSlot {
 
 // Where a layer finds its parameters, gradients and buffers for the copy being run.
 struct ParamRefs {
-  float* params = nullptr;      // this layer's trainable parameters (plain layouts)
+  float* params = nullptr;      // this layer's trainable parameters
   float* grads = nullptr;       // same size: gradients (written or accumulated by backward)
   float* buffers = nullptr;     // non-trained state (BN running statistics)
   uint64_t version = 0;         // changes whenever params change (lets execs cache reorders)
   const void* owner = nullptr;  // identity of the copy (with version, the cache key)
+  // How each parameter tensor is stored, one per tensor in params() order: an empty descriptor
+  // (or a null array) means the plain layout; otherwise oneDNN's layout for the tensor, which
+  // saves reorders every step (see PartState::adopt_formats).
+  const dnnl::memory::desc* formats = nullptr;
 };
 
 class LayerExec {
  public:
   virtual ~LayerExec() = default;
+  // Appends the layout the forward primitive wants for each parameter tensor (params()
+  // order; an empty descriptor where plain is best or the tensor is not a weight).
+  virtual void param_formats(std::vector<dnnl::memory::desc>& out) const {}
   virtual std::unique_ptr<LayerSlot> make_slot() const = 0;
   // The descriptor of the memory forward() returns.
   virtual const dnnl::memory::desc& dst_desc() const = 0;

@@ -78,18 +78,38 @@ struct PartLayout {
   static PartLayout make(const Model& model, int begin, int end);
 };
 
+class PartProgram;
+
 // One copy of a part: the state an owner (or a stage, per owner) keeps.
+//
+// Parameters (and their gradients and momentum) are plain by default. adopt_formats() stores
+// each weight tensor in the layout its forward primitive wants instead (where that layout has
+// no padding), which saves two reorders of every weight per step; averaging and SGD work on the
+// arrays element by element, so copies with the same formats combine as before. Code that
+// needs plain values (model files, checkpoints, transfers) uses plain_values/set_plain_values.
 struct PartState {
   PartLayout layout;
   FloatBuffer params, grads, momentum, buffers;
-  uint64_t version = 1;  // bump after every change to params
-  uint64_t steps = 0;    // optimiser steps taken
+  std::vector<dnnl::memory::desc> formats;  // per layout.tensors entry; empty = plain
+  uint64_t version = 1;                     // bump after every change to params
+  uint64_t steps = 0;                       // optimiser steps taken
 
   PartState() = default;
   PartState(const Model& model, int begin, int end);
   // Torch-compatible initialisation from a counter-based stream per unit: the values of unit i
   // depend only on (seed, i), whatever the cut points.
   void initialise(const Model& model, uint64_t seed);
+
+  // Re-stores weights (params and momentum) in the layouts `program` wants.
+  void adopt_formats(const PartProgram& program);
+  bool plain() const;
+  // One tensor's values in its plain layout (`array` = params or momentum of this state).
+  std::vector<float> plain_values(const PartLayout::Entry& e, const FloatBuffer& array) const;
+  void set_plain_values(const PartLayout::Entry& e, const float* values, FloatBuffer& array);
+  // The whole params (or momentum) array in plain layouts.
+  FloatBuffer plain_array(const FloatBuffer& array) const;
+  // Index (in layout.tensors) of unit `unit`'s first tensor.
+  int first_tensor_of_unit(int unit) const;
 };
 
 // Activations of one batch in flight through a part.
@@ -114,6 +134,8 @@ class PartProgram {
   Shape input_shape() const { return in_; }
   Shape output_shape() const { return out_; }
   std::unique_ptr<PartSlot> make_slot() const;
+  // The layout the forward primitives want for each parameter tensor (layout order).
+  std::vector<dnnl::memory::desc> param_formats() const;
 
   // input: plain NCHW floats; output: plain NCHW floats (both batch x per_sample).
   void forward(PartSlot& slot, PartState& state, const float* input, float* output,
