@@ -124,6 +124,8 @@ class OwnerRuntime : public RankRuntime {
       o->last = nn::PartState(model_, t_.last_part().first, t_.last_part().second);
       o->first.initialise(model_, s.seed);
       o->last.initialise(model_, s.seed);
+      o->first.adopt_formats(first_);  // weights in the layouts the primitives want
+      o->last.adopt_formats(last_);
       o->images.resize(s.plan.batch * train.image_size());
       o->labels.resize(s.plan.batch);
       o->slots.resize(s.micro_batches);
@@ -314,8 +316,11 @@ class OwnerRuntime : public RankRuntime {
       std::copy(params, params + np, whole.params.data() + po);
       std::copy(buffers, buffers + nb, whole.buffers.data() + bo);
     };
-    place(o.first.params.data(), o.first.params.size(), o.first.buffers.data(),
-          o.first.buffers.size(), t_.first_part().first);
+    // The model file holds plain layouts; the parts may store weights in oneDNN's.
+    const nn::FloatBuffer first = o.first.plain_array(o.first.params);
+    const nn::FloatBuffer last = o.last.plain_array(o.last.params);
+    place(first.data(), first.size(), o.first.buffers.data(), o.first.buffers.size(),
+          t_.first_part().first);
     for (int st = 0; st < t_.stages; ++st) {
       std::vector<float> v =
           recv_any_size(eval_comm_.get(), t_.rank_of_stage(st), kModelTag, "stage-part");
@@ -325,7 +330,7 @@ class OwnerRuntime : public RankRuntime {
                  "stage model size mismatch");
       place(v.data(), l.param_count, v.data() + l.param_count, l.buffer_count, b);
     }
-    place(o.last.params.data(), o.last.params.size(), o.last.buffers.data(), o.last.buffers.size(),
+    place(last.data(), last.size(), o.last.buffers.data(), o.last.buffers.size(),
           t_.last_part().first);
     whole.steps = o.first.steps;
     ++whole.version;
@@ -483,6 +488,7 @@ class StageRuntime : public RankRuntime {
     for (int k = 0; k < t_.owners; ++k) {
       copies_.emplace_back(model_, b, e);
       copies_.back().initialise(model_, s.seed);
+      copies_.back().adopt_formats(program_);
     }
     grads_done_.assign(t_.owners, 0);
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
@@ -612,7 +618,8 @@ class StageRuntime : public RankRuntime {
   std::optional<nn::PartState> gather_model() override {
     const nn::PartState& c = copies_.front();
     std::vector<float> v(c.params.size() + c.buffers.size());
-    std::copy(c.params.data(), c.params.data() + c.params.size(), v.begin());
+    const nn::FloatBuffer plain = c.plain_array(c.params);  // plain layouts on the wire
+    std::copy(plain.data(), plain.data() + plain.size(), v.begin());
     std::copy(c.buffers.data(), c.buffers.data() + c.buffers.size(), v.begin() + c.params.size());
     send_floats(eval_comm_.get(), v.data(), static_cast<int64_t>(v.size()), 0, kModelTag,
                 "stage-part");
