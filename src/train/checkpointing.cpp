@@ -359,10 +359,16 @@ bool Checkpointer::due_mid_round(int round, int64_t step) {
     const int64_t g = steps_before(round) + step;
     const double per_step = (now - probe_time_) / std::max<int64_t>(1, g - probe_from_);
     const double target = std::min(every_seconds_ / 10, 60.0);
+    // Steps of owners whose round is over cost nothing, so the rate is noisy: the look-ahead
+    // at most doubles from one look to the next.
     probe_steps_ = std::clamp<int64_t>(static_cast<int64_t>(target / std::max(per_step, 1e-6)), 1,
-                                       int64_t{1} << 30);
+                                       2 * probe_steps_);
     probe_time_ = now;
     probe_from_ = g;
+    MPSL_LOG(Debug, "checkpoint clock at round " << round << " step " << step << ": "
+                                                 << now - last_time_ << " s since the last, "
+                                                 << per_step << " s per step, next look in "
+                                                 << probe_steps_ << " steps");
   }
   return rank0_decides(due);
 }

@@ -65,6 +65,15 @@ check_schedule() {  # LABEL STOP_AFTER STOP_NAME SCHEDULE_OPTIONS...
 check_schedule mpsl 1 ckpt-r0001-s000004 --schedule mpsl --optimizer-state keep
 check_schedule 1f1b 2 ckpt-r0002-s000002 --schedule 1f1b --micro-batches 2 --optimizer-state average
 
+# Wall-clock interval: rank 0 looks at the clock between steps and all ranks follow its call.
+d="$T/clock"
+MPSL_TEST_EXIT_AFTER_CHECKPOINTS=1 mpsl_run 4 train $C --stages 2 --rounds 2 --optimizer-state keep \
+  --checkpoint-dir "$d" --checkpoint-every 0.2s > /dev/null || fail "wall-clock run"
+mpsl_run 4 train $C --stages 2 --rounds 2 --optimizer-state keep --checkpoint-dir "$d" \
+  --checkpoint-every 0.2s --resume latest --save-model "$d.h5" > /dev/null || fail "wall-clock resume"
+same_model "--checkpoint-every 0.2s: stop at $(ls "$d" | head -1) + resume == straight" \
+  "$T/mpsl/straight.h5" "$d.h5"
+
 # Single process, K = 4 simulated owners, stopped at (round 1, step 2).
 d="$T/single"
 C="$C --rounds 2"
