@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "mpsl/comm/audit.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
@@ -242,6 +243,8 @@ ResumePoint find_resume_point(const cli::CommonOptions& common, const cli::Train
   }
   broadcast_string(folder, 0, rank);
   broadcast_string(text, 0, rank);
+  comm::audit_message("checkpoint-manifest", 0, static_cast<int64_t>(folder.size() + text.size()),
+                      rank == 0);
   if (folder.empty()) return rp;
   rp.folder = folder;
   rp.manifest = io::Manifest::from_json(nlohmann::json::parse(text), io::manifest_path(folder));
@@ -416,6 +419,12 @@ void Checkpointer::write(int round, int64_t step, bool round_complete, pipeline:
                     write_seconds};
   std::vector<double> all(3 * t_.world_size);
   MPSL_MPI_CHECK(MPI_Gather(mine, 3, MPI_DOUBLE, all.data(), 3, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  // Only each file's size, CRC and write time cross the wire; the files stay where written.
+  if (rank_ != 0)
+    comm::audit_message("checkpoint-file-summary", 0, sizeof mine, true);
+  else
+    for (int r = 1; r < t_.world_size; ++r)
+      comm::audit_message("checkpoint-file-summary", r, sizeof mine, false);
   ++written_;
   last_name_ = name;
   last_time_ = now_seconds();
