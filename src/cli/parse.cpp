@@ -377,8 +377,8 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.group("State");
   s.text("checkpoint-dir", t.checkpoint_dir, "DIR", "where checkpoints are written");
   s.custom("checkpoint-every", "N[rounds]|Nsteps|Ns|Nm|Nh",
-           "checkpoint every N rounds (default 1 with --checkpoint-dir), every N steps into a "
-           "round, or after N seconds/minutes/hours of wall clock; 0 = only at the end",
+           "checkpoint every N rounds (default 1 with --checkpoint-dir), every N steps (also "
+           "mid-round), or every N seconds/minutes/hours of wall clock; 0 = only at the end",
            "",
            [&t](const std::string& text, const Origin& o) { parse_checkpoint_every(text, t, o); });
   s.integer("checkpoint-keep", t.checkpoint_keep, 0, "N",
