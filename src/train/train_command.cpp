@@ -196,7 +196,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   const train::ResumePoint resume = train::find_resume_point(common, o, topo, data_id, 0);
 
   obs::MetricsWriter metrics(common.metrics, resume.resumed());
-  if (!resume.resumed()) write_run_start(metrics, common, o, topo, train.count);
+  write_run_start(metrics, common, o, topo, train.count);  // every start; a "resume" follows
   log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
@@ -414,7 +414,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   obs::MetricsWriter metrics(reporter ? common.metrics : std::string(), resume.resumed());
   if (reporter) {
-    if (!resume.resumed()) write_run_start(metrics, common, o, topo, train.count);
+    write_run_start(metrics, common, o, topo, train.count);  // every start; a "resume" follows
     log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
     for (const auto& line : pipeline::describe_roles(topo, model)) MPSL_LOG(Info, line);
   }
