@@ -253,6 +253,8 @@ FileSummary write_rank_file(const std::string& path, const nn::Model& model, con
     f.write_attribute("round_complete", static_cast<int64_t>(h.round_complete ? 1 : 0));
     f.write_attribute("seed", static_cast<int64_t>(h.seed));
     f.write_attribute("randomness", kRandomnessNote);
+    if (!h.config.empty()) f.write_attribute("config", h.config);
+    if (!h.topology.empty()) f.write_attribute("topology", h.topology);
     f.write_attribute("checksums",
                       "every tensor has attribute crc32 = zlib crc32 of its float32 bytes "
                       "(little-endian, C order); the manifest has each file's crc32");

@@ -408,6 +408,8 @@ void Checkpointer::write(int round, int64_t step, bool round_complete, pipeline:
   h.step_in_round = step;
   h.round_complete = round_complete;
   h.seed = common_.seed;
+  h.config = config_json(common_, o_).dump();
+  h.topology = topology_json(t_, o_).dump();
   const std::string file = "rank-" + std::to_string(rank_) + ".h5";
   const double tw = now_seconds();
   const io::FileSummary fsum =

@@ -74,6 +74,7 @@ struct RankHeader {
   int64_t step_in_round = 0;
   bool round_complete = false;  // written after the round's FedAvg
   uint64_t seed = 0;
+  std::string config, topology;  // JSON text (as in the manifest), so each file describes itself
 };
 
 struct FileSummary {
