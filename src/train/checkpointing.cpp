@@ -238,6 +238,10 @@ ResumePoint find_resume_point(const cli::CommonOptions& common, const cli::Train
       const io::Manifest m = io::read_manifest(folder);
       check_manifest(m, folder, config_json(common, o), topology_json(t, o), data);
       io::check_rank_files(folder, m);
+      if ((m.round_complete ? m.round + 1 : m.round) > o.rounds)
+        obs::log_warn(folder + " is at the end of round " + std::to_string(m.round) +
+                      " of the --rounds " + std::to_string(o.rounds) +
+                      " asked for: nothing is left to train (give a larger --rounds to go on)");
       text = m.to_json().dump();
     }
   }

@@ -362,7 +362,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                  {"wait_s", 0.0},
                  {"comm_s", 0.0},
                  {"predicted_peak_bytes", nullptr}});
-  write_run_end(metrics, seconds_since(t_start), plan_steps_until(plan, o.rounds),
+  write_run_end(metrics, seconds_since(t_start),
+                std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                 timed_seconds > 0 ? timed_images / timed_seconds : 0.0, last_accuracy, o);
   return 0;
 }
@@ -528,7 +529,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }
-    write_run_end(metrics, seconds_since(t_start), plan_steps_until(plan, o.rounds),
+    write_run_end(metrics, seconds_since(t_start),
+                  std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                   train_seconds > 0 ? total_images / train_seconds : 0.0, last_accuracy, o);
   }
   return 0;
