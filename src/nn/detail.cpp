@@ -76,14 +76,31 @@ const memory& WeightsCache::get(float* data, const ParamRefs& p, dnnl::stream& s
     }
     if (owner_ != p.owner || version_ != p.version || data_ != data) {
       if (!stored_mem_ || !(stored_mem_.get_desc() == stored)) {
-        stored_mem_ = memory(stored, converted_ ? converted_.get_engine() : plain_.get_engine(),
-                             DNNL_MEMORY_NONE);
-        stored_prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(
-            stored_mem_.get_engine(), stored, stored_mem_.get_engine(), want_));
-        if (!converted_) converted_ = memory(want_, stored_mem_.get_engine());
+        const dnnl::engine eng = plain_.get_engine();
+        stored_mem_ = memory(stored, eng, DNNL_MEMORY_NONE);
+        if (!converted_) converted_ = memory(want_, eng);
+        // Some layouts (Winograd's inference weights) are reachable only from plain: then go
+        // through a plain copy.
+        try {
+          stored_prim_ = dnnl::reorder(dnnl::reorder::primitive_desc(eng, stored, eng, want_));
+          via_plain_ = false;
+        } catch (const dnnl::error&) {
+          via_plain_ = true;
+          plain_tmp_ = memory(plain_.get_desc(), eng);
+          stored_prim_ =
+              dnnl::reorder(dnnl::reorder::primitive_desc(eng, stored, eng, plain_.get_desc()));
+          if (!prim_)
+            prim_ =
+                dnnl::reorder(dnnl::reorder::primitive_desc(eng, plain_.get_desc(), eng, want_));
+        }
       }
       stored_mem_.set_data_handle(data);
-      stored_prim_.execute(strm, stored_mem_, converted_);
+      if (via_plain_) {
+        stored_prim_.execute(strm, stored_mem_, plain_tmp_);
+        prim_.execute(strm, plain_tmp_, converted_);
+      } else {
+        stored_prim_.execute(strm, stored_mem_, converted_);
+      }
       owner_ = p.owner;
       version_ = p.version;
       data_ = data;

@@ -50,7 +50,8 @@ class WeightsCache {
                     const memory::desc& stored = memory::desc());
 
  private:
-  memory plain_, converted_, stored_mem_, direct_;
+  memory plain_, converted_, stored_mem_, direct_, plain_tmp_;
+  bool via_plain_ = false;
   memory::desc want_;
   dnnl::reorder stored_prim_;
   bool same_ = true;
