@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <thread>
 
 #include "mpsl/core/error.hpp"
@@ -82,7 +83,9 @@ Envelope Mailbox::decode_tag(int tag, int source) {
   return e;
 }
 
-Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {}
+Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {
+  if (const char* v = std::getenv("MPSL_POLL_SLEEP_US")) max_sleep_us_ = std::max(0, std::atoi(v));
+}
 
 Mailbox::~Mailbox() {
   if (MpiEnvironment::finalized()) return;
@@ -194,9 +197,9 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   while (true) {
     progress();
     if (!ready_.empty()) break;
-    // Back off: spin briefly, then sleep 20 us doubling up to 200 us.
+    // Back off: spin briefly, then sleep, 20 us doubling up to the cap.
     if (++idle > 50) {
-      const int us = std::min(200, 20 << std::min(3, (idle - 50) / 20));
+      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - 50) / 20));
       std::this_thread::sleep_for(std::chrono::microseconds(us));
     }
   }

@@ -116,7 +116,8 @@ class Mailbox {
   void post(int i);
   Message take(const std::vector<int>& preferred_sources);
   uint64_t post_counter_ = 0;
-  bool progress();  // tests all requests; true when something completed
+  int max_sleep_us_ = 200;  // MPSL_POLL_SLEEP_US overrides
+  bool progress();          // tests all requests; true when something completed
 
   MPI_Comm comm_;
   std::vector<std::unique_ptr<Recv>> recvs_;
