@@ -4,7 +4,9 @@
 // `latest` resolves, and a single-process training run continued from a checkpoint matches one
 // that never stopped. Also the --checkpoint-every forms and the owners' cursor arithmetic.
 #include <gtest/gtest.h>
+
 #include <unistd.h>
+#include "temp_dir_test.hpp"
 
 #include <atomic>
 #include <filesystem>
@@ -28,22 +30,7 @@ namespace nn = mpsl::nn;
 
 namespace {
 
-class CheckpointTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("mpsl-test-ckpt-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+class CheckpointTest : public mpsl::testing::TempDirTest {};
 
 template <class Fn>
 void expect_input_error(Fn&& fn, std::initializer_list<std::string> parts) {

@@ -1,8 +1,10 @@
 // Unit tests of the data module: IDX and CIFAR-10 readers, the HDF5 dataset file, batch assembly,
 // normalisation, synthetic data and the convert command. Inputs are tiny files made here.
 #include <gtest/gtest.h>
+
 #include <unistd.h>
 #include <zlib.h>
+#include "temp_dir_test.hpp"
 
 #include <atomic>
 #include <cmath>
@@ -24,29 +26,7 @@ namespace io = mpsl::io;
 
 namespace {
 
-class DataTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("mpsl-test-data-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    // Every handle the test made is closed again (no leaked HDF5 identifiers).
-    EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  std::vector<std::string> files() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  fs::path dir_;
-};
+class DataTest : public mpsl::testing::TempDirTest {};
 
 template <class E = InputError, class Fn>
 void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {

@@ -1,7 +1,9 @@
 // Unit tests of the io module: RAII HDF5 handles, typed datasets and attributes, errors, atomic
 // writes.
 #include <gtest/gtest.h>
+
 #include <unistd.h>
+#include "temp_dir_test.hpp"
 
 #include <atomic>
 #include <filesystem>
@@ -19,31 +21,7 @@ namespace io = mpsl::io;
 
 namespace {
 
-// A fresh folder per test, removed afterwards.
-class IoTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    static std::atomic<int> counter{0};
-    dir_ = fs::temp_directory_path() /
-           ("mpsl-test-io-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    // Every handle the test made is closed again (no leaked HDF5 identifiers).
-    EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  // Names of the files in the folder (to catch leftover temporaries).
-  std::vector<std::string> files() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(dir_)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-  fs::path dir_;
-};
+class IoTest : public mpsl::testing::TempDirTest {};
 
 // Runs `fn`, expects exception E whose message contains every one of `parts`.
 template <class E, class Fn>
