@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
 # Multihop throughput on this machine, side by side in one run (issue: multihop over MPI):
 #   single  mpsl train, one process, 2 threads                       (the reference)
-#   mpsl    mpirun -n 4: 2 owner ranks + 2 compute stages, 1 thread each (OMP_NUM_THREADS=1)
+#   mpsl    mpirun -n 4: 2 owner ranks (K logical owners, default 4) + 2 compute stages, 1 thread
+#           each (OMP_NUM_THREADS=1); every side trains the same number of images (--steps x 64)
 #   gloo    ../shared/baselines/torch_baseline.py split: 2-process split learning over gloo
 # fmnist-cnn, batch 64, Fashion-MNIST shapes (synthetic data). Repeats alternate; medians and
 # ratios are printed, with each rank's busy / waiting / communicating fractions.
 #
-#   tools/bench_multihop.sh [--reps N] [--steps N] [--split i,j,k] [--schedule mpsl|1f1b]
+#   tools/bench_multihop.sh [--reps N] [--steps N] [--owners K] [--split i,j,k] [--schedule mpsl|1f1b]
 #                           [--micro-batches M] [--out FILE.md] [--no-torch]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHARED=${MPSL_SHARED_DIR:-$REPO/../shared}
 BUILD=${MPSL_BUILD_DIR:-$REPO/build}
-REPS=3 STEPS=300 SPLIT=3,4,7 SCHEDULE=mpsl MICRO=1 OUT="" TORCH=1
+REPS=3 STEPS=600 OWNERS=4 SPLIT=3,4,7 SCHEDULE=mpsl MICRO=1 OUT="" TORCH=1
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
+    --owners) OWNERS=$2; shift 2 ;;
     --split) SPLIT=$2; shift 2 ;;
     --schedule) SCHEDULE=$2; shift 2 ;;
     --micro-batches) MICRO=$2; shift 2 ;;
@@ -44,8 +46,8 @@ median() { sort -g | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2
 for rep in $(seq 1 "$REPS"); do
   OMP_NUM_THREADS=2 "$MPSL" train $COMMON --threads 2 --max-steps "$STEPS" --warmup-steps 0 \
     | field train_img_per_s >> "$T/single"
-  OMP_NUM_THREADS=1 mpirun -n 4 "$MPSL" train $COMMON --threads 1 --stages 2 --owners 2 \
-    --split "$SPLIT" --schedule "$SCHEDULE" --micro-batches "$MICRO" --max-steps $((STEPS / 2)) \
+  OMP_NUM_THREADS=1 mpirun -n 4 "$MPSL" train $COMMON --threads 1 --stages 2 --owners "$OWNERS" \
+    --split "$SPLIT" --schedule "$SCHEDULE" --micro-batches "$MICRO" --max-steps $((STEPS / OWNERS)) \
     --metrics "$T/metrics$rep.jsonl" | field train_img_per_s >> "$T/mpsl"
   if [ "$TORCH" = 1 ]; then
     LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OPENBLAS_NUM_THREADS=1 \
@@ -57,7 +59,7 @@ done
 S=$(median < "$T/single") M=$(median < "$T/mpsl")
 G=$([ "$TORCH" = 1 ] && median < "$T/gloo" || echo 0)
 {
-  echo "## fmnist-cnn, batch 64: multihop (2 owner ranks + 2 stages, split $SPLIT, $SCHEDULE M=$MICRO) vs single process vs gloo split"
+  echo "## fmnist-cnn, batch 64, $STEPS steps: multihop (2 owner ranks with $OWNERS owners + 2 stages, split $SPLIT, $SCHEDULE M=$MICRO) vs single process vs gloo split"
   echo
   echo "| run | img/s (median of $REPS) | all runs |"
   echo "|---|---|---|"
