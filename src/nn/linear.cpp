@@ -1,7 +1,6 @@
 // Fully connected layer (oneDNN inner product) with ReLU fused as a post-op. A 4D input is
 // flattened in NCHW order, so the plain weights are [out, C*H*W] like torch's nn.Linear.
 #include <cmath>
-#include <cstdlib>
 
 #include "detail.hpp"
 #include "mpsl/nn/layers.hpp"
@@ -12,12 +11,6 @@ namespace {
 using namespace detail;
 using dnnl::algorithm;
 using dnnl::prop_kind;
-
-// MPSL_IP_GRAD=plain makes backward-weights write the plain gradient directly (no reorder).
-bool plain_grad() {
-  const char* v = std::getenv("MPSL_IP_GRAD");
-  return v && std::string(v) == "plain";
-}
 
 struct LinearSlot : LayerSlot {
   memory src, dst;
@@ -33,10 +26,7 @@ class LinearExec : public LayerExec {
     const bool flat_input = a.src_desc.dims().size() == 2;
     memory::dims wdims = flat_input ? memory::dims{out, in.c} : memory::dims{out, in.c, in.h, in.w};
     auto any = [](const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); };
-    const char* wl = std::getenv("MPSL_IP_WEIGHTS");
-    const bool plain_weights = wl && std::string(wl) == "plain";
-    memory::desc src_md = any(flat_input ? memory::dims{in.n, in.c} : dims4(in)),
-                 w_md = plain_weights ? plain_desc(wdims) : any(wdims),
+    memory::desc src_md = any(flat_input ? memory::dims{in.n, in.c} : dims4(in)), w_md = any(wdims),
                  b_md({out}, dt::f32, tag::a), dst_md = any({in.n, out});
     dnnl::primitive_attr attr;
     if (relu) {
@@ -69,9 +59,7 @@ class LinearExec : public LayerExec {
       relu_diff_ = memory(dst_desc_, eng_);
     }
     bwd_w_pd_ = dnnl::inner_product_backward_weights::primitive_desc(
-        dnnl::inner_product_backward_weights::desc(src_md, plain_grad() ? w_plain_ : w_md, b_md,
-                                                   dst_md),
-        eng_, fwd_pd_);
+        dnnl::inner_product_backward_weights::desc(src_md, w_md, b_md, dst_md), eng_, fwd_pd_);
     bwd_w_ = dnnl::inner_product_backward_weights(bwd_w_pd_);
     w_grad_ = GradTarget(w_plain_, bwd_w_pd_.diff_weights_desc(), eng_);
     b_grad_ = GradTarget(b_md, bwd_w_pd_.diff_bias_desc(), eng_);
