@@ -85,6 +85,7 @@ Envelope Mailbox::decode_tag(int tag, int source) {
 
 Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {
   if (const char* v = std::getenv("MPSL_POLL_SLEEP_US")) max_sleep_us_ = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("MPSL_POLL_SPIN")) spin_polls_ = std::max(0, std::atoi(v));
 }
 
 Mailbox::~Mailbox() {
@@ -198,8 +199,8 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
     progress();
     if (!ready_.empty()) break;
     // Back off: spin briefly, then sleep, 20 us doubling up to the cap.
-    if (++idle > 50) {
-      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - 50) / 20));
+    if (++idle > spin_polls_) {
+      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - spin_polls_) / 20));
       std::this_thread::sleep_for(std::chrono::microseconds(us));
     }
   }

@@ -117,6 +117,7 @@ class Mailbox {
   Message take(const std::vector<int>& preferred_sources);
   uint64_t post_counter_ = 0;
   int max_sleep_us_ = 200;  // MPSL_POLL_SLEEP_US overrides
+  int spin_polls_ = 5;      // polls before the first sleep (spinning steals cores); MPSL_POLL_SPIN
   bool progress();          // tests all requests; true when something completed
 
   MPI_Comm comm_;
