@@ -1,5 +1,5 @@
-// A GoogleTest fixture with a fresh folder per test, removed afterwards, that also checks that
-// the test closed every HDF5 handle it opened.
+// Test helpers: expect_error, and a GoogleTest fixture with a fresh folder per test, removed
+// afterwards, that also checks that the test closed every HDF5 handle it opened.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,11 +8,28 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
 #include <filesystem>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
 namespace mpsl::testing {
+
+// Runs `fn`, expects an exception E whose message contains every one of `parts`.
+template <class E, class Fn>
+void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an exception";
+  } catch (const E& e) {
+    const std::string msg = e.what();
+    for (const auto& p : parts)
+      EXPECT_NE(msg.find(p), std::string::npos) << msg << "\nlacks: " << p;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
 
 class TempDirTest : public ::testing::Test {
  protected:

@@ -26,21 +26,13 @@ namespace io = mpsl::io;
 
 namespace {
 
-class DataTest : public mpsl::testing::TempDirTest {};
-
+// InputError is what the data module throws for bad files.
 template <class E = InputError, class Fn>
 void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << msg << "\nlacks: " << p;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
+  mpsl::testing::expect_error<E>(std::forward<Fn>(fn), parts);
 }
+
+class DataTest : public mpsl::testing::TempDirTest {};
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes, bool gz) {
   if (gz) {

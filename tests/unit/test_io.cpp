@@ -21,22 +21,9 @@ namespace io = mpsl::io;
 
 namespace {
 
-class IoTest : public mpsl::testing::TempDirTest {};
+using mpsl::testing::expect_error;
 
-// Runs `fn`, expects exception E whose message contains every one of `parts`.
-template <class E, class Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected an exception";
-  } catch (const E& e) {
-    const std::string msg = e.what();
-    for (const auto& p : parts)
-      EXPECT_NE(msg.find(p), std::string::npos) << msg << "\nlacks: " << p;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
+class IoTest : public mpsl::testing::TempDirTest {};
 
 template <class T>
 class IoTypedTest : public IoTest {};
