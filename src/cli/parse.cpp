@@ -387,6 +387,9 @@ void add_train(SpecList& s, TrainOptions& t) {
          "continue from the checkpoint --checkpoint-dir's 'latest' names, or from a checkpoint "
          "folder");
   s.text("save-model", t.save_model, "FILE.h5", "save the trained model (for 'mpsl eval')");
+  s.text("init-model", t.init_model, "FILE.h5",
+         "start from the weights of a model file of the same --model (e.g. one written by "
+         "--save-model, or exported from PyTorch) instead of the seeded initialisation");
   s.group("Observe and emulate");
   s.text("audit-dir", t.audit_dir, "DIR",
          "write every message each rank sent or received (kind, peer, bytes) to "

@@ -85,7 +85,9 @@ void save_model(const std::string& path, const nn::Model& model, const nn::PartS
   });
 }
 
-LoadedModel load_model(const std::string& path) {
+namespace {
+
+File open_model_file(const std::string& path) {
   File f = File::open(path);
   if (!f.has_attribute("format") || f.read_string_attribute("format") != "mpsl-model")
     throw InputError(path + ": not an mpsl model file (no format=\"mpsl-model\" attribute)");
@@ -93,6 +95,13 @@ LoadedModel load_model(const std::string& path) {
   if (version != kModelFormatVersion)
     throw InputError(path + ": model file format version " + std::to_string(version) +
                      ", this mpsl reads version " + std::to_string(kModelFormatVersion));
+  return f;
+}
+
+}  // namespace
+
+LoadedModel load_model(const std::string& path) {
+  File f = open_model_file(path);
   LoadedModel m;
   const std::string name = f.read_string_attribute("model");
   try {
@@ -110,6 +119,29 @@ LoadedModel load_model(const std::string& path) {
     throw InputError(path + ": input_mean/input_std must have one value per input channel (" +
                      std::to_string(channels) + ")");
   return m;
+}
+
+
+void check_initial_model(const std::string& path, const nn::Model& model) {
+  File f = open_model_file(path);
+  const std::string name = f.read_string_attribute("model");
+  if (name != model.name())
+    throw InputError("--init-model " + path + " holds model '" + name + "', but --model is '" +
+                     model.name() + "'");
+  // Every tensor present with its shape: a damaged file is refused before any training.
+  nn::PartState whole(model, 0, model.num_units());
+  read_part_tensors(f, model, whole);
+}
+
+void initialise_part(const nn::Model& model, nn::PartState& state, uint64_t seed,
+                     const std::string& init_model) {
+  MPSL_CHECK(state.plain(), "initialise_part needs a plain state");
+  if (init_model.empty()) {
+    state.initialise(model, seed);
+    return;
+  }
+  File f = open_model_file(init_model);
+  read_part_tensors(f, model, state);
 }
 
 }  // namespace mpsl::io

@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "mpsl/core/error.hpp"
+#include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/loss.hpp"
 #include "mpsl/train/local.hpp"
 
@@ -122,8 +123,8 @@ class OwnerRuntime : public RankRuntime {
       o->id = k;
       o->first = nn::PartState(model_, t_.first_part().first, t_.first_part().second);
       o->last = nn::PartState(model_, t_.last_part().first, t_.last_part().second);
-      o->first.initialise(model_, s.seed);
-      o->last.initialise(model_, s.seed);
+      io::initialise_part(model_, o->first, s.seed, s.init_model);
+      io::initialise_part(model_, o->last, s.seed, s.init_model);
       o->first.adopt_formats(first_);  // weights in the layouts the primitives want
       o->last.adopt_formats(last_);
       o->images.resize(s.plan.batch * train.image_size());
@@ -485,9 +486,10 @@ class StageRuntime : public RankRuntime {
         slots_(program_),
         eval_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second) {
     const auto [b, e] = t_.stage_part(stage_);
+    nn::PartState initial(model_, b, e);  // every owner's copy starts from the same weights
+    io::initialise_part(model_, initial, s.seed, s.init_model);
     for (int k = 0; k < t_.owners; ++k) {
-      copies_.emplace_back(model_, b, e);
-      copies_.back().initialise(model_, s.seed);
+      copies_.push_back(initial);
       copies_.back().adopt_formats(program_);
     }
     grads_done_.assign(t_.owners, 0);

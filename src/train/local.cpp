@@ -1,9 +1,11 @@
 #include "mpsl/train/local.hpp"
 
 #include <numeric>
+#include <utility>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/rng.hpp"
+#include "mpsl/io/model_file.hpp"
 
 namespace mpsl::train {
 
@@ -19,12 +21,13 @@ std::vector<int64_t> epoch_order(const std::vector<int64_t>& shard, uint64_t see
 }
 
 LocalTrainer::LocalTrainer(const nn::Model& model, int64_t batch, int micro_batches,
-                           const optim::SgdConfig& sgd, uint64_t seed)
+                           const optim::SgdConfig& sgd, uint64_t seed, std::string init_model)
     : model_(model),
       batch_(batch),
       micro_(micro_batches),
       sgd_(sgd),
       seed_(seed),
+      init_model_(std::move(init_model)),
       program_(model, 0, model.num_units(), batch / micro_batches, false, true),
       slot_(program_.make_slot()),
       logits_(batch * model.classes()),
@@ -34,7 +37,7 @@ LocalTrainer::LocalTrainer(const nn::Model& model, int64_t batch, int micro_batc
 
 nn::PartState LocalTrainer::make_state() const {
   nn::PartState s(model_, 0, model_.num_units());
-  s.initialise(model_, seed_);
+  io::initialise_part(model_, s, seed_, init_model_);
   s.adopt_formats(program_);  // weights in the layouts the primitives want
   return s;
 }

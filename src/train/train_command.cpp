@@ -116,6 +116,7 @@ void write_run_start(obs::MetricsWriter& metrics, const CommonOptions& common,
                  {"partition", o.partition},
                  {"optimizer_state", o.optimizer_state},
                  {"seed", common.seed},
+                 {"init_model", o.init_model.empty() ? nlohmann::json() : nlohmann::json(o.init_model)},
                  {"threads", common.threads},
                  {"train_images", train_images},
                  {"synthetic", o.synthetic}});
@@ -200,7 +201,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
-  train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed);
+  train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed,
+                              o.init_model);
   std::vector<nn::PartState> states;
   for (int k = 0; k < plan.owners; ++k) states.push_back(trainer.make_state());
   train::Evaluator evaluator(model, o.eval_batch);
@@ -429,6 +431,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   settings.sgd = optim::SgdConfig{o.lr, o.momentum, o.weight_decay};
   settings.policy = optim::parse_optimizer_state_policy(o.optimizer_state);
   settings.seed = common.seed;
+  settings.init_model = o.init_model;
   settings.eval_batch = o.eval_batch;
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
 
@@ -552,6 +555,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   // Outputs are checked before any training: a run must not fail at its very end.
   if (!o.save_model.empty() && rank == 0) io::prepare_output_file(o.save_model, "--save-model");
   if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
+  if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
   if (o.dry_run) {
     if (rank == 0)
       for (const auto& line : pipeline::describe_roles(topo, *model))

@@ -241,6 +241,10 @@ check "eval: missing tensor"               missing-tensor.h5 units/003/bias -- "
 check "eval: unknown model in file"        nosuch-net -- "$M" eval --model-file unknown-model.h5 --test-data fm.h5
 check "eval: missing test data"            missing.h5 -- "$M" eval --model-file model.h5 --test-data missing.h5
 check "eval: test data of another shape"   cifar.h5 -- "$M" eval --model-file model.h5 --test-data cifar.h5
+check "train: --init-model missing"        missing-model.h5 -- "$M" train --model fmnist-cnn --synthetic --init-model missing-model.h5 "${T[@]}"
+check "train: --init-model of another net"  lenet5 model.h5 -- "$M" train --model lenet5 --synthetic --init-model model.h5 "${T[@]}"
+check "train: --init-model wrong shape"     wrong-shape.h5 units/000/weight -- "$M" train --model fmnist-cnn --synthetic --init-model wrong-shape.h5 "${T[@]}"
+check "train: --init-model missing tensor"  missing-tensor.h5 units/003/bias -- "$M" train --model fmnist-cnn --synthetic --init-model missing-tensor.h5 "${T[@]}"
 check "eval: bad model, metrics untouched" wrong-shape.h5 -- \
   "$M" eval --model-file wrong-shape.h5 --test-data fm.h5 --metrics new-metrics.jsonl
 check "inspect: missing file"              missing-model.h5 -- "$M" inspect missing-model.h5

@@ -51,4 +51,17 @@ mpsl_run 4 train $C4 --stages 2 --save-model "$T/k4.h5" > /dev/null \
 mpsl_run 3 train $C4 --stages 2 --schedule 1f1b --micro-batches 1 --save-model "$T/k4b.h5" \
   > /dev/null && same "K=4 (1 owner rank) N=2 1f1b == simulation (bitwise)" "$T/k4ref.h5" \
   "$T/k4b.h5" || fail "K=4 1 owner rank run"
+
+# --init-model: every part on every rank starts from the file's weights (here the trained K=4
+# model, so a run that ignored the file would reproduce k4ref.h5 bitwise).
+mpsl_run 1 train $C4 --init-model "$T/k4ref.h5" --save-model "$T/i1.h5" > /dev/null \
+  || fail "single process from --init-model"
+if $PY "$HERE/compare_models.py" "$T/k4ref.h5" "$T/i1.h5" > /dev/null; then
+  fail "--init-model changed nothing: the run from the file equals the run from the seed"
+else
+  pass "--init-model: the run starts from the file (its weights differ from the seeded run's)"
+fi
+mpsl_run 4 train $C4 --stages 2 --init-model "$T/k4ref.h5" --save-model "$T/i4.h5" > /dev/null \
+  && same "K=4 N=2 from --init-model == single process from --init-model (bitwise)" \
+    "$T/i1.h5" "$T/i4.h5" || fail "K=4 N=2 run from --init-model"
 summary

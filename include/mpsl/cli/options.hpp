@@ -65,6 +65,7 @@ struct TrainOptions {
   int checkpoint_keep = 0;              // keep the newest N checkpoints (0 = all)
   std::string resume;                   // latest | a checkpoint folder
   std::string save_model;
+  std::string init_model;  // start from these weights instead of the seeded initialisation
   // observe / emulate
   std::string trace;
   std::string audit_dir;  // per-rank message audit (privacy checks)

@@ -43,4 +43,13 @@ struct LoadedModel {
 // Reads a model file; InputError naming the file for anything wrong with it.
 LoadedModel load_model(const std::string& path);
 
+// Starting weights (--init-model): checks that the model file at `path` is a readable mpsl model
+// file of `model` (same name; InputError naming the file and what differs otherwise).
+void check_initial_model(const std::string& path, const nn::Model& model);
+// Sets a fresh part's parameters and buffers: from the model file at `init_model` when it is
+// not empty (the part's units only), otherwise from the seeded initialisation. `state` must be
+// plain (before adopt_formats).
+void initialise_part(const nn::Model& model, nn::PartState& state, uint64_t seed,
+                     const std::string& init_model);
+
 }  // namespace mpsl::io

@@ -35,6 +35,7 @@ struct Settings {
   optim::SgdConfig sgd;
   optim::OptimizerStatePolicy policy = optim::OptimizerStatePolicy::kReset;
   uint64_t seed = 1;
+  std::string init_model;  // --init-model: starting weights from a model file
   int64_t eval_batch = 1000;
 };
 

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mpsl/data/dataset.hpp"
@@ -31,13 +32,14 @@ struct BatchBuffers {
 // accumulate before the one optimiser step, which equals the whole-batch update.
 class LocalTrainer {
  public:
+  // init_model: a model file to start from (--init-model), or empty for the seeded weights.
   LocalTrainer(const nn::Model& model, int64_t batch, int micro_batches,
-               const optim::SgdConfig& sgd, uint64_t seed);
+               const optim::SgdConfig& sgd, uint64_t seed, std::string init_model = "");
   // One optimiser step of `state` (owner `owner`) on a batch of exactly batch() samples.
   nn::LossResult step(nn::PartState& state, const float* images, const int32_t* labels,
                       int owner = 0);
   int64_t batch() const { return batch_; }
-  nn::PartState make_state() const;  // a whole-model copy initialised from the seed
+  nn::PartState make_state() const;  // a whole-model copy with the starting weights
 
  private:
   const nn::Model& model_;
@@ -45,6 +47,7 @@ class LocalTrainer {
   int micro_;
   optim::SgdConfig sgd_;
   uint64_t seed_;
+  std::string init_model_;
   nn::PartProgram program_;
   std::unique_ptr<nn::PartSlot> slot_;
   std::vector<float> logits_, dlogits_;
