@@ -123,14 +123,21 @@ LoadedModel load_model(const std::string& path) {
 
 
 void check_initial_model(const std::string& path, const nn::Model& model) {
-  File f = open_model_file(path);
-  const std::string name = f.read_string_attribute("model");
+  std::string name;
+  try {
+    File f = open_model_file(path);
+    name = f.read_string_attribute("model");
+    if (name == model.name()) {
+      // Every tensor present with its shape: a damaged file is refused before any training.
+      nn::PartState whole(model, 0, model.num_units());
+      read_part_tensors(f, model, whole);
+    }
+  } catch (const InputError& e) {
+    throw InputError(std::string("--init-model: ") + e.what());
+  }
   if (name != model.name())
     throw InputError("--init-model " + path + " holds model '" + name + "', but --model is '" +
                      model.name() + "'");
-  // Every tensor present with its shape: a damaged file is refused before any training.
-  nn::PartState whole(model, 0, model.num_units());
-  read_part_tensors(f, model, whole);
 }
 
 void initialise_part(const nn::Model& model, nn::PartState& state, uint64_t seed,
