@@ -10,7 +10,8 @@
 #  2. One epoch from the same start, every seed: test accuracy of mpsl, of PyTorch (2 threads)
 #     and of PyTorch on 1 thread (the spread that rounding alone causes), and the medians.
 #
-# Usage: tools/same_start_vs_torch.sh [--seeds "1 2 3"] [--threads N] [--out FILE] [--install]
+# Usage: tools/same_start_vs_torch.sh [--seeds "1 2 3"] [--threads N] [--only steps|epoch]
+#                                     [--out FILE] [--install]
 # About 10 minutes on the 2-core machine. Environment as tools/accuracy_vs_torch.sh.
 set -euo pipefail
 # shellcheck source=tools/lib/bench_common.sh
@@ -20,6 +21,7 @@ seeds="1 2 3"
 threads=2
 out=""
 install=0
+only=""
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 need_value() { if [ $# -lt 2 ] || [ -z "$2" ]; then bc_die "$1 needs a value ('--help' lists the options)"; fi; }
 while [ $# -gt 0 ]; do
@@ -27,12 +29,14 @@ while [ $# -gt 0 ]; do
     --seeds) need_value "$@"; seeds="${2//,/ }"; shift 2 ;;
     --threads) need_value "$@"; threads="$2"; shift 2 ;;
     --out) need_value "$@"; out="$2"; shift 2 ;;
+    --only) need_value "$@"; only="$2"; shift 2 ;;
     --install) install=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) bc_die "unknown option '$1' ('--help' lists the options)" ;;
   esac
 done
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || bc_die "--threads must be a positive integer, got '$threads'"
+case "$only" in "" | steps | epoch) ;; *) bc_die "--only takes steps or epoch, got '$only'" ;; esac
 read -r -a seed_list <<<"$seeds"
 [ ${#seed_list[@]} -gt 0 ] || bc_die "--seeds is empty"
 for s in "${seed_list[@]}"; do
@@ -83,58 +87,67 @@ done
 echo "fmnist-cnn, Fashion-MNIST, batch 64, SGD lr 0.01 momentum 0.9, no weight decay; both sides start"
 echo "from PyTorch's initial weights for the seed and visit the batches in mpsl's order for it."
 bc_warn_if_busy
-s="${seed_list[0]}"
-echo
-echo "1. Largest relative weight difference (per tensor, relative to its largest magnitude), seed $s:"
-printf '%8s  %22s  %26s\n' steps "mpsl vs torch ($threads thr)" "torch 1 thr vs torch $threads thr"
 step_rows=()
-for n in 1 5 10 20 40 100; do
-  run_logged "$work/m.log" mpsl_from "$work/init-$s.h5" "$s" "$n" "$work/m.h5"
-  run_logged "$work/t.log" torch_from "$threads" "$work/init-$s.h5" "$s" "$n" "$work/t.h5"
-  run_logged "$work/t1.log" torch_from 1 "$work/init-$s.h5" "$s" "$n" "$work/t1.h5"
-  a="$(max_rel "$work/m.h5" "$work/t.h5")"
-  b="$(max_rel "$work/t1.h5" "$work/t.h5")"
-  printf '%8s  %22s  %26s\n' "$n" "$a" "$b"
-  step_rows+=("| $n | $a | $b |")
-done
-
-echo
-echo "2. One epoch (937 steps) from the same start: test accuracy %"
-printf '%6s  %8s  %14s  %14s\n' seed mpsl "torch $threads thr" "torch 1 thr"
-m_acc=() t_acc=() t1_acc=() epoch_rows=()
-for s in "${seed_list[@]}"; do
-  run_logged "$work/me-$s.log" mpsl_from "$work/init-$s.h5" "$s" 0 "$work/me.h5"
-  run_logged "$work/te-$s.log" torch_from "$threads" "$work/init-$s.h5" "$s" 0 "$work/te.h5"
-  run_logged "$work/t1e-$s.log" torch_from 1 "$work/init-$s.h5" "$s" 0 "$work/t1e.h5"
-  m_acc+=("$(percent_of "$work/me-$s.log")")
-  t_acc+=("$(percent_of "$work/te-$s.log")")
-  t1_acc+=("$(percent_of "$work/t1e-$s.log")")
-  printf '%6s  %8s  %14s  %14s\n' "$s" "${m_acc[-1]}" "${t_acc[-1]}" "${t1_acc[-1]}"
-  epoch_rows+=("| $s | ${m_acc[-1]} | ${t_acc[-1]} | ${t1_acc[-1]} |")
-done
-m_med="$(bc_median "${m_acc[@]}")"
-t_med="$(bc_median "${t_acc[@]}")"
-t1_med="$(bc_median "${t1_acc[@]}")"
-printf '%6s  %8.2f  %14.2f  %14.2f\n' median "$m_med" "$t_med" "$t1_med"
-summary="$(awk -v a="$m_med" -v b="$t_med" -v c="$t1_med" 'BEGIN {
-  printf "median mpsl - median torch: %+.2f points; torch 1 thread - torch %s threads: %+.2f points", a - b, "'"$threads"'", c - b }')"
-echo "$summary"
+if [ "$only" != epoch ]; then
+  s="${seed_list[0]}"
+  echo
+  echo "1. Largest relative weight difference (per tensor, relative to its largest magnitude), seed $s:"
+  printf '%8s  %22s  %26s\n' steps "mpsl vs torch ($threads thr)" "torch 1 thr vs torch $threads thr"
+  for n in 1 5 10 20 40 100; do
+    run_logged "$work/m.log" mpsl_from "$work/init-$s.h5" "$s" "$n" "$work/m.h5"
+    run_logged "$work/t.log" torch_from "$threads" "$work/init-$s.h5" "$s" "$n" "$work/t.h5"
+    run_logged "$work/t1.log" torch_from 1 "$work/init-$s.h5" "$s" "$n" "$work/t1.h5"
+    a="$(max_rel "$work/m.h5" "$work/t.h5")"
+    b="$(max_rel "$work/t1.h5" "$work/t.h5")"
+    printf '%8s  %22s  %26s\n' "$n" "$a" "$b"
+    step_rows+=("| $n | $a | $b |")
+  done
+fi
+epoch_rows=()
+summary=""
+if [ "$only" != steps ]; then
+  echo
+  echo "2. One epoch (937 steps) from the same start: test accuracy %"
+  printf '%6s  %8s  %14s  %14s\n' seed mpsl "torch $threads thr" "torch 1 thr"
+  m_acc=() t_acc=() t1_acc=()
+  for s in "${seed_list[@]}"; do
+    run_logged "$work/me-$s.log" mpsl_from "$work/init-$s.h5" "$s" 0 "$work/me.h5"
+    run_logged "$work/te-$s.log" torch_from "$threads" "$work/init-$s.h5" "$s" 0 "$work/te.h5"
+    run_logged "$work/t1e-$s.log" torch_from 1 "$work/init-$s.h5" "$s" 0 "$work/t1e.h5"
+    m_acc+=("$(percent_of "$work/me-$s.log")")
+    t_acc+=("$(percent_of "$work/te-$s.log")")
+    t1_acc+=("$(percent_of "$work/t1e-$s.log")")
+    printf '%6s  %8s  %14s  %14s\n' "$s" "${m_acc[-1]}" "${t_acc[-1]}" "${t1_acc[-1]}"
+    epoch_rows+=("| $s | ${m_acc[-1]} | ${t_acc[-1]} | ${t1_acc[-1]} |")
+  done
+  m_med="$(bc_median "${m_acc[@]}")"
+  t_med="$(bc_median "${t_acc[@]}")"
+  t1_med="$(bc_median "${t1_acc[@]}")"
+  printf '%6s  %8.2f  %14.2f  %14.2f\n' median "$m_med" "$t_med" "$t1_med"
+  summary="$(awk -v a="$m_med" -v b="$t_med" -v c="$t1_med" 'BEGIN {
+    printf "median mpsl - median torch: %+.2f points; torch 1 thread - torch %s threads: %+.2f points", a - b, "'"$threads"'", c - b }')"
+  echo "$summary"
+fi
 
 if [ -n "$out" ]; then
   mkdir -p "$(dirname "$out")"
   {
     echo "# fmnist-cnn from the same start, mpsl vs PyTorch ($(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown))"
     echo
-    echo "| steps | mpsl vs torch | torch 1 thr vs torch $threads thr |"
-    echo "|---:|---:|---:|"
-    printf '%s\n' "${step_rows[@]}"
-    echo
-    echo "| seed | mpsl % | torch $threads thr % | torch 1 thr % |"
-    echo "|---:|---:|---:|---:|"
-    printf '%s\n' "${epoch_rows[@]}"
-    printf '| median | %.2f | %.2f | %.2f |\n' "$m_med" "$t_med" "$t1_med"
-    echo
-    echo "$summary"
+    if [ ${#step_rows[@]} -gt 0 ]; then
+      echo "| steps | mpsl vs torch | torch 1 thr vs torch $threads thr |"
+      echo "|---:|---:|---:|"
+      printf '%s\n' "${step_rows[@]}"
+      echo
+    fi
+    if [ ${#epoch_rows[@]} -gt 0 ]; then
+      echo "| seed | mpsl % | torch $threads thr % | torch 1 thr % |"
+      echo "|---:|---:|---:|---:|"
+      printf '%s\n' "${epoch_rows[@]}"
+      printf '| median | %.2f | %.2f | %.2f |\n' "$m_med" "$t_med" "$t1_med"
+      echo
+      echo "$summary"
+    fi
   } >"$out"
   echo "written: $out"
 fi
