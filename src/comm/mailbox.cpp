@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "mpsl/core/error.hpp"
+#include "mpsl/obs/trace.hpp"
 
 namespace mpsl::comm {
 
@@ -149,6 +150,8 @@ void Mailbox::send(float* buffer, int64_t floats, int dest, MessageKind kind, in
     if (s->buffer.data() == buffer) slot = s.get();
   MPSL_CHECK(slot && slot->busy && slot->request == MPI_REQUEST_NULL,
              "send() needs a buffer from send_buffer()");
+  obs::Span span(obs::Activity::kSend, owner, micro, dest,
+                 floats * static_cast<int64_t>(sizeof(float)));
   const auto t = Clock::now();
   MPSL_MPI_CHECK(MPI_Isend(buffer, static_cast<int>(floats), MPI_FLOAT, dest,
                            encode_tag(kind, owner, micro), comm_, &slot->request));
@@ -194,6 +197,9 @@ bool Mailbox::progress() {
 Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   const auto t0 = Clock::now();
   const double comm_before = stats_.comm_seconds;
+  progress();
+  if (!ready_.empty()) return take(preferred_sources);
+  obs::Span span(obs::Activity::kWait);
   int idle = 0;
   while (true) {
     progress();
@@ -206,6 +212,7 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   }
   // Time inside MPI calls counts as communication, the rest of the wait as waiting.
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
+  span.end();
   return take(preferred_sources);
 }
 
@@ -233,10 +240,15 @@ Mailbox::Message Mailbox::take(const std::vector<int>& preferred_sources) {
   const int i = *best;
   ready_.erase(best);
   Recv& r = *recvs_[i];
+  const double t_us = obs::Tracer::on() ? obs::Tracer::instance().now_us() : 0;
   int count = 0;
   MPSL_MPI_CHECK(MPI_Get_count(&r.status, MPI_FLOAT, &count));
   Message m;
   m.env = decode_tag(r.status.MPI_TAG, r.status.MPI_SOURCE);
+  if (obs::Tracer::on())
+    obs::Tracer::instance().record(obs::Activity::kReceive, t_us, obs::Tracer::instance().now_us(),
+                                   m.env.owner, m.env.micro, m.env.source,
+                                   count * static_cast<int64_t>(sizeof(float)));
   m.data = r.buffer.data();
   m.floats = count;
   m.handle = i;
@@ -252,6 +264,11 @@ void Mailbox::release(const Message& m) {
 void Mailbox::flush() {
   const auto t0 = Clock::now();
   const double comm_before = stats_.comm_seconds;
+  progress();
+  bool pending = false;
+  for (auto& s : sends_) pending |= s->request != MPI_REQUEST_NULL;
+  if (!pending) return;
+  obs::Span span(obs::Activity::kWait);
   int idle = 0;
   while (true) {
     bool busy = false;

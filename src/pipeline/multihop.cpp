@@ -8,6 +8,7 @@
 #include "mpsl/core/error.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/loss.hpp"
+#include "mpsl/obs/trace.hpp"
 #include "mpsl/train/local.hpp"
 
 namespace mpsl::pipeline {
@@ -247,6 +248,7 @@ class OwnerRuntime : public RankRuntime {
   }
 
   void aggregate() override {
+    obs::Span span(obs::Activity::kAggregation);
     const auto t0 = Clock::now();
     const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
     for (int which = 0; which < 2; ++which) {
@@ -275,6 +277,7 @@ class OwnerRuntime : public RankRuntime {
 
   std::pair<double, double> evaluate(const data::Dataset* test) override {
     // Everyone learns how many evaluation batches will come.
+    obs::Span span(obs::Activity::kEval);
     int64_t count = test ? test->count : 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
     if (rank_ != 0 || count == 0) return {0, 0};
@@ -393,12 +396,14 @@ class OwnerRuntime : public RankRuntime {
       o.next_micro = o.outputs_done = o.grads_done = 0;
     }
     const int m = o.next_micro++;
+    obs::Span span(obs::Activity::kForward, o.id, m);
     o.slots[m] = first_slots_.acquire();
     const int64_t floats = micro_batch_ * first_.output_shape().per_sample();
     float* buf = mailbox_.send_buffer(floats);
     first_.forward(*o.slots[m], o.first, o.images.data() + m * micro_batch_ * train_.image_size(),
                    buf, info(o, m));
     busy_ += since(t0);
+    span.end();
     mailbox_.send(buf, floats, t_.rank_of_stage(0), comm::MessageKind::kActivation, o.id, m);
     ++o.in_flight;
   }
@@ -413,6 +418,7 @@ class OwnerRuntime : public RankRuntime {
     const int m = msg.env.micro;
     if (msg.env.kind == comm::MessageKind::kActivation) {
       // The last stage's output: part P, the loss (labels never leave this rank), backward.
+      obs::Span fwd(obs::Activity::kForward, o.id, m);
       last_.forward(*last_slot_, o.last, msg.data, logits_.data(), info(o, m));
       const nn::LossResult r = nn::softmax_cross_entropy(
           logits_.data(), o.labels.data() + m * micro_batch_, micro_batch_, model_.classes(),
@@ -421,26 +427,33 @@ class OwnerRuntime : public RankRuntime {
       o.correct += r.correct;
       o.seen += micro_batch_;
       mailbox_.release(msg);
+      fwd.end();
+      obs::Span bwd(obs::Activity::kBackward, o.id, m);
       const int64_t floats = micro_batch_ * last_.input_shape().per_sample();
       float* buf = mailbox_.send_buffer(floats);
       last_.backward(*last_slot_, o.last, dlogits_.data(), buf, info(o, m), o.outputs_done > 0);
       ++o.outputs_done;
       busy_ += since(t0);
+      bwd.end();
       mailbox_.send(buf, floats, t_.rank_of_stage(t_.stages - 1),
                     comm::MessageKind::kActivationGrad, o.id, m);
     } else {
+      obs::Span bwd(obs::Activity::kBackward, o.id, m);
       first_.backward(*o.slots[m], o.first, msg.data, nullptr, info(o, m), o.grads_done > 0);
       mailbox_.release(msg);
+      bwd.end();
       first_slots_.release(std::move(o.slots[m]));
       ++o.grads_done;
       --o.in_flight;
       if (o.grads_done == s_.micro_batches) {
+        obs::Span opt(obs::Activity::kOptimizer, o.id);
         optim::sgd_step(o.first, s_.sgd);
         optim::sgd_step(o.last, s_.sgd);
         o.batch_active = false;
         ++o.step_in_epoch;
         ++o.steps_done;
         --o.window_left;
+        if (s_.on_step) s_.on_step();
       }
       busy_ += since(t0);
     }
@@ -552,15 +565,18 @@ class StageRuntime : public RankRuntime {
       const nn::StepInfo info{s_.seed, copy.steps, m * micro_batch_, true,
                               static_cast<uint64_t>(k)};
       if (msg.env.kind == comm::MessageKind::kActivation) {
+        obs::Span span(obs::Activity::kForward, k, m);
         auto slot = slots_.acquire();
         float* buf = mailbox_.send_buffer(out_floats);
         program_.forward(*slot, copy, msg.data, buf, info);
         mailbox_.release(msg);
         in_flight_[key(k, m)] = std::move(slot);
         busy_ += since(t0);
+        span.end();
         mailbox_.send(buf, out_floats, next_rank(k), comm::MessageKind::kActivation, k, m);
         ++fwd;
       } else {
+        obs::Span span(obs::Activity::kBackward, k, m);
         auto it = in_flight_.find(key(k, m));
         MPSL_CHECK(it != in_flight_.end(), "gradient for a micro-batch that was never forwarded");
         float* buf = mailbox_.send_buffer(in_floats);
@@ -568,7 +584,9 @@ class StageRuntime : public RankRuntime {
         mailbox_.release(msg);
         slots_.release(std::move(it->second));
         in_flight_.erase(it);
+        span.end();
         if (++grads_done_[k] == s_.micro_batches) {
+          obs::Span opt(obs::Activity::kOptimizer, k);
           optim::sgd_step(copy, s_.sgd);
           grads_done_[k] = 0;
         }
@@ -592,6 +610,7 @@ class StageRuntime : public RankRuntime {
   void restore_tallies(const std::vector<io::OwnerRecord>&) override {}
 
   void aggregate() override {
+    obs::Span span(obs::Activity::kAggregation);
     const auto t0 = Clock::now();
     std::vector<nn::PartState*> all;
     for (auto& c : copies_) all.push_back(&c);
@@ -600,6 +619,7 @@ class StageRuntime : public RankRuntime {
   }
 
   std::pair<double, double> evaluate(const data::Dataset*) override {
+    obs::Span span(obs::Activity::kEval);
     int64_t count = 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
     const int prev = stage_ == 0 ? 0 : t_.rank_of_stage(stage_ - 1);

@@ -19,6 +19,7 @@
 #include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/metrics.hpp"
+#include "mpsl/obs/trace.hpp"
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/pipeline/multihop.hpp"
 #include "mpsl/pipeline/topology.hpp"
@@ -61,7 +62,20 @@ struct RoundReport {
   double seconds, images_per_s;
   bool has_test;
   double test_loss, test_accuracy;
+  double eta_s = -1;  // the rest of the run, estimated (negative: not shown)
 };
+
+std::string format_duration(double seconds) {
+  char buf[48];
+  const long s = std::lround(std::max(0.0, seconds));
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60)
+    std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%lds", s);
+  return buf;
+}
 
 // What rank 0 prints and writes at the end of a round.
 void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
@@ -79,7 +93,9 @@ void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
                   "(%.0f img/s)",
                   r.round, rounds, r.train_loss, 100.0 * r.train_accuracy,
                   static_cast<long long>(r.images), r.seconds, r.images_per_s);
-  progress.summary(line);
+  std::string text = line;
+  if (r.eta_s >= 0 && r.round < rounds) text += ", about " + format_duration(r.eta_s) + " left";
+  progress.summary(text);
   nlohmann::json ev = {{"event", "round_end"},
                        {"round", r.round},
                        {"train_loss", r.train_loss},
@@ -233,6 +249,11 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   };
 
   train::Checkpointer checkpoints(common, o, model, topo, plan, data_id, 0);
+  if (!o.trace.empty()) {
+    obs::Tracer::instance().set_process_name("rank 0: single process (" +
+                                             std::to_string(plan.owners) + " owner(s))");
+    obs::Tracer::instance().start(MPI_COMM_WORLD);
+  }
   int start_round = 1;
   int64_t start_step = 0;
   if (resume.resumed()) {
@@ -272,6 +293,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     for (int k = 0; k < plan.owners; ++k) round_total += plan.round_steps(k, round);
     for (int k = 0; k < plan.owners; ++k) done += std::min(step, plan.round_steps(k, round));
     obs::Progress progress("round " + std::to_string(round), round_total, !common.quiet);
+    obs::Tracer::instance().set_round(round);
     round_now = round;
     while (step < length) {
       const int64_t stop = checkpoints.next_stop(round, step);
@@ -290,7 +312,9 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           data::assemble_batch(train, op.order.data() + in_epoch * o.batch, o.batch,
                                buf.images.data(), buf.labels.data());
           const auto t0 = Clock::now();
+          obs::Span span(obs::Activity::kStep, k);
           const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
+          span.end();
           const double dt = seconds_since(t0);
           if (process_steps >= warmup) {
             timed_seconds += dt;
@@ -317,12 +341,14 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
       step = stop;
       step_now = step;
       if (step < length && checkpoints.due_mid_round(round, step)) {
+        obs::Span span(obs::Activity::kCheckpoint);
         pipeline::RankState st = rank_state();
         checkpoints.write(round, step, false, st, metrics);
         if (checkpoints.stop_requested()) return 0;
       }
     }
     if (plan.owners > 1) {
+      obs::Span span(obs::Activity::kAggregation);
       std::vector<nn::PartState*> all;
       for (auto& s : states) all.push_back(&s);
       optim::average_copies(all, plan.weights(), policy);
@@ -330,6 +356,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     const double seconds = seconds_since(t_round);
     train::EvalResult ev;
     if (has_test) {
+      obs::Span span(obs::Activity::kEval);
       ev = evaluator.run(states[0], test);
       last_accuracy = ev.accuracy;
     }
@@ -347,6 +374,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         o.rounds, progress, metrics);
     step_now = length;
     if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
+      obs::Span span(obs::Activity::kCheckpoint);
       pipeline::RankState st = rank_state();
       checkpoints.write(round, length, true, st, metrics);
       if (checkpoints.stop_requested()) return 0;
@@ -355,6 +383,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   if (!o.save_model.empty()) {
     io::save_model(o.save_model, model, states[0], {train.mean, train.std});
     MPSL_LOG(Info, "model written to " << o.save_model);
+  }
+  if (!o.trace.empty()) {
+    obs::Tracer::instance().write(MPI_COMM_WORLD, o.trace);
+    MPSL_LOG(Info, "trace written to " << o.trace);
   }
   metrics.write({{"event", "rank_summary"},
                  {"rank", 0},
@@ -387,6 +419,112 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
   plan.steps_per_epoch.assign(v.begin() + owners, v.end());
   return plan;
 }
+
+// The name of rank `rank`'s row group in the trace.
+std::string trace_process_name(const pipeline::Topology& topo, int rank) {
+  std::string name = "rank " + std::to_string(rank) + ": ";
+  if (topo.is_owner_rank(rank)) {
+    const std::vector<int> owners = topo.owners_of_rank(rank);
+    name += "owner rank (owner" + std::string(owners.size() > 1 ? "s " : " ");
+    for (size_t i = 0; i < owners.size() && i < 8; ++i) {
+      if (i) name += ',';
+      name += std::to_string(owners[i]);
+    }
+    if (owners.size() > 8) name += ",...";
+    name += ")";
+  } else {
+    const int st = topo.stage_of_rank(rank);
+    const auto [b, e] = topo.stage_part(st);
+    name += "stage " + std::to_string(st + 1) + " (units " + std::to_string(b) + "-" +
+            std::to_string(e - 1) + ")";
+  }
+  return name;
+}
+
+// Rank 0's live progress line of a multihop run (only while stderr is a terminal): round,
+// batches done, images/s and the time left. Rank 0 sees its own owners' finished batches; they
+// stand for the whole round's progress (the pipeline serves every owner in turn), scaled to all
+// owners' batches. Rates and the estimate cover everything since the first round began
+// (aggregation and evaluation included).
+class LiveProgress {
+ public:
+  LiveProgress(const train::FederationPlan& plan, const pipeline::Topology& topo,
+               const TrainOptions& o, int rank, bool enabled)
+      : plan_(plan), o_(o), enabled_(enabled) {
+    if (topo.is_owner_rank(rank)) mine_ = topo.owners_of_rank(rank);
+    run_total_ = plan_steps_until(plan, o.rounds);
+  }
+  bool enabled() const { return enabled_; }
+
+  void begin_round(int round, int64_t start_step, obs::Progress* progress) {
+    round_ = round;
+    progress_ = progress;
+    mine_total_ = mine_done_ = all_total_ = 0;
+    for (int k = 0; k < plan_.owners; ++k) all_total_ += plan_.round_steps(k, round);
+    for (int k : mine_) {
+      mine_total_ += plan_.round_steps(k, round);
+      mine_done_ += std::min(start_step, plan_.round_steps(k, round));
+    }
+    before_round_ = plan_steps_until(plan_, round - 1);
+    if (!started_) {
+      started_ = true;
+      t0_ = Clock::now();
+      steps_at_t0_ = before_round_ + estimate_done();
+    }
+  }
+
+  void step() {
+    ++mine_done_;
+    if (!progress_) return;
+    const int64_t done = estimate_done();
+    const double elapsed = seconds_since(t0_);
+    const double rate = elapsed > 0 ? (before_round_ + done - steps_at_t0_) / elapsed : 0;
+    char extra[128];
+    if (rate > 0)
+      std::snprintf(extra, sizeof extra, "%.0f img/s, %s left", rate * o_.batch,
+                    format_duration((run_total_ - before_round_ - done) / rate).c_str());
+    else
+      std::snprintf(extra, sizeof extra, "starting");
+    progress_->update(done, extra);
+  }
+
+  // Seconds the rest of the run should take, from the rate so far; negative when unknown.
+  double eta_after_round(int round) const {
+    if (!started_) return -1;
+    const double elapsed = seconds_since(t0_);
+    const int64_t done = plan_steps_until(plan_, round) - steps_at_t0_;
+    if (done <= 0 || elapsed <= 0) return -1;
+    return (run_total_ - plan_steps_until(plan_, round)) * elapsed / done;
+  }
+
+  // Starts the clock of eta_after_round() for runs without a live line.
+  void start_clock(int round, int64_t start_step) {
+    if (started_) return;
+    started_ = true;
+    t0_ = Clock::now();
+    before_round_ = plan_steps_until(plan_, round - 1);
+    int64_t done = 0;
+    for (int k = 0; k < plan_.owners; ++k) done += std::min(start_step, plan_.round_steps(k, round));
+    steps_at_t0_ = before_round_ + done;
+  }
+
+ private:
+  int64_t estimate_done() const {
+    if (mine_total_ <= 0) return 0;
+    return std::min(all_total_, mine_done_ * all_total_ / mine_total_);
+  }
+
+  const train::FederationPlan& plan_;
+  const TrainOptions& o_;
+  bool enabled_;
+  std::vector<int> mine_;
+  int64_t run_total_ = 0, before_round_ = 0, steps_at_t0_ = 0;
+  int64_t mine_total_ = 0, mine_done_ = 0, all_total_ = 0;
+  int round_ = 0;
+  bool started_ = false;
+  Clock::time_point t0_{};
+  obs::Progress* progress_ = nullptr;
+};
 
 int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
                    const pipeline::Topology& topo, int rank) {
@@ -433,6 +571,16 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   settings.seed = common.seed;
   settings.init_model = o.init_model;
   settings.eval_batch = o.eval_batch;
+  if (!o.trace.empty()) {
+    obs::Tracer& tracer = obs::Tracer::instance();
+    tracer.set_process_name(trace_process_name(topo, rank));
+    tracer.start(MPI_COMM_WORLD);
+  }
+  // Rank 0's live progress line: batches of its own owners stand for the round's progress
+  // (the pipeline serves all owners in turn).
+  LiveProgress live(plan, topo, o, rank,
+                    reporter && !common.quiet && obs::Progress::stderr_is_tty());
+  if (live.enabled()) settings.on_step = [&live] { live.step(); };
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
 
   train::Checkpointer checkpoints(common, o, model, topo, plan, data_id, rank);
@@ -458,6 +606,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     }
   }
   auto checkpoint = [&](int round, int64_t step, bool complete) {
+    obs::Span span(obs::Activity::kCheckpoint);
     pipeline::RankState st = runtime->checkpoint_state();
     checkpoints.write(round, step, complete, st, metrics);
     return checkpoints.stop_requested();
@@ -466,11 +615,23 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   int64_t total_images = 0;
   double train_seconds = 0, last_accuracy = std::nan("");
   for (int round = start_round; round <= o.rounds; ++round) {
-    obs::Progress progress("round " + std::to_string(round), 0, reporter && !common.quiet);
-    MPSL_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    int64_t round_batches = 0;
+    for (int k = 0; k < plan.owners; ++k) round_batches += plan.round_steps(k, round);
+    obs::Progress progress("round " + std::to_string(round) + "/" + std::to_string(o.rounds) +
+                               ", batches",
+                           round_batches, reporter && !common.quiet);
+    obs::Tracer::instance().set_round(round);
+    {
+      obs::Span wait(obs::Activity::kWait);
+      MPSL_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+    }
     const auto t_round = Clock::now();
     const int64_t length = plan.round_length(round);
     int64_t step = round == start_round ? start_step : 0;
+    if (live.enabled())
+      live.begin_round(round, step, &progress);
+    else
+      live.start_clock(round, step);
     runtime->begin_round(round, step);
     if (step > 0) runtime->restore_tallies(resumed_owners);
     while (step < length) {
@@ -493,7 +654,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       report_round({round, r.images ? r.loss_sum / r.images : 0.0,
                     r.images ? static_cast<double>(r.correct) / r.images : 0.0, r.images, seconds,
                     round_train_seconds > 0 ? r.images / round_train_seconds : 0.0, has_test,
-                    test_loss, test_accuracy},
+                    test_loss, test_accuracy, live.eta_after_round(round)},
                    o.rounds, progress, metrics);
     }
     if ((checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) &&
@@ -510,6 +671,10 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   }
 
   if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
+  if (!o.trace.empty()) {
+    obs::Tracer::instance().write(MPI_COMM_WORLD, o.trace);
+    if (reporter) MPSL_LOG(Info, "trace written to " << o.trace);
+  }
 
   // One rank_summary per rank, gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
@@ -554,6 +719,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   optim::parse_optimizer_state_policy(o.optimizer_state);  // validates
   // Outputs are checked before any training: a run must not fail at its very end.
   if (!o.save_model.empty() && rank == 0) io::prepare_output_file(o.save_model, "--save-model");
+  if (!o.trace.empty() && rank == 0) io::prepare_output_file(o.trace, "--trace");
   if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
   if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
   if (o.dry_run) {

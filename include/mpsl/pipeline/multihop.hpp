@@ -10,6 +10,7 @@
 // update equals the whole-batch update.
 #pragma once
 
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -37,6 +38,8 @@ struct Settings {
   uint64_t seed = 1;
   std::string init_model;  // --init-model: starting weights from a model file
   int64_t eval_batch = 1000;
+  // Called on an owner rank each time one of its owners finishes a batch (progress display).
+  std::function<void()> on_step;
 };
 
 struct RoundResult {
