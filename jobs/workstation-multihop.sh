@@ -1,30 +1,55 @@
 #!/usr/bin/env bash
-# Multihop training on one workstation with mpirun: OWNER_RANKS data-owner ranks plus STAGES
-# compute stages, one thread per rank, outputs under runs/<name>/.
+# Multihop training on one workstation with mpirun (the counterpart of slurm-multihop.sbatch):
+# OWNER_RANKS data-owner ranks plus STAGES compute stages, THREADS threads per rank, outputs
+# under runs/<name>/.
 #
 #   jobs/workstation-multihop.sh [extra mpsl train options]
+#   CONFIG=jobs/configs/fmnist-1f1b.ini jobs/workstation-multihop.sh --rounds 1
 #   MODEL=fmnist-cnn STAGES=2 OWNER_RANKS=2 OWNERS=4 ROUNDS=3 jobs/workstation-multihop.sh --split 3,4,7
+#
+# Parameters (environment): CONFIG (INI of `mpsl train` options, default
+# jobs/configs/fmnist-multihop.ini; relative paths in it are relative to the repository),
+# STAGES (default 2), OWNER_RANKS (default 2), THREADS (default 1), and when set OWNERS, MODEL,
+# ROUNDS, BATCH, TRAIN, TEST override the config; NAME names the run folder (default
+# <model>-k<owners>-n<stages>-<date>), RUNS_DIR holds it (default runs/), TRACE=0 skips the
+# trace. Outputs: metrics.jsonl, trace.json, checkpoints/, model.h5, log.txt, job.txt,
+# exit_code. To continue a stopped run, call it again with the same NAME and
+# `--resume latest` (the newest checkpoint in runs/NAME/checkpoints).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
 MPSL=${MPSL:-$REPO/build/mpsl}
-MODEL=${MODEL:-fmnist-cnn}
+CONFIG=${CONFIG:-jobs/configs/fmnist-multihop.ini}
 STAGES=${STAGES:-2}
 OWNER_RANKS=${OWNER_RANKS:-2}
-OWNERS=${OWNERS:-4}
-ROUNDS=${ROUNDS:-3}
-BATCH=${BATCH:-64}
-TRAIN=${TRAIN:-$REPO/data/fashion-mnist-train.h5}
-TEST=${TEST:-$REPO/data/fashion-mnist-test.h5}
-NAME=${NAME:-$MODEL-k$OWNERS-n$STAGES-$(date +%Y%m%d-%H%M%S)}
-OUT=$REPO/runs/$NAME
+THREADS=${THREADS:-1}
+NAME=${NAME:-${MODEL:-$(basename "$CONFIG" .ini)}-k${OWNERS:-cfg}-n$STAGES-$(date +%Y%m%d-%H%M%S)}
+OUT=${RUNS_DIR:-$REPO/runs}/$NAME
 mkdir -p "$OUT"
+rm -f "$OUT/exit_code"
+trap 'echo $? > "$OUT/exit_code"' EXIT
 [ -x "$MPSL" ] || "$REPO/tools/build.sh"
-export OMP_NUM_THREADS=1
+
+args=(train --config "$CONFIG" --stages "$STAGES" --threads "$THREADS"
+  --metrics "$OUT/metrics.jsonl" --checkpoint-dir "$OUT/checkpoints" --save-model "$OUT/model.h5")
+[ "${TRACE:-1}" = 0 ] || args+=(--trace "$OUT/trace.json")
+[ -z "${OWNERS:-}" ] || args+=(--owners "$OWNERS")
+[ -z "${MODEL:-}" ] || args+=(--model "$MODEL")
+[ -z "${ROUNDS:-}" ] || args+=(--rounds "$ROUNDS")
+[ -z "${BATCH:-}" ] || args+=(--batch "$BATCH")
+[ -z "${TRAIN:-}" ] || args+=(--data "$TRAIN")
+[ -z "${TEST:-}" ] || args+=(--test-data "$TEST")
+args+=("$@")
+
+export OMP_NUM_THREADS=$THREADS
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # More ranks than cores is fine: waiting ranks sleep instead of spinning.
 export OMPI_MCA_rmaps_base_oversubscribe=1
+ranks=$((OWNER_RANKS + STAGES))
+{
+  echo "workstation run $NAME on $(hostname): $ranks ranks x $THREADS threads"
+  echo "started $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "mpirun -n $ranks $MPSL ${args[*]}"
+} > "$OUT/job.txt"
 echo "run directory: $OUT"
-mpirun -n $((OWNER_RANKS + STAGES)) "$MPSL" train --model "$MODEL" --data "$TRAIN" \
-  --test-data "$TEST" --stages "$STAGES" --owners "$OWNERS" --batch "$BATCH" --rounds "$ROUNDS" \
-  --threads 1 --metrics "$OUT/metrics.jsonl" --checkpoint-dir "$OUT/checkpoints" \
-  --save-model "$OUT/model.h5" "$@" 2>&1 | tee "$OUT/log.txt"
+mpirun -n "$ranks" "$MPSL" "${args[@]}" 2>&1 | tee -a "$OUT/log.txt"

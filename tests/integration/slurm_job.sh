@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# A real single-node Slurm (munged, slurmctld, slurmd from tools/slurm-local.sh, private ports
+# and folder) runs jobs/slurm-multihop.sbatch with `sbatch --wait`: a 4-rank multihop training
+# (2 owner ranks + 2 stages, srun --mpi=pmix). The job's exit code is 0 and its run folder
+# runs/<job name>-<job id> holds the metrics (run_end ok, 4 rank summaries), a trace with spans
+# from all 4 ranks, checkpoints, the model, the log and exit_code. Submitted again into the same
+# run folder with more rounds, the job continues from its checkpoint; a job with a bad option
+# ends with exit code 2, recorded in its run folder. The daemons are stopped on exit.
+# Needs root (CI runs as root); it installs the Slurm packages when they are missing.
+set -uo pipefail
+MPSL=$(cd "$(dirname "${1:?usage: slurm_job.sh PATH_TO_MPSL}")" && pwd)/$(basename "$1")
+source "$(dirname "$0")/lib_mpi.bash"
+SRC=${MPSL_SOURCE_DIR:-$(cd "$HERE/../.." && pwd)}
+if [ "$(id -u)" != 0 ]; then
+  echo "SKIP: starting Slurm daemons needs root"
+  exit 77
+fi
+if ! command -v slurmctld > /dev/null || ! command -v munged > /dev/null; then
+  bash "$SRC/tools/install-deps.sh" || { echo "FAIL - cannot install Slurm"; exit 1; }
+fi
+T=$(mktemp -d)
+chmod 0755 "$T" # munged runs as user munge
+cleanup() {
+  bash "$SRC/tools/slurm-local.sh" stop "$T/slurm"
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+if ! bash "$SRC/tools/slurm-local.sh" start "$T/slurm" 8; then
+  echo "FAIL - Slurm did not start"
+  exit 1
+fi
+source "$T/slurm/env"
+
+cat > "$T/job.ini" << 'INI'
+[train]
+model = fmnist-cnn
+synthetic = true
+synthetic-count = 1024
+batch = 32
+stages = 2
+owners = 4
+rounds = 2
+batches-per-epoch = 3
+quiet = true
+INI
+
+submit() { # submit NAME EXTRA_ENV... -- ARGS...: prints the job id; exit code of the job in $rc
+  local name=$1
+  shift
+  local envs="ALL,MPSL_REPO=$SRC,MPSL=$MPSL,CONFIG=$T/job.ini,RUNS_DIR=$T/runs"
+  while [ "$1" != -- ]; do
+    envs+=",$1"
+    shift
+  done
+  shift
+  timeout 300 sbatch --wait --parsable --job-name="$name" --ntasks=4 --cpus-per-task=1 \
+    --output="$T/%x-%j.out" --export="$envs" "$SRC/jobs/slurm-multihop.sbatch" "$@"
+}
+
+job=$(submit mpsl-ci --)
+rc=$?
+job=${job%%;*}
+dir="$T/runs/mpsl-ci-$job"
+if [ "$rc" = 0 ] && [ -n "$job" ]; then
+  pass "sbatch --wait: job $job exited 0"
+else
+  fail "sbatch --wait: exit $rc (job '$job'); output: $(cat "$T"/mpsl-ci-*.out 2>/dev/null | tail -20)"
+fi
+if [ -d "$dir" ] && [ "$(cat "$dir/exit_code" 2>/dev/null)" = 0 ] && [ -s "$dir/model.h5" ] &&
+  [ -f "$dir/checkpoints/latest" ] && grep -q "srun --mpi=pmix" "$dir/job.txt" &&
+  grep -q "RESULT model=fmnist-cnn" "$dir/log.txt"; then
+  pass "run folder runs/mpsl-ci-$job: exit_code 0, model, checkpoints, job.txt, log"
+else
+  fail "run folder $dir: $(ls "$dir" 2>&1 | tr '\n' ' ')"
+fi
+if out=$($PY - "$dir" << 'PY'
+import json, sys
+d = sys.argv[1]
+ev = [json.loads(l) for l in open(d + "/metrics.jsonl")]
+start = [e for e in ev if e["event"] == "run_start"][0]
+assert start["ranks"] == 4 and start["stages"] == 2, start
+assert sum(e["event"] == "round_end" for e in ev) == 2
+ranks = sorted(e["rank"] for e in ev if e["event"] == "rank_summary")
+assert ranks == [0, 1, 2, 3], ranks
+assert ev[-1]["event"] == "run_end" and ev[-1]["exit"] == "ok", ev[-1]
+t = json.load(open(d + "/trace.json"))["traceEvents"]
+pids = sorted({e["pid"] for e in t if e["ph"] == "X"})
+assert pids == [0, 1, 2, 3], pids
+print("metrics and trace of 4 ranks")
+PY
+); then
+  pass "$out"
+else
+  fail "outputs: $out"
+fi
+
+# The same run folder, one more round: the job continues from its newest checkpoint.
+job2=$(submit mpsl-ci "RUN_DIR=$dir" "ROUNDS=3" --)
+rc=$?
+if [ "$rc" = 0 ] && grep -q '"event": *"resume"' "$dir/metrics.jsonl" &&
+  [ "$(grep -c '"event": *"round_end"' "$dir/metrics.jsonl")" = 3 ]; then
+  pass "resubmitted with ROUNDS=3 into the same folder: continued from the checkpoint (round 3 only)"
+else
+  fail "resubmission: exit $rc, $(grep -c round_end "$dir/metrics.jsonl") round_end events"
+fi
+
+# A bad option: the job fails with exit code 2, recorded in its run folder.
+job3=$(submit mpsl-bad -- --owners 0)
+rc=$?
+job3=${job3%%;*}
+if [ "$rc" = 2 ] && [ "$(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>/dev/null)" = 2 ]; then
+  pass "a job with a bad option exits 2 (sbatch --wait and exit_code agree)"
+else
+  fail "bad job: sbatch exit $rc, exit_code $(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>&1)"
+fi
+summary
