@@ -5,7 +5,8 @@
 # runs/<job name>-<job id> holds the metrics (run_end ok, 4 rank summaries), a trace with spans
 # from all 4 ranks, checkpoints, the model, the log and exit_code. Submitted again into the same
 # run folder with more rounds, the job continues from its checkpoint; a job with a bad option
-# ends with exit code 2, recorded in its run folder. The daemons are stopped on exit.
+# ends with exit code 2, recorded in its run folder; tools/study --slurm --wait runs a 2-point
+# study as 2 jobs. The daemons are stopped on exit.
 # Needs root (CI runs as root); it installs the Slurm packages when they are missing.
 set -uo pipefail
 MPSL=$(cd "$(dirname "${1:?usage: slurm_job.sh PATH_TO_MPSL}")" && pwd)/$(basename "$1")
@@ -113,5 +114,28 @@ if [ "$rc" = 2 ] && [ "$(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>/dev/null)" = 
   pass "a job with a bad option exits 2 (sbatch --wait and exit_code agree)"
 else
   fail "bad job: sbatch exit $rc, exit_code $(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>&1)"
+fi
+# tools/study --slurm --wait: one job per point through the same batch script, then the CSV.
+cat > "$T/grid.toml" << 'TOML'
+[study]
+synthetic = true
+synthetic_count = 256
+batch = 32
+rounds = 1
+extra = ["--quiet"]
+[grid]
+model = "fmnist-cnn"
+owners = 2
+stages = [1, 2]
+batches = 2
+TOML
+(cd "$T" && timeout 300 "$SRC/tools/study" run grid.toml --slurm --wait --mpsl "$MPSL" \
+  --out "$T/study") > "$T/study.txt" 2>&1
+rc=$?
+if [ "$rc" = 0 ] && [ "$($PY -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(sum(x["status"]=="ok" and x["job"]!="" for x in r))' "$T/study/points.csv")" = 2 ] &&
+  [ -s "$T/study/points/fmnist-cnn-k2-n2-mpsl-b2/trace.json" ]; then
+  pass "tools/study --slurm --wait: 2 points as 2 Slurm jobs, both ok in points.csv"
+else
+  fail "study on Slurm: exit $rc: $(cat "$T/study.txt")"
 fi
 summary

@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# tools/study: malformed grids are refused with exit code 2 and a message naming the grid and
+# the problem (unknown key, emulation key, bad type, bad schedule, missing section, bad TOML);
+# a small local study (synthetic data, 4 points, 2 of them failing on purpose) records the
+# failed points as failed in points.csv without stopping, writes the CSV files and every plot
+# (PNG and SVG), and a second `run` skips every point that has a result; a point whose result
+# is removed runs again, alone.
+set -uo pipefail
+MPSL=$(cd "$(dirname "${1:?usage: study.sh PATH_TO_MPSL}")" && pwd)/$(basename "$1")
+source "$(dirname "$0")/lib_mpi.bash"
+SRC=${MPSL_SOURCE_DIR:-$(cd "$HERE/../.." && pwd)}
+STUDY="$SRC/tools/study"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+cd "$T"
+
+head='[study]
+synthetic = true
+synthetic_count = 256
+batch = 32
+rounds = 2
+extra = ["--quiet"]'
+
+refuse() { # refuse NAME EXPECTED_TEXT GRID_TEXT
+  printf '%s\n' "$3" > "$T/$1.toml"
+  "$STUDY" run "$T/$1.toml" --mpsl "$MPSL" > "$T/out.txt" 2> "$T/err.txt"
+  local rc=$?
+  if [ "$rc" = 2 ] && grep -q "$1.toml" "$T/err.txt" && grep -q -- "$2" "$T/err.txt" &&
+    [ ! -d "$T/runs" ]; then
+    pass "grid $1 refused (exit 2): $(cat "$T/err.txt")"
+  else
+    fail "grid $1: exit $rc, stderr: $(cat "$T/err.txt")"
+  fi
+}
+refuse unknown_key "unknown key 'stage'" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = 1
+stage = 2"
+refuse emulate "emulation files are not supported" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = 1
+emulate = [\"slow.ini\"]"
+refuse bad_type "owners = 'four': expected int" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = [2, \"four\"]
+stages = 1"
+refuse bad_schedule "schedule = 'gpipe'" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = 1
+schedule = [\"mpsl\", \"gpipe\"]"
+refuse no_grid "no \[grid\] section" "$head"
+refuse no_stages "needs stages" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2"
+refuse zero "must be at least 1" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = [0, 1]"
+refuse not_toml "not valid TOML" "$head
+[grid
+model = fmnist-cnn"
+
+# 4 points: 1f1b with 3 micro-batches of a batch of 32 fails (mpsl refuses it, exit 2).
+printf '%s\n' "$head" '[grid]' 'model = "fmnist-cnn"' 'owners = [2, 4]' 'stages = 2' \
+  'schedule = ["mpsl", "1f1b"]' 'micro_batches = 3' 'batches = 2' > "$T/small.toml"
+"$STUDY" run "$T/small.toml" --mpsl "$MPSL" --out "$T/study" > "$T/run1.txt" 2>&1
+rc=$?
+if [ "$rc" = 1 ] && grep -q "4 points" "$T/run1.txt" && grep -q "2 ok, 2 failed" "$T/run1.txt"; then
+  pass "study of 4 points: 2 ok, 2 failed, exit 1 after all points"
+else
+  fail "study run: exit $rc: $(cat "$T/run1.txt")"
+fi
+if out=$($PY - "$T/study" << 'PY'
+import csv, os, sys
+d = sys.argv[1]
+rows = {r["point"]: r for r in csv.DictReader(open(d + "/points.csv"))}
+assert len(rows) == 4, rows.keys()
+for name, r in rows.items():
+    if "1f1b" in name:
+        assert r["status"] == "failed" and r["exit_code"] == "2", r
+        assert "micro-batches" in r["error"], r["error"]
+    else:
+        assert r["status"] == "ok" and float(r["images_per_s"]) > 0, r
+        assert r["ranks"] == "4" and int(r["max_stage_peak_rss_bytes"]) > 0, r
+rounds = list(csv.DictReader(open(d + "/rounds.csv")))
+assert len(rounds) == 4, len(rounds)  # 2 ok points x 2 rounds
+ranks = list(csv.DictReader(open(d + "/ranks.csv")))
+assert len(ranks) == 8, len(ranks)
+plots = sorted(os.listdir(d + "/plots"))
+for p in ("throughput_vs_stages", "throughput_vs_owners", "memory_vs_owners",
+          "predicted_vs_measured_round", "accuracy_vs_round", "timeline"):
+    for ext in ("png", "svg"):
+        f = f"{d}/plots/{p}.{ext}"
+        assert os.path.getsize(f) > 1000, f
+print(f"points.csv: 2 ok, 2 failed (exit 2, error recorded); {len(plots)} plot files")
+PY
+); then
+  pass "$out"
+else
+  fail "study outputs: $out"
+fi
+
+"$STUDY" run "$T/small.toml" --mpsl "$MPSL" --out "$T/study" > "$T/run2.txt" 2>&1
+if grep -q "ran 0, submitted 0, skipped 4" "$T/run2.txt"; then
+  pass "second run skips the 4 points with results"
+else
+  fail "second run: $(cat "$T/run2.txt")"
+fi
+rm "$T/study/points/fmnist-cnn-k4-n2-mpsl-b2/status.json"
+"$STUDY" run "$T/small.toml" --mpsl "$MPSL" --out "$T/study" > "$T/run3.txt" 2>&1
+if grep -q "ran 1, submitted 0, skipped 3" "$T/run3.txt" &&
+  grep -q "fmnist-cnn-k4-n2-mpsl-b2: 4 ranks ... ok" "$T/run3.txt"; then
+  pass "a point without a result runs again, alone"
+else
+  fail "resume: $(cat "$T/run3.txt")"
+fi
+summary
