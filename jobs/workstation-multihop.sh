@@ -52,4 +52,8 @@ ranks=$((OWNER_RANKS + STAGES))
   echo "mpirun -n $ranks $MPSL ${args[*]}"
 } > "$OUT/job.txt"
 echo "run directory: $OUT"
-mpirun -n "$ranks" "$MPSL" "${args[@]}" 2>&1 | tee -a "$OUT/log.txt"
+# In a terminal, rank 0 redraws a progress line (mpirun gives ranks a pipe, so ask for it);
+# log.txt keeps only whole lines.
+[ -t 1 ] && export MPSL_PROGRESS=${MPSL_PROGRESS:-1}
+mpirun -n "$ranks" "$MPSL" "${args[@]}" 2>&1 |
+  tee >(sed -u -e 's/.*\r//' -e 's/\x1b\[K//g' >> "$OUT/log.txt")

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstdio>
 #include <mutex>
 
@@ -101,7 +102,14 @@ void log_message(LogLevel level, std::string_view message) {
 // ---------------------------------------------------------------------------------------------
 
 bool Progress::stderr_is_tty() {
-  static const bool tty = ::isatty(STDERR_FILENO) == 1;
+  // mpirun hands its ranks a pipe for stderr even in a terminal: MPSL_PROGRESS=1 asks for the
+  // live line anyway (rank 0's output reaches the terminal through mpirun, in order);
+  // MPSL_PROGRESS=0 turns it off.
+  static const bool tty = [] {
+    const char* force = std::getenv("MPSL_PROGRESS");
+    if (force && *force) return std::string_view(force) != "0";
+    return ::isatty(STDERR_FILENO) == 1;
+  }();
   return tty;
 }
 

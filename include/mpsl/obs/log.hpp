@@ -40,8 +40,9 @@ inline void log_debug(std::string_view m) {
   log_message(LogLevel::kDebug, m);
 }
 
-// Redraws one status line ("\r...") while stderr is a terminal; elsewhere (files, pipes, CI
-// logs) it prints nothing but the summary lines it is given. Rate-limited to 10 redraws/s.
+// Redraws one status line ("\r...") while stderr is a terminal (or MPSL_PROGRESS=1: under
+// mpirun a rank's stderr is a pipe); elsewhere (files, pipes, CI logs) it prints nothing but
+// the summary lines it is given. Rate-limited to 10 redraws/s.
 // A disabled Progress (e.g. on ranks other than 0, or with --quiet) prints nothing at all.
 class Progress {
  public:
