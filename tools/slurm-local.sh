@@ -7,10 +7,11 @@
 #   sbatch --wait jobs/slurm-multihop.sbatch
 #   tools/slurm-local.sh stop DIR           # stops the three daemons it started (by pid)
 #
-# Everything lives in DIR (configuration, state, logs, the munge socket) and the ports are
-# free ones picked at start, so several such clusters (and a system Slurm) can run side by
-# side. The node declares CPUS CPUs (default 8) whatever the core count (config_overrides), and
-# its partition "local" oversubscribes. Needs slurmctld slurmd slurm-client munge
+# Everything lives in DIR (configuration, state, logs, the munge socket, the jobs' temporary
+# files), the ports are free ones picked at start and job ids start at a random number, so
+# several such clusters (and a system Slurm) can run side by side. The node declares CPUS CPUs
+# (default 8) whatever the core count (config_overrides), and its partition "local"
+# oversubscribes. Needs slurmctld slurmd slurm-client munge
 # (tools/install-deps.sh installs them).
 set -euo pipefail
 
@@ -56,7 +57,7 @@ start() {
   chmod 0755 "$dir"  # munged (user munge) must reach its folder
   runuser -u munge -- test -x "$dir" ||
     die "user munge cannot reach $dir: make its parent folders searchable (chmod o+x)"
-  mkdir -p "$dir/state" "$dir/spool" "$dir/munge"
+  mkdir -p "$dir/state" "$dir/spool" "$dir/munge" "$dir/tmp"
   chown munge: "$dir/munge"
   chmod 0700 "$dir/munge"
   local host
@@ -98,6 +99,8 @@ SchedulerType=sched/backfill
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
+FirstJobId=$(( (RANDOM % 9000 + 1000) * 100 ))
+TmpFS=$dir/tmp
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.own.pid

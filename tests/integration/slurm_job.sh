@@ -26,6 +26,7 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
+trap "exit 1" TERM INT HUP # (the EXIT trap then stops the daemons)
 
 if ! bash "$SRC/tools/slurm-local.sh" start "$T/slurm" 8; then
   echo "FAIL - Slurm did not start"
