@@ -123,4 +123,28 @@ if grep -q "ran 1, submitted 0, skipped 3" "$T/run3.txt" &&
 else
   fail "resume: $(cat "$T/run3.txt")"
 fi
+# Predictions (written by train with --profile/--plan) reach points.csv when the metrics carry
+# them: predicted_round_seconds in round_end, predicted_peak_bytes in rank_summary.
+m="$T/study/points/fmnist-cnn-k2-n2-mpsl-b2/metrics.jsonl"
+$PY - "$m" << 'PY'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+for e in ev:
+    if e["event"] == "round_end":
+        e["predicted_round_seconds"] = 1.5
+    if e["event"] == "rank_summary":
+        e["predicted_peak_bytes"] = 123456789
+open(sys.argv[1], "w").write("".join(json.dumps(e) + "\n" for e in ev))
+PY
+"$STUDY" report "$T/study" > /dev/null 2>&1
+if $PY -c "
+import csv, sys
+r = {x['point']: x for x in csv.DictReader(open(sys.argv[1]))}['fmnist-cnn-k2-n2-mpsl-b2']
+assert float(r['predicted_round_seconds']) == 1.5 and int(r['max_predicted_peak_bytes']) == 123456789, r
+assert float(r['median_train_seconds']) > 0, r
+" "$T/study/points.csv"; then
+  pass "report: predicted round time and peak memory reach points.csv"
+else
+  fail "predictions not in points.csv"
+fi
 summary
