@@ -53,6 +53,8 @@ int dispatch_local(const cli::ParsedCommand& cmd) {
   if (cmd.command == "convert") return cli::run_convert(cmd.common, cmd.convert);
   if (cmd.command == "eval") return cli::run_eval(cmd.common, cmd.eval);
   if (cmd.command == "inspect") return cli::run_inspect(cmd.common, cmd.inspect);
+  if (cmd.command == "profile") return cli::run_profile(cmd.common, cmd.profile);
+  if (cmd.command == "plan") return cli::run_plan(cmd.common, cmd.plan);
   throw mpsl::RuntimeFailure("no handler for command '" + cmd.command + "'");
 }
 

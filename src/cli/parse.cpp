@@ -274,12 +274,14 @@ const std::vector<CommandInfo>& command_table() {
        "mpsl convert --format fashion-mnist|cifar10 [--input PATH] --output FILE.h5 "
        "[--split train|test]",
        true},
-      {"profile", "time each unit of a model, as input for plan (planned)",
-       "mpsl profile --model NAME --batch N [--micro-batches M] --output PROFILE", false},
-      {"plan", "choose the split points for owners and stages from a profile (planned)",
+      {"profile", "time and size each unit of a model, as input for plan",
+       "mpsl profile --model NAME --batch N [--micro-batches M] [--repeats R] [--device SPEC] "
+       "--output PROFILE",
+       true},
+      {"plan", "choose the split points for owners and stages from a profile",
        "mpsl plan --profile PROFILE --owners K --stages N [--node-memory ...] "
        "[--node-speed ...] --output PLAN",
-       false},
+       true},
       {"inspect", "describe a checkpoint, model file, plan or profile, or a zoo model",
        "mpsl inspect PATH | --model NAME [--batch N]", true},
   };
@@ -369,6 +371,9 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.text("split", t.split, "i,j,...",
          "unit index where each part after part 1 begins (N+1 values for N stages)");
   s.text("plan", t.plan, "FILE", "split points from 'mpsl plan' (instead of --split)");
+  s.text("profile", t.profile, "FILE",
+         "a profile from 'mpsl profile' (or the one in --plan): predicted round time and "
+         "memory in --dry-run and the metrics");
   s.group("Schedule");
   s.choice("schedule", t.schedule, {"mpsl", "1f1b"}, "pipeline schedule of the stages");
   s.integer("micro-batches", t.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
@@ -428,6 +433,10 @@ void add_profile(SpecList& s, ProfileOptions& p) {
   s.text("model", p.model, "NAME", "zoo model to profile");
   s.integer("batch", p.batch, 1, "N", "mini-batch size");
   s.integer("micro-batches", p.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
+  s.integer("repeats", p.repeats, 0, "R", "timed steps per unit (medians); 0 = bytes only");
+  s.text("device", p.device, "SPEC",
+         "describe another device: slow=F,bw=8Mbit,lat=20ms,mem=4G (times scaled by F)");
+  s.text("from", p.from, "PROFILE", "rescale this profile with --device instead of measuring");
   s.text("output", p.output, "PROFILE", "the profile file to write");
 }
 
@@ -435,9 +444,28 @@ void add_plan(SpecList& s, PlanOptions& p) {
   s.group("Plan options");
   s.text("profile", p.profile, "PROFILE", "a profile written by 'mpsl profile'");
   s.integer("owners", p.owners, 1, "K", "data owners");
-  s.integer("stages", p.stages, 1, "N", "compute stages");
-  s.text("node-memory", p.node_memory, "a,b,...", "memory per node in bytes (K/M/G suffixes)");
-  s.text("node-speed", p.node_speed, "a,b,...", "relative speed per node");
+  s.integer("stages", p.stages, 0, "N",
+            "compute stages (0 = the fewest that fit the memory and --target-round)");
+  s.integer("owner-ranks", p.owner_ranks, 1, "O", "ranks holding the data owners");
+  s.text("node-memory", p.node_memory, "a,b,...",
+         "memory per node in bytes (K/M/G suffixes); one value for all or one per stage");
+  s.text("node-speed", p.node_speed, "a,b,...",
+         "relative speed per node (0.5 = twice slower than the profile); one or one per stage");
+  s.text("node-device", p.node_device, "SPEC", "every compute node: slow=F,bw=...,lat=...,mem=...");
+  s.text("owner-device", p.owner_device, "SPEC", "every data owner: slow=F,bw=...,lat=...,mem=...");
+  s.text("owner-cuts", p.owner_cuts, "i,j|auto",
+         "end of part 1 and start of part P (default 1 and the last unit); auto = choose them "
+         "within the owner device's memory");
+  s.choice("schedule", p.schedule, {"mpsl", "1f1b"}, "pipeline schedule");
+  s.integer("batches-per-round", p.batches, 1, "B", "batches each owner trains per round (r*B)");
+  s.custom("target-round", "SECONDS", "with --stages 0: the round time to meet", "0",
+           [&p](const std::string& t, const Origin& o) {
+             char* end = nullptr;
+             p.target_round = std::strtod(t.c_str(), &end);
+             if (*end || !(p.target_round > 0)) bad_value("target-round", "seconds > 0", t, o);
+           });
+  s.integer("cores", p.cores, 0, "C", "all ranks share C cores (0 = each rank its own node)");
+  s.integer("rank-threads", p.threads, 1, "T", "threads per rank (with --cores)");
   s.text("output", p.output, "PLAN", "the plan file to write");
 }
 
@@ -675,7 +703,7 @@ void validate_inspect(const InspectOptions& i) {
 }
 
 void validate_profile(const ProfileOptions& p) {
-  require(!p.model.empty(), "profile needs --model NAME");
+  require(!p.model.empty() || !p.from.empty(), "profile needs --model NAME (or --from PROFILE)");
   require(!p.output.empty(), "profile needs --output PROFILE");
   require(p.batch % p.micro_batches == 0, "--micro-batches must divide --batch (" +
                                               std::to_string(p.batch) + "), got " +

@@ -1,5 +1,6 @@
 #include "mpsl/nn/model.hpp"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -278,11 +279,25 @@ void PartProgram::forward(PartSlot& slot, PartState& state, const float* input, 
                           const StepInfo& info) {
   MPSL_CHECK(state.layout.begin == begin_ && state.layout.end == end_, "state of another part");
   Runtime& rt = cpu_runtime();
+  using Clock = std::chrono::steady_clock;
+  auto t = times_ ? Clock::now() : Clock::time_point();
+  auto lap = [&](std::vector<double>& v, size_t k) {
+    if (!times_) return;
+    rt.stream.wait();
+    const auto now = Clock::now();
+    v[k] += std::chrono::duration<double>(now - t).count();
+    t = now;
+  };
+  if (times_) {
+    times_->forward.resize(execs_.size(), 0.0);
+    times_->backward.resize(execs_.size(), 0.0);
+  }
   std::memcpy(slot.input.get_data_handle(), input, in_.elements() * sizeof(float));
   const memory* x = &slot.input;
   for (size_t k = 0; k < execs_.size(); ++k) {
     x = &execs_[k]->forward(*x, *slot.layers[k], refs(state, static_cast<int>(k)), info);
     slot.outputs[k] = x;
+    if (k + 1 < execs_.size() && times_) lap(times_->forward, k);
   }
   if (output) {
     memory out(plain_out_desc_, rt.engine, output);
@@ -292,17 +307,26 @@ void PartProgram::forward(PartSlot& slot, PartState& state, const float* input, 
       dnnl::reorder(*x, out).execute(rt.stream, const_cast<memory&>(*x), out);
   }
   rt.stream.wait();
+  if (times_) lap(times_->forward, execs_.size() - 1);
 }
 
 void PartProgram::backward(PartSlot& slot, PartState& state, const float* diff_output,
                            float* diff_input, const StepInfo& info, bool accumulate) {
   Runtime& rt = cpu_runtime();
+  using Clock = std::chrono::steady_clock;
+  auto t = times_ ? Clock::now() : Clock::time_point();
   memory d(plain_out_desc_, rt.engine, const_cast<float*>(diff_output));
   const memory* dd = &d;
   for (size_t k = execs_.size(); k-- > 0;) {
     const memory& x = k == 0 ? slot.input : *slot.outputs[k - 1];
     dd = &execs_[k]->backward(x, *dd, *slot.layers[k], refs(state, static_cast<int>(k)), info,
                               accumulate);
+    if (times_ && k > 0) {
+      rt.stream.wait();
+      const auto now = Clock::now();
+      times_->backward[k] += std::chrono::duration<double>(now - t).count();
+      t = now;
+    }
   }
   if (diff_input) {
     MPSL_CHECK(need_input_grad_ && *dd, "program bound without input gradient");
@@ -313,6 +337,7 @@ void PartProgram::backward(PartSlot& slot, PartState& state, const float* diff_o
       dnnl::reorder(*dd, out).execute(rt.stream, const_cast<memory&>(*dd), out);
   }
   rt.stream.wait();
+  if (times_) times_->backward[0] += std::chrono::duration<double>(Clock::now() - t).count();
 }
 
 }  // namespace mpsl::nn

@@ -3,7 +3,13 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <malloc.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 
 namespace mpsl::obs {
 
@@ -21,6 +27,52 @@ int64_t current_rss_bytes() {
   std::fclose(f);
   if (n != 2) return 0;
   return static_cast<int64_t>(resident_pages) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+int64_t heap_in_use_bytes() {
+  const struct mallinfo2 mi = mallinfo2();
+  return static_cast<int64_t>(mi.uordblks + mi.hblkhd);
+}
+
+namespace {
+std::atomic<int64_t> g_tracked_peak{0};
+}
+
+int64_t note_heap() {
+  const int64_t now = heap_in_use_bytes();
+  int64_t seen = g_tracked_peak.load(std::memory_order_relaxed);
+  while (now > seen && !g_tracked_peak.compare_exchange_weak(seen, now)) {
+  }
+  return now;
+}
+
+int64_t tracked_peak_bytes() {
+  note_heap();
+  return g_tracked_peak.load();
+}
+
+int64_t parse_bytes(const std::string& text) {
+  if (text.empty()) return -1;
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || !(v >= 0)) return -1;
+  std::string unit(end);
+  std::transform(unit.begin(), unit.end(), unit.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  double scale = 0;
+  if (unit.empty() || unit == "b")
+    scale = 1;
+  else if (unit == "k" || unit == "kb" || unit == "kib")
+    scale = 1024.0;
+  else if (unit == "m" || unit == "mb" || unit == "mib")
+    scale = 1024.0 * 1024;
+  else if (unit == "g" || unit == "gb" || unit == "gib")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "t" || unit == "tb" || unit == "tib")
+    scale = 1024.0 * 1024 * 1024 * 1024;
+  else
+    return -1;
+  return static_cast<int64_t>(v * scale + 0.5);
 }
 
 std::string format_bytes(int64_t bytes) {

@@ -8,6 +8,7 @@
 #include "mpsl/core/error.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/loss.hpp"
+#include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/trace.hpp"
 #include "mpsl/train/local.hpp"
 
@@ -406,6 +407,7 @@ class OwnerRuntime : public RankRuntime {
     span.end();
     mailbox_.send(buf, floats, t_.rank_of_stage(0), comm::MessageKind::kActivation, o.id, m);
     ++o.in_flight;
+    obs::note_heap();  // the tracked peak (rank_summary)
   }
 
   Owner& owner(int id) {
@@ -457,6 +459,7 @@ class OwnerRuntime : public RankRuntime {
       }
       busy_ += since(t0);
     }
+    obs::note_heap();
   }
 
   const Settings& s_;
@@ -594,6 +597,7 @@ class StageRuntime : public RankRuntime {
         mailbox_.send(buf, in_floats, prev_rank(k), comm::MessageKind::kActivationGrad, k, m);
         ++bwd;
       }
+      obs::note_heap();
     }
     mailbox_.flush();
   }

@@ -1,11 +1,15 @@
 // `mpsl train`: single-process training (one rank, the reference path, also simulating K
 // owners with FedAvg) and multihop parallel split learning over MPI (--stages N).
+#include <omp.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
+#include <thread>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <tuple>
 
 #include <mpi.h>
@@ -23,6 +27,8 @@
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/pipeline/multihop.hpp"
 #include "mpsl/pipeline/topology.hpp"
+#include "mpsl/plan/cost.hpp"
+#include "mpsl/plan/planner.hpp"
 #include "mpsl/train/checkpointing.hpp"
 #include "mpsl/train/federation.hpp"
 #include "mpsl/train/local.hpp"
@@ -63,6 +69,8 @@ struct RoundReport {
   bool has_test;
   double test_loss, test_accuracy;
   double eta_s = -1;  // the rest of the run, estimated (negative: not shown)
+  double train_seconds = std::nan("");      // the round's training alone (measured)
+  double predicted_seconds = std::nan("");  // the cost model's round time
 };
 
 std::string format_duration(double seconds) {
@@ -102,8 +110,13 @@ void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
                        {"train_accuracy", r.train_accuracy},
                        {"images", r.images},
                        {"seconds", r.seconds},
-                       {"images_per_s", r.images_per_s},
-                       {"predicted_seconds", nullptr}};
+                       {"images_per_s", r.images_per_s}};
+  auto number_or_null = [](double v) {
+    return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v);
+  };
+  ev["train_seconds"] = number_or_null(r.train_seconds);
+  ev["predicted_round_seconds"] = number_or_null(r.predicted_seconds);
+  ev["predicted_seconds"] = number_or_null(r.predicted_seconds);  // CLI.md's name
   ev["test_accuracy"] = r.has_test ? nlohmann::json(r.test_accuracy) : nlohmann::json(nullptr);
   if (r.has_test) ev["test_loss"] = r.test_loss;
   metrics.write(ev);
@@ -190,6 +203,119 @@ void check_checkpoint_dir(const std::string& dir) {
     throw InputError("--checkpoint-dir '" + dir + "' is not writable");
 }
 
+// ---- predictions (cost model) ----------------------------------------------------------------
+
+// What the cost model predicts for this run: per round, and per rank. Empty without a profile.
+struct Predictions {
+  bool available = false;
+  std::string note;  // why not, when not
+  std::vector<double> round_s;  // per round (index round - 1)
+  std::vector<plan::RankPrediction> ranks;
+};
+
+// Cores the ranks share: all ranks on one host share its cores; ranks on different hosts are
+// taken to have a node each (0).
+int shared_cores(int world) {
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPSL_MPI_CHECK(MPI_Get_processor_name(name, &len));
+  std::vector<char> all(static_cast<size_t>(world) * MPI_MAX_PROCESSOR_NAME);
+  MPSL_MPI_CHECK(MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(),
+                               MPI_MAX_PROCESSOR_NAME, MPI_CHAR, MPI_COMM_WORLD));
+  for (int r = 1; r < world; ++r)
+    if (std::strncmp(all.data(), all.data() + r * MPI_MAX_PROCESSOR_NAME,
+                     MPI_MAX_PROCESSOR_NAME) != 0)
+      return 0;
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+Predictions predict(const plan::Profile* profile, const TrainOptions& o, const nn::Model& model,
+                    const pipeline::Topology& t, const train::FederationPlan& fp,
+                    int64_t train_images, int64_t image_bytes, int64_t test_images, int cores,
+                    int threads) {
+  Predictions out;
+  if (!profile) {
+    out.note = "no --profile or --plan: no predictions";
+    return out;
+  }
+  if (profile->model != o.model) {
+    out.note = "the profile is of model '" + profile->model + "', not '" + o.model + "'";
+    return out;
+  }
+  if (profile->batch != o.batch || profile->micro_batches != o.micro_batches) {
+    out.note = "the profile was taken at batch " + std::to_string(profile->batch) + " with " +
+               std::to_string(profile->micro_batches) + " micro-batch(es); this run uses batch " +
+               std::to_string(o.batch) + " with " + std::to_string(o.micro_batches);
+    return out;
+  }
+  if (profile->num_units() != model.num_units()) {
+    out.note = "the profile has " + std::to_string(profile->num_units()) + " units, the model " +
+               std::to_string(model.num_units());
+    return out;
+  }
+  const plan::Profile& p = *profile;
+  const int S = p.num_units();
+  for (int round = 1; round <= o.rounds; ++round) {
+    std::vector<int64_t> steps(fp.owners);
+    for (int k = 0; k < fp.owners; ++k) steps[k] = fp.round_steps(k, round);
+    if (!t.multihop()) {
+      // One process: every owner's steps one after another, then FedAvg, then evaluation.
+      int64_t total = 0;
+      for (auto st : steps) total += st;
+      const double step_s =
+          p.micro_batches * (p.forward(0, S) + p.loss_s + p.backward(0, S)) + p.step(0, S);
+      double r = total * step_s;
+      if (fp.owners > 1) r += p.average_s_per_byte * p.param_bytes(0, S) * fp.owners;
+      r += p.evaluate_s_per_sample * test_images;
+      out.round_s.push_back(r);
+      if (round == 1) {
+        plan::RankPrediction rp;
+        rp.role = "single";
+        rp.units_begin = 0;
+        rp.units_end = S;
+        rp.owners_served = fp.owners;
+        rp.busy_s = r;
+        rp.max_in_flight = 1;
+        rp.model_bytes = fp.owners * p.copy_bytes(0, S);
+        rp.peak_bytes = p.base_rss_bytes + rp.model_bytes + p.work_bytes(0, S) +
+                        p.activation_bytes(0, S) + train_images * (image_bytes + 1) +
+                        test_images * (image_bytes + 1) + p.batch * (p.input_bytes / p.micro_batch() + 4);
+        out.ranks.push_back(rp);
+      }
+      continue;
+    }
+    plan::Scenario sc;
+    sc.profile = &p;
+    sc.split = t.split;
+    sc.owners = t.owners;
+    sc.owner_ranks = t.owner_ranks;
+    sc.one_f_one_b = o.schedule == "1f1b";
+    sc.micro_batches = o.micro_batches;
+    sc.steps = steps;
+    sc.cores = cores;
+    sc.threads = threads;
+    sc.test_samples = test_images;
+    sc.train_samples = train_images;
+    sc.image_bytes = image_bytes;
+    sc.eval_batch = o.eval_batch;
+    const plan::Prediction pr = plan::simulate(sc);
+    out.round_s.push_back(pr.round_s);
+    if (round == 1) out.ranks = pr.ranks;
+  }
+  out.available = true;
+  return out;
+}
+
+// --profile, or the profile a --plan carries.
+std::optional<plan::Profile> load_profile(const TrainOptions& o) {
+  if (!o.profile.empty()) return plan::Profile::read(o.profile);
+  if (!o.plan.empty()) {
+    plan::PlanFile f = plan::read_plan(o.plan);
+    if (!f.profile.units.empty()) return f.profile;
+  }
+  return std::nullopt;
+}
+
 // ---- single process -------------------------------------------------------------------------
 
 // Where each simulated owner stands in the round, and what it has accumulated in it.
@@ -201,7 +327,7 @@ struct OwnerProgress {
 };
 
 int train_single(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
-                 const pipeline::Topology& topo) {
+                 const pipeline::Topology& topo, const plan::Profile* profile, int cores) {
   const auto t_start = Clock::now();
   data::Dataset train = load_train(o, model, common.seed);
   data::Dataset test;
@@ -215,6 +341,9 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   obs::MetricsWriter metrics(common.metrics, resume.resumed());
   write_run_start(metrics, common, o, topo, train.count);  // every start; a "resume" follows
   log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
+  const Predictions pred = predict(profile, o, model, topo, plan, train.count, train.image_size(),
+                                   has_test ? test.count : 0, cores, omp_get_max_threads());
+  if (!pred.available && profile) MPSL_LOG(Warn, "no predictions: " << pred.note);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
   train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed,
@@ -316,6 +445,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
           span.end();
           const double dt = seconds_since(t0);
+          obs::note_heap();
           if (process_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;
@@ -347,19 +477,20 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         if (checkpoints.stop_requested()) return 0;
       }
     }
+    const double round_train_seconds = seconds_since(t_round);
     if (plan.owners > 1) {
       obs::Span span(obs::Activity::kAggregation);
       std::vector<nn::PartState*> all;
       for (auto& s : states) all.push_back(&s);
       optim::average_copies(all, plan.weights(), policy);
     }
-    const double seconds = seconds_since(t_round);
     train::EvalResult ev;
     if (has_test) {
       obs::Span span(obs::Activity::kEval);
       ev = evaluator.run(states[0], test);
       last_accuracy = ev.accuracy;
     }
+    const double seconds = seconds_since(t_round);
     double loss_sum = 0;
     int64_t images = 0, correct = 0;
     for (const auto& p : progress_of) {
@@ -370,7 +501,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     report_round(
         {round, images ? loss_sum / images : 0.0,
          images ? static_cast<double>(correct) / images : 0.0, images, seconds,
-         timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy},
+         timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy,
+         -1, round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan("")},
         o.rounds, progress, metrics);
     step_now = length;
     if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
@@ -392,10 +524,14 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                  {"rank", 0},
                  {"role", "single"},
                  {"peak_rss_bytes", obs::peak_rss_bytes()},
+                 {"tracked_peak_bytes", obs::tracked_peak_bytes()},
                  {"busy_s", timed_seconds},
                  {"wait_s", 0.0},
                  {"comm_s", 0.0},
-                 {"predicted_peak_bytes", nullptr}});
+                 {"predicted_peak_bytes", pred.available ? nlohmann::json(pred.ranks[0].peak_bytes)
+                                                         : nlohmann::json(nullptr)},
+                 {"predicted_busy_s", pred.available ? nlohmann::json(pred.ranks[0].busy_s)
+                                                     : nlohmann::json(nullptr)}});
   write_run_end(metrics, seconds_since(t_start),
                 std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                 timed_seconds > 0 ? timed_images / timed_seconds : 0.0, last_accuracy, o);
@@ -527,7 +663,8 @@ class LiveProgress {
 };
 
 int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
-                   const pipeline::Topology& topo, int rank) {
+                   const pipeline::Topology& topo, int rank, const plan::Profile* profile,
+                   int cores) {
   const auto t_start = Clock::now();
   const bool owner_rank = topo.is_owner_rank(rank);
   obs::set_log_rank(rank, topo.world_size);
@@ -554,10 +691,14 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   const train::ResumePoint resume = train::find_resume_point(common, o, topo, data_id, rank);
 
   obs::MetricsWriter metrics(reporter ? common.metrics : std::string(), resume.resumed());
+  Predictions pred;
   if (reporter) {
     write_run_start(metrics, common, o, topo, train.count);  // every start; a "resume" follows
     log_plan(plan, o, o.synthetic ? "synthetic data" : o.data);
     for (const auto& line : pipeline::describe_roles(topo, model)) MPSL_LOG(Info, line);
+    pred = predict(profile, o, model, topo, plan, train.count, train.image_size(),
+                   has_test ? test.count : 0, cores, omp_get_max_threads());
+    if (!pred.available && profile) MPSL_LOG(Warn, "no predictions: " << pred.note);
   }
 
   pipeline::Settings settings;
@@ -654,7 +795,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       report_round({round, r.images ? r.loss_sum / r.images : 0.0,
                     r.images ? static_cast<double>(r.correct) / r.images : 0.0, r.images, seconds,
                     round_train_seconds > 0 ? r.images / round_train_seconds : 0.0, has_test,
-                    test_loss, test_accuracy, live.eta_after_round(round)},
+                    test_loss, test_accuracy, live.eta_after_round(round), round_train_seconds,
+                    pred.available ? pred.round_s[round - 1] : std::nan("")},
                    o.rounds, progress, metrics);
     }
     if ((checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) &&
@@ -678,22 +820,33 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   // One rank_summary per rank, gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
-  double mine[5] = {static_cast<double>(obs::peak_rss_bytes()), times.busy_s, times.wait_s,
-                    times.comm_s, owner_rank ? 0.0 : 1.0};
-  std::vector<double> all(5 * topo.world_size);
-  MPSL_MPI_CHECK(MPI_Gather(mine, 5, MPI_DOUBLE, all.data(), 5, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+  constexpr int kFields = 6;
+  double mine[kFields] = {static_cast<double>(obs::peak_rss_bytes()),
+                          times.busy_s,
+                          times.wait_s,
+                          times.comm_s,
+                          owner_rank ? 0.0 : 1.0,
+                          static_cast<double>(obs::tracked_peak_bytes())};
+  std::vector<double> all(kFields * topo.world_size);
+  MPSL_MPI_CHECK(MPI_Gather(mine, kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0,
+                            MPI_COMM_WORLD));
   if (reporter) {
     for (int r = 0; r < topo.world_size; ++r) {
-      const double* v = &all[5 * r];
+      const double* v = &all[kFields * r];
+      const bool has = pred.available && r < static_cast<int>(pred.ranks.size());
       metrics.write({{"event", "rank_summary"},
                      {"rank", r},
                      {"role", v[4] > 0.5 ? "stage" : "owner"},
                      {"stage", v[4] > 0.5 ? topo.stage_of_rank(r) + 1 : 0},
                      {"peak_rss_bytes", static_cast<int64_t>(v[0])},
+                     {"tracked_peak_bytes", static_cast<int64_t>(v[5])},
                      {"busy_s", v[1]},
                      {"wait_s", v[2]},
                      {"comm_s", v[3]},
-                     {"predicted_peak_bytes", nullptr}});
+                     {"predicted_peak_bytes",
+                      has ? nlohmann::json(pred.ranks[r].peak_bytes) : nlohmann::json(nullptr)},
+                     {"predicted_busy_s",
+                      has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)}});
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }
@@ -704,6 +857,43 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   return 0;
 }
 
+// --dry-run: the role map with, per rank, the predicted peak memory and busy time per round.
+void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
+             const pipeline::Topology& topo, const plan::Profile* profile, int cores) {
+  const std::vector<std::string> roles = pipeline::describe_roles(topo, model);
+  Predictions pred;
+  if (profile) {
+    data::Dataset train = load_train(o, model, common.seed);
+    const train::FederationPlan fp = train::make_federation_plan(train, o, common.seed);
+    int64_t test_images = 0;
+    if (!o.test_data.empty()) test_images = data::read_dataset_h5(o.test_data).count;
+    pred = predict(profile, o, model, topo, fp, train.count, train.image_size(), test_images,
+                   cores, omp_get_max_threads());
+  }
+  for (size_t r = 0; r < roles.size(); ++r) {
+    std::string line = roles[r];
+    if (pred.available && r < pred.ranks.size()) {
+      const auto& x = pred.ranks[r];
+      char extra[200];
+      std::snprintf(extra, sizeof extra,
+                    "; predicted peak %s (part copies %s), busy %.3f s per round, %d in flight",
+                    obs::format_bytes(x.peak_bytes).c_str(),
+                    obs::format_bytes(x.model_bytes).c_str(), x.busy_s, x.max_in_flight);
+      line += extra;
+    }
+    std::printf("%s\n", line.c_str());
+  }
+  if (pred.available) {
+    std::printf("predicted round time: %.3f s (round 1)%s\n", pred.round_s.front(),
+                cores > 0 ? (" with the ranks sharing " + std::to_string(cores) + " cores").c_str()
+                          : "");
+  } else {
+    std::printf("(%s)\n", profile ? pred.note.c_str()
+                                  : "no predictions: give --profile FILE or --plan FILE");
+  }
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int run_train(const CommonOptions& common, const TrainOptions& o) {
@@ -711,8 +901,29 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   MPSL_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
   MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   auto model = nn::make_model(o.model);
+  // --plan: its split (and stage count) and the profile it carries.
+  std::string split_text = o.split;
+  int stages = o.stages;
+  if (!o.plan.empty()) {
+    const plan::PlanFile pf = plan::read_plan(o.plan);
+    MPSL_INPUT_CHECK(pf.model == o.model, "--plan '" + o.plan + "' is a plan for model '" +
+                                              pf.model + "', not '" + o.model + "'");
+    MPSL_INPUT_CHECK(stages == 0 || stages == pf.stages,
+                     "--plan '" + o.plan + "' has " + std::to_string(pf.stages) +
+                         " stage(s) but --stages is " + std::to_string(stages));
+    stages = pf.stages;
+    for (size_t i = 0; i < pf.split.size(); ++i)
+      split_text += (i ? "," : "") + std::to_string(pf.split[i]);
+    if (pf.owners != o.owners || pf.batch != o.batch)
+      MPSL_LOG(Warn, "--plan '" << o.plan << "' was made for " << pf.owners << " owner(s) at batch "
+                                << pf.batch << "; this run has " << o.owners << " at batch "
+                                << o.batch << " (the split is used as it is)");
+  }
   const pipeline::Topology topo =
-      pipeline::make_topology(*model, world, o.stages, o.owners, o.split);
+      pipeline::make_topology(*model, world, stages, o.owners, split_text);
+  const std::optional<plan::Profile> profile = load_profile(o);
+  const plan::Profile* profile_ptr = profile ? &*profile : nullptr;
+  const int cores = shared_cores(world);
   MPSL_INPUT_CHECK(o.schedule == "1f1b" || o.micro_batches == 1,
                    "--micro-batches " + std::to_string(o.micro_batches) +
                        " needs --schedule 1f1b (the mpsl schedule sends whole batches)");
@@ -723,13 +934,11 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
   if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
   if (o.dry_run) {
-    if (rank == 0)
-      for (const auto& line : pipeline::describe_roles(topo, *model))
-        std::printf("%s\n", line.c_str());
+    if (rank == 0) dry_run(common, o, *model, topo, profile_ptr, cores);
     return 0;
   }
-  if (!topo.multihop()) return train_single(common, o, *model, topo);
-  return train_multihop(common, o, *model, topo, rank);
+  if (!topo.multihop()) return train_single(common, o, *model, topo, profile_ptr, cores);
+  return train_multihop(common, o, *model, topo, rank, profile_ptr, cores);
 }
 
 }  // namespace mpsl::cli

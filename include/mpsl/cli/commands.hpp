@@ -10,5 +10,7 @@ int run_convert(const CommonOptions& common, const ConvertOptions& opts);  // sr
 int run_train(const CommonOptions& common, const TrainOptions& opts);      // src/train
 int run_eval(const CommonOptions& common, const EvalOptions& opts);        // src/train
 int run_inspect(const CommonOptions& common, const InspectOptions& opts);  // src/train
+int run_profile(const CommonOptions& common, const ProfileOptions& opts);  // src/plan
+int run_plan(const CommonOptions& common, const PlanOptions& opts);        // src/plan
 
 }  // namespace mpsl::cli

@@ -145,7 +145,16 @@ class PartProgram {
   void backward(PartSlot& slot, PartState& state, const float* diff_output, float* diff_input,
                 const StepInfo& info, bool accumulate);
 
+  // Profiling: when set, forward and backward add each unit's seconds to these vectors (one
+  // entry per unit of the part; the plain input copy and output reorder count to the first and
+  // last unit). oneDNN's CPU primitives run synchronously, so the split is exact.
+  struct UnitTimes {
+    std::vector<double> forward, backward;
+  };
+  void set_unit_times(UnitTimes* times) { times_ = times; }
+
  private:
+  UnitTimes* times_ = nullptr;
   ParamRefs refs(PartState& state, int i) const;
   int begin_, end_;
   Shape in_, out_;

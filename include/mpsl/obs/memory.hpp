@@ -12,6 +12,20 @@ int64_t peak_rss_bytes();
 // Current resident set size in bytes (/proc/self/statm); 0 when it cannot be read.
 int64_t current_rss_bytes();
 
+// Bytes the process holds from malloc right now (glibc mallinfo2: in-use arena chunks plus
+// mmapped blocks). Everything mpsl and oneDNN allocate goes through it, so differences of this
+// figure measure what a piece of training state costs, without the noise of page residency.
+int64_t heap_in_use_bytes();
+
+// The training's own tracked peak: the largest heap_in_use_bytes() seen by note_heap() calls
+// (the runtimes call it after every task). note_heap() returns the current figure.
+int64_t note_heap();
+int64_t tracked_peak_bytes();
+
+// Parses "512", "64K", "1.5G", "4GiB", "300MB" (binary units: K = 1024) into bytes; returns
+// -1 when the text is not such a size.
+int64_t parse_bytes(const std::string& text);
+
 // "512 B", "3.0 KiB", "1.25 GiB": binary units, three significant digits.
 std::string format_bytes(int64_t bytes);
 

@@ -1,0 +1,88 @@
+// The cost model: round time and per-rank peak memory of a multihop configuration, from a
+// profile.
+//
+// Two estimates of the round time:
+// - paper_round_seconds: the paper's closed form (PAPER.md) with link times added:
+//     T = startT + sum_i (F_i + B_i) + (r*B*K - 1) * (max_i F_i + max_i B_i) + endT + T_aggr
+//   where F_i, B_i are stage i's forward / backward(+step) time of one batch plus what it sends.
+// - simulate(): an event simulation of what the runtime does (pipeline/multihop.hpp): the same
+//   task order rules (owners handle arrivals first, then start forwards round-robin; stages take
+//   gradients first, then neighbours, then the earliest), micro-batches with the 1f1b window,
+//   K owners on O owner ranks, link times, and placement: ranks that share a node's cores
+//   (Device::cores) share them equally while busy (processor sharing), which is what happens on
+//   this 2-core machine and on oversubscribed nodes. It also gives each rank's busy time and
+//   the largest number of batches in flight per rank (activation memory).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "mpsl/plan/profile.hpp"
+
+namespace mpsl::plan {
+
+struct Scenario {
+  const Profile* profile = nullptr;
+  std::vector<int> split;  // N + 1 cut points (topology.hpp)
+  int owners = 1;          // K
+  int owner_ranks = 1;     // O (owner k on rank k mod O)
+  bool one_f_one_b = false;
+  int micro_batches = 1;   // must match the profile's micro-batch size (checked)
+  std::vector<int64_t> steps;  // optimiser steps of each owner in the round (size K)
+  Device owner_device;         // every owner rank
+  std::vector<Device> stage_devices;  // one per stage (size N); empty = all like `node_device`
+  Device node_device;
+  // All ranks share `cores` cores (0 = every rank has its own node). A rank uses `threads`.
+  int cores = 0;
+  int threads = 1;
+  int64_t test_samples = 0;  // evaluated after aggregation (0 = no test set)
+  int64_t train_samples = 0;  // held by each owner rank (dataset bytes)
+  int64_t image_bytes = 0;    // bytes of one stored image (uint8)
+  int64_t eval_batch = 1000;
+
+  int stages() const { return static_cast<int>(split.size()) - 1; }
+  int ranks() const { return owner_ranks + stages(); }
+  const Device& stage_device(int i) const {
+    return stage_devices.empty() ? node_device : stage_devices.at(i);
+  }
+};
+
+// Checks a scenario against its profile (split in range, micro-batch size) -> InputError.
+void check_scenario(const Scenario& s);
+
+struct RankPrediction {
+  std::string role;  // owner | stage
+  int stage = 0;     // 1-based, 0 for owners
+  int units_begin = 0, units_end = 0;  // stage part, or part 1 for owners
+  int owners_served = 0;
+  double busy_s = 0;        // compute per round (training + aggregation)
+  int max_in_flight = 0;    // slots the rank keeps (batches or micro-batches in flight)
+  int64_t peak_bytes = 0;   // predicted peak resident memory
+  int64_t model_bytes = 0;  // of which: part copies (params, gradients, momentum, buffers)
+};
+
+struct Prediction {
+  double train_s = 0;      // the round's training (barrier to the last step)
+  double aggregate_s = 0;  // FedAvg
+  double evaluate_s = 0;   // evaluation of the test set through the pipeline
+  double round_s = 0;      // train + aggregate + evaluate (round_end "seconds")
+  double paper_round_s = 0;  // the paper's closed form (+ links, aggregation)
+  std::vector<RankPrediction> ranks;
+  int64_t max_stage_bytes() const;
+};
+
+// Forward / backward (with the optimiser step, per batch) time of stage i for one batch,
+// including sending its output (forward) or its input gradient (backward).
+double stage_forward_s(const Scenario& s, int i);
+double stage_backward_s(const Scenario& s, int i);
+
+double paper_round_seconds(const Scenario& s);
+Prediction simulate(const Scenario& s);
+
+// Peak memory of a stage holding units [b, e) for K owners with `in_flight` micro-batches in
+// flight (the planner's memory constraint; simulate() uses the same formula).
+int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
+                           int owner_ranks_or_peers = 1);
+
+}  // namespace mpsl::plan

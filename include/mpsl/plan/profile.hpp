@@ -1,0 +1,102 @@
+// Profiles: what each unit of a model costs on a device (time per micro-batch, bytes), measured
+// by `mpsl profile` and read by the cost model and the planner; and device descriptions that
+// scale a profile to other machines ("20x slower, 8 Mbit/s link, 4 GiB").
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mpsl/nn/model.hpp"
+
+namespace mpsl::plan {
+
+// A device: how much slower it computes than the profiled machine, its link and its memory.
+// Written "slow=20,bw=8Mbit,lat=20ms,mem=4G,cores=2" (any subset; bw in bit/s with k/M/G
+// suffixes or bytes/s with a "B" suffix, e.g. 1GB/s; lat in s, ms or us; mem in bytes with
+// K/M/G suffixes). "speed=0.5" is the same as "slow=2".
+struct Device {
+  double slowdown = 1.0;   // compute time multiplier
+  double bandwidth = 0.0;  // bytes/s of its link; 0 = the profiled machine's local link
+  double latency = -1.0;   // seconds per message; < 0 = the local link's
+  int64_t memory = 0;      // bytes; 0 = unlimited
+  int cores = 0;           // cores of the node the ranks share; 0 = not given
+
+  static Device parse(const std::string& text, const std::string& what);
+  std::string str() const;
+  nlohmann::json to_json() const;
+  static Device from_json(const nlohmann::json& j);
+};
+
+// What crosses ranks on the profiled machine (Open MPI over shared memory, ENV.md: 1 MiB at
+// 9.7 GB/s) plus what a waiting rank loses to its polling sleep (MPSL_POLL_SLEEP_US 200 us).
+inline constexpr double kLocalBandwidth = 9.7e9;
+inline constexpr double kLocalLatency = 60e-6;
+
+struct UnitProfile {
+  int index = 0;
+  std::string type, description, output_shape;
+  double flops = 0;         // forward FLOPs of one micro-batch
+  double forward_s = 0;     // one micro-batch (median over repeats)
+  double backward_s = 0;    // one micro-batch, without the optimiser step
+  double step_s = 0;        // the optimiser step of the unit (once per batch)
+  int64_t output_bytes = 0;  // activation of one micro-batch at the unit's output (a cut there)
+  int64_t param_bytes = 0;
+  int64_t optimizer_bytes = 0;  // gradients + momentum
+  int64_t buffer_bytes = 0;     // BatchNorm statistics
+  int64_t activation_bytes = 0;  // one micro-batch in flight (what a slot holds)
+  int64_t work_bytes = 0;        // primitives, scratchpads, reordered weight caches
+  int64_t copy_bytes() const { return param_bytes + optimizer_bytes + buffer_bytes; }
+};
+
+struct Profile {
+  std::string model;
+  int batch = 128, micro_batches = 1, threads = 1, repeats = 0;
+  Device device;                    // what the times describe (slowdown relative to measured)
+  int64_t input_bytes = 0;          // one micro-batch of model input (floats)
+  int64_t base_rss_bytes = 0;       // a process with oneDNN and no model
+  double loss_s = 0;                // softmax cross-entropy of one micro-batch
+  double average_s_per_byte = 0;    // FedAvg: seconds per byte of one copy averaged
+  double evaluate_s_per_sample = 0;  // inference through the whole model, per sample
+  std::vector<UnitProfile> units;
+
+  int num_units() const { return static_cast<int>(units.size()); }
+  int64_t micro_batch() const { return batch / micro_batches; }
+  // Sums over units [b, e).
+  double forward(int b, int e) const;
+  double backward(int b, int e) const;
+  double step(int b, int e) const;
+  int64_t copy_bytes(int b, int e) const;
+  int64_t param_bytes(int b, int e) const;
+  int64_t activation_bytes(int b, int e) const;
+  int64_t work_bytes(int b, int e) const;
+  // Bytes of one micro-batch crossing a cut before unit u (u = 0: the model input).
+  int64_t cut_bytes(int u) const { return u == 0 ? input_bytes : units[u - 1].output_bytes; }
+
+  // The same profile on a device `d` (times multiplied by d.slowdown; memory and links are
+  // what d says).
+  Profile scaled(const Device& d) const;
+
+  nlohmann::json to_json() const;
+  static Profile from_json(const nlohmann::json& j, const std::string& what);
+  static Profile read(const std::string& path);  // InputError naming the file
+  void write(const std::string& path) const;     // atomic
+};
+
+struct ProfileSettings {
+  int batch = 128;
+  int micro_batches = 1;
+  int repeats = 5;  // timed steps; 0 = bytes only (no timing)
+  int warmup = 2;
+  uint64_t seed = 1;
+};
+
+// Measures `model` on this machine with the current OpenMP thread count.
+Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
+
+// Median of a non-empty vector (copied).
+double median(std::vector<double> v);
+
+}  // namespace mpsl::plan

@@ -1,0 +1,286 @@
+// `mpsl profile` and `mpsl plan`, and the plan file.
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "mpsl/cli/commands.hpp"
+#include "mpsl/core/error.hpp"
+#include "mpsl/io/hdf5.hpp"
+#include "mpsl/io/output_path.hpp"
+#include "mpsl/nn/zoo.hpp"
+#include "mpsl/obs/log.hpp"
+#include "mpsl/obs/memory.hpp"
+#include "mpsl/plan/planner.hpp"
+
+namespace mpsl::plan {
+
+namespace {
+
+nlohmann::json split_json(const std::vector<int>& v) {
+  nlohmann::json a = nlohmann::json::array();
+  for (int x : v) a.push_back(x);
+  return a;
+}
+
+nlohmann::json prediction_json(const Prediction& p) {
+  nlohmann::json ranks = nlohmann::json::array();
+  for (size_t r = 0; r < p.ranks.size(); ++r) {
+    const auto& x = p.ranks[r];
+    ranks.push_back({{"rank", r},
+                     {"role", x.role},
+                     {"stage", x.stage},
+                     {"units", {x.units_begin, x.units_end}},
+                     {"owners_served", x.owners_served},
+                     {"busy_s", x.busy_s},
+                     {"max_in_flight", x.max_in_flight},
+                     {"model_bytes", x.model_bytes},
+                     {"peak_bytes", x.peak_bytes}});
+  }
+  return {{"round_s", p.round_s},
+          {"train_s", p.train_s},
+          {"aggregate_s", p.aggregate_s},
+          {"evaluate_s", p.evaluate_s},
+          {"paper_round_s", p.paper_round_s},
+          {"max_stage_bytes", p.max_stage_bytes()},
+          {"ranks", ranks}};
+}
+
+}  // namespace
+
+nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res) {
+  const int N = res.scenario.stages();
+  nlohmann::json nodes = nlohmann::json::array();
+  for (int i = 0; i < N; ++i) nodes.push_back(res.scenario.stage_device(i).to_json());
+  return {{"format", "mpsl-plan"},
+          {"format_version", 1},
+          {"mpsl_version", MPSL_VERSION},
+          {"model", r.profile->model},
+          {"batch", r.profile->batch},
+          {"micro_batches", r.micro_batches},
+          {"owners", r.owners},
+          {"owner_ranks", r.owner_ranks},
+          {"stages", N},
+          {"split", split_json(res.split.cuts)},
+          {"schedule", r.one_f_one_b ? "1f1b" : "mpsl"},
+          {"batches_per_round", r.steps_per_owner},
+          {"objective",
+           {{"forward_bottleneck_s", res.split.max_forward},
+            {"backward_bottleneck_s", res.split.max_backward},
+            {"sum_s", res.split.objective()}}},
+          {"predicted", prediction_json(res.prediction)},
+          {"even_split",
+           {{"split", split_json(res.even)},
+            {"feasible", res.even_feasible},
+            {"objective_s", res.even_objective},
+            {"predicted_round_s", res.even_prediction.round_s},
+            {"max_stage_bytes", res.even_prediction.max_stage_bytes()}}},
+          {"owner_device", r.owner_device.to_json()},
+          {"nodes", nodes},
+          {"cores", r.cores},
+          {"profile", r.profile->to_json()}};
+}
+
+PlanFile read_plan(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError("--plan '" + path + "' cannot be read (missing or unreadable)");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("--plan '" + path + "' is not JSON (" + e.what() + ")");
+  }
+  const std::string what = "--plan '" + path + "'";
+  if (!j.is_object() || j.value("format", "") != "mpsl-plan")
+    throw InputError(what + ": not an mpsl plan (format is not \"mpsl-plan\")");
+  if (j.value("format_version", 0) != 1)
+    throw InputError(what + ": plan format_version " + std::to_string(j.value("format_version", 0)) +
+                     " is not supported (this mpsl reads version 1)");
+  try {
+    PlanFile f;
+    f.model = j.at("model").get<std::string>();
+    f.batch = j.at("batch").get<int>();
+    f.micro_batches = j.value("micro_batches", 1);
+    f.owners = j.value("owners", 1);
+    f.stages = j.at("stages").get<int>();
+    f.split = j.at("split").get<std::vector<int>>();
+    f.schedule = j.value("schedule", "mpsl");
+    if (static_cast<int>(f.split.size()) != f.stages + 1)
+      throw InputError(what + ": " + std::to_string(f.split.size()) + " cut points for " +
+                       std::to_string(f.stages) + " stages (expected stages + 1)");
+    if (j.contains("profile")) f.profile = Profile::from_json(j["profile"], what + " (profile)");
+    return f;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(what + ": malformed plan (" + e.what() + ")");
+  }
+}
+
+}  // namespace mpsl::plan
+
+namespace mpsl::cli {
+
+namespace {
+
+std::string seconds_text(double s) {
+  char b[32];
+  if (s >= 1)
+    std::snprintf(b, sizeof b, "%.3f s", s);
+  else
+    std::snprintf(b, sizeof b, "%.2f ms", s * 1e3);
+  return b;
+}
+
+std::vector<plan::Device> node_devices(const PlanOptions& o) {
+  plan::Device base;
+  if (!o.node_device.empty()) base = plan::Device::parse(o.node_device, "--node-device");
+  std::vector<std::string> mem, speed;
+  auto list = [](const std::string& t) {
+    std::vector<std::string> v;
+    std::stringstream in(t);
+    std::string item;
+    while (std::getline(in, item, ',')) v.push_back(item);
+    return v;
+  };
+  if (!o.node_memory.empty()) mem = list(o.node_memory);
+  if (!o.node_speed.empty()) speed = list(o.node_speed);
+  const size_t n = std::max<size_t>({1, mem.size(), speed.size()});
+  if (mem.size() > 1 && speed.size() > 1 && mem.size() != speed.size())
+    throw InputError("--node-memory lists " + std::to_string(mem.size()) +
+                     " nodes but --node-speed " + std::to_string(speed.size()));
+  std::vector<plan::Device> out(n, base);
+  for (size_t i = 0; i < n; ++i) {
+    if (!mem.empty()) {
+      const std::string& t = mem.size() == 1 ? mem[0] : mem[i];
+      const int64_t b = obs::parse_bytes(t);
+      if (b <= 0) throw InputError("--node-memory: '" + t + "' is not a size such as 4G");
+      out[i].memory = b;
+    }
+    if (!speed.empty()) {
+      const std::string& t = speed.size() == 1 ? speed[0] : speed[i];
+      char* end = nullptr;
+      const double v = std::strtod(t.c_str(), &end);
+      if (*end || !(v > 0)) throw InputError("--node-speed: '" + t + "' is not a positive factor");
+      out[i].slowdown = base.slowdown / v;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_profile(const CommonOptions& common, const ProfileOptions& o) {
+  io::prepare_output_file(o.output, "--output");
+  plan::Profile p;
+  if (!o.from.empty()) {
+    MPSL_INPUT_CHECK(!o.device.empty(), "--from PROFILE needs --device SPEC (what to rescale to)");
+    p = plan::Profile::read(o.from);
+  } else {
+    auto model = nn::make_model(o.model);
+    plan::ProfileSettings s;
+    s.batch = o.batch;
+    s.micro_batches = o.micro_batches;
+    s.repeats = o.repeats;
+    s.seed = common.seed;
+    MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
+                                << " micro-batch(es)), " << o.repeats << " timed step(s)");
+    p = plan::measure_profile(*model, s);
+  }
+  if (!o.device.empty()) p = p.scaled(plan::Device::parse(o.device, "--device"));
+  p.write(o.output);
+  if (!common.quiet) {
+    std::printf("%-4s %-34s %12s %12s %12s %11s %11s %11s\n", "unit", "layer", "fwd", "bwd",
+                "step", "out", "params", "act");
+    for (const auto& u : p.units)
+      std::printf("%-4d %-34.34s %12s %12s %12s %11s %11s %11s\n", u.index, u.description.c_str(),
+                  seconds_text(u.forward_s).c_str(), seconds_text(u.backward_s).c_str(),
+                  seconds_text(u.step_s).c_str(), obs::format_bytes(u.output_bytes).c_str(),
+                  obs::format_bytes(u.param_bytes).c_str(),
+                  obs::format_bytes(u.activation_bytes).c_str());
+    const int S = p.num_units();
+    std::printf("total: forward %s, backward %s, step %s per %s; one copy %s\n",
+                seconds_text(p.forward(0, S) * p.micro_batches).c_str(),
+                seconds_text(p.backward(0, S) * p.micro_batches).c_str(),
+                seconds_text(p.step(0, S)).c_str(),
+                ("batch of " + std::to_string(p.batch)).c_str(),
+                obs::format_bytes(p.copy_bytes(0, S)).c_str());
+  }
+  MPSL_LOG(Info, "profile written to " << o.output);
+  return 0;
+}
+
+int run_plan(const CommonOptions& common, const PlanOptions& o) {
+  io::prepare_output_file(o.output, "--output");
+  const plan::Profile profile = plan::Profile::read(o.profile);
+  plan::PlanRequest r;
+  r.profile = &profile;
+  r.owners = o.owners;
+  r.owner_ranks = std::min(o.owner_ranks, o.owners);
+  r.stages = o.stages;
+  r.one_f_one_b = o.schedule == "1f1b";
+  r.micro_batches = profile.micro_batches;
+  r.steps_per_owner = o.batches;
+  if (!o.owner_device.empty()) r.owner_device = plan::Device::parse(o.owner_device, "--owner-device");
+  r.nodes = node_devices(o);
+  r.cores = o.cores;
+  r.threads = o.threads;
+  r.target_round_s = o.target_round;
+  MPSL_INPUT_CHECK(o.target_round == 0 || o.stages == 0,
+                   "--target-round chooses the stage count: give it with --stages 0");
+  const int S = profile.num_units();
+  if (o.owner_cuts == "auto") {
+    r.optimise_owner_cuts = true;
+  } else if (!o.owner_cuts.empty()) {
+    std::vector<std::string> v;
+    std::stringstream in(o.owner_cuts);
+    std::string item;
+    while (std::getline(in, item, ',')) v.push_back(item);
+    try {
+      MPSL_INPUT_CHECK(v.size() == 2, "");
+      r.first_end = std::stoi(v[0]);
+      r.last_begin = std::stoi(v[1]);
+    } catch (const std::exception&) {
+      throw InputError("--owner-cuts '" + o.owner_cuts +
+                       "': expected 'auto' or two unit indices i,j (end of part 1, start of part "
+                       "P), e.g. 1," +
+                       std::to_string(S - 1));
+    }
+  }
+  const plan::PlanResult res = plan::make_plan(r);
+  const nlohmann::json j = plan::plan_json(r, res);
+  const std::string text = j.dump(1) + "\n";
+  io::atomic_write(o.output, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    out.flush();
+    if (!out) throw RuntimeFailure("cannot write '" + tmp + "'");
+  });
+  if (!common.quiet) {
+    std::string cuts;
+    for (int c : res.split.cuts) cuts += (cuts.empty() ? "" : ",") + std::to_string(c);
+    std::string even;
+    for (int c : res.even) even += (even.empty() ? "" : ",") + std::to_string(c);
+    std::printf("plan: %s, %d owners, %d stage(s): --split %s\n", profile.model.c_str(), r.owners,
+                res.scenario.stages(), cuts.c_str());
+    std::printf("  slowest forward stage %s + slowest backward stage %s = %s per batch\n",
+                seconds_text(res.split.max_forward).c_str(),
+                seconds_text(res.split.max_backward).c_str(),
+                seconds_text(res.split.objective()).c_str());
+    std::printf("  predicted round: %s (simulated), %s (paper's formula)\n",
+                seconds_text(res.prediction.round_s).c_str(),
+                seconds_text(res.prediction.paper_round_s).c_str());
+    for (size_t k = 0; k < res.prediction.ranks.size(); ++k) {
+      const auto& x = res.prediction.ranks[k];
+      std::printf("  rank %zu %-5s units %d-%d: peak %s (copies %s), busy %s per round\n", k,
+                  x.role.c_str(), x.units_begin, x.units_end - 1,
+                  obs::format_bytes(x.peak_bytes).c_str(),
+                  obs::format_bytes(x.model_bytes).c_str(), seconds_text(x.busy_s).c_str());
+    }
+    std::printf("  even split by unit count (--split %s): objective %s, round %s%s\n", even.c_str(),
+                seconds_text(res.even_objective).c_str(),
+                seconds_text(res.even_prediction.round_s).c_str(),
+                res.even_feasible ? "" : " (does not fit the memory)");
+  }
+  MPSL_LOG(Info, "plan written to " << o.output);
+  return 0;
+}
+
+}  // namespace mpsl::cli

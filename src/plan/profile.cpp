@@ -1,0 +1,475 @@
+#include "mpsl/plan/profile.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "mpsl/core/error.hpp"
+#include "mpsl/core/rng.hpp"
+#include "mpsl/io/hdf5.hpp"
+#include "mpsl/nn/loss.hpp"
+#include "mpsl/obs/memory.hpp"
+#include "mpsl/optim/fedavg.hpp"
+#include "mpsl/optim/sgd.hpp"
+
+namespace mpsl::plan {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+// "8Mbit", "8Mbit/s", "1GB/s", "100MB" -> bytes/s; -1 if not a bandwidth.
+double parse_bandwidth(std::string t) {
+  t = lower(t);
+  if (t.size() > 2 && t.substr(t.size() - 2) == "/s") t.resize(t.size() - 2);
+  if (t.size() > 2 && t.substr(t.size() - 2) == "ps") t.resize(t.size() - 2);
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (end == t.c_str() || !(v > 0)) return -1;
+  std::string u(end);
+  double scale = 1;
+  if (!u.empty() && (u[0] == 'k' || u[0] == 'm' || u[0] == 'g' || u[0] == 't')) {
+    scale = u[0] == 'k' ? 1e3 : u[0] == 'm' ? 1e6 : u[0] == 'g' ? 1e9 : 1e12;
+    u = u.substr(1);
+  }
+  // "b", "bit" = bits; "B" was lowered to "b" too, so bytes are spelled "byte" or "bytes"... the
+  // original case decides: look at the unit as typed.
+  if (u.empty() || u == "bit" || u == "bits" || u == "b") return v * scale / 8.0;
+  if (u == "byte" || u == "bytes") return v * scale;
+  return -1;
+}
+
+double parse_seconds(std::string t) {
+  t = lower(t);
+  char* end = nullptr;
+  const double v = std::strtod(t.c_str(), &end);
+  if (end == t.c_str() || !(v >= 0)) return -1;
+  const std::string u(end);
+  if (u.empty() || u == "s") return v;
+  if (u == "ms") return v * 1e-3;
+  if (u == "us") return v * 1e-6;
+  return -1;
+}
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+double median(std::vector<double> v) {
+  return median_of(std::move(v));
+}
+
+// ---- Device ---------------------------------------------------------------------------------
+
+Device Device::parse(const std::string& text, const std::string& what) {
+  Device d;
+  std::stringstream in(text);
+  std::string item;
+  auto bad = [&](const std::string& why) {
+    throw InputError(what + " '" + text + "': " + why +
+                     " (expected e.g. slow=20,bw=8Mbit,lat=20ms,mem=4G,cores=2; bw in bit/s, "
+                     "or bytes/s as 1GB/s spelled 1Gbyte)");
+  };
+  while (std::getline(in, item, ',')) {
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos) bad("'" + item + "' is not key=value");
+    const std::string key = lower(item.substr(0, eq)), value = item.substr(eq + 1);
+    if (key == "slow" || key == "slowdown") {
+      char* end = nullptr;
+      d.slowdown = std::strtod(value.c_str(), &end);
+      if (*end || !(d.slowdown > 0)) bad("slow must be a positive factor");
+    } else if (key == "speed") {
+      char* end = nullptr;
+      const double s = std::strtod(value.c_str(), &end);
+      if (*end || !(s > 0)) bad("speed must be a positive factor");
+      d.slowdown = 1.0 / s;
+    } else if (key == "bw" || key == "bandwidth" || key == "link") {
+      // Bytes when the unit says so with a capital B ("1GB/s"), bits otherwise.
+      std::string v = value;
+      const bool bytes = v.find('B') != std::string::npos;
+      if (bytes) {
+        const size_t p = v.find('B');
+        v = v.substr(0, p) + "byte" + v.substr(p + 1);
+      }
+      d.bandwidth = parse_bandwidth(v);
+      if (d.bandwidth <= 0) bad("bw must be a bandwidth such as 8Mbit, 1Gbit or 1GB/s");
+    } else if (key == "lat" || key == "latency") {
+      d.latency = parse_seconds(value);
+      if (d.latency < 0) bad("lat must be a time such as 20ms");
+    } else if (key == "mem" || key == "memory") {
+      d.memory = obs::parse_bytes(value);
+      if (d.memory <= 0) bad("mem must be a size such as 4G");
+    } else if (key == "cores") {
+      char* end = nullptr;
+      const long c = std::strtol(value.c_str(), &end, 10);
+      if (*end || c < 1) bad("cores must be a positive integer");
+      d.cores = static_cast<int>(c);
+    } else {
+      bad("unknown key '" + key + "'");
+    }
+  }
+  return d;
+}
+
+std::string Device::str() const {
+  std::ostringstream o;
+  o << "slow=" << slowdown;
+  if (bandwidth > 0) o << ",bw=" << bandwidth * 8 / 1e6 << "Mbit";
+  if (latency >= 0) o << ",lat=" << latency * 1e3 << "ms";
+  if (memory > 0) o << ",mem=" << obs::format_bytes(memory);
+  if (cores > 0) o << ",cores=" << cores;
+  return o.str();
+}
+
+nlohmann::json Device::to_json() const {
+  nlohmann::json j = {{"slowdown", slowdown}};
+  j["bandwidth_bytes_per_s"] = bandwidth > 0 ? nlohmann::json(bandwidth) : nlohmann::json(nullptr);
+  j["latency_s"] = latency >= 0 ? nlohmann::json(latency) : nlohmann::json(nullptr);
+  j["memory_bytes"] = memory > 0 ? nlohmann::json(memory) : nlohmann::json(nullptr);
+  j["cores"] = cores;
+  return j;
+}
+
+Device Device::from_json(const nlohmann::json& j) {
+  Device d;
+  d.slowdown = j.value("slowdown", 1.0);
+  if (j.contains("bandwidth_bytes_per_s") && !j["bandwidth_bytes_per_s"].is_null())
+    d.bandwidth = j["bandwidth_bytes_per_s"].get<double>();
+  if (j.contains("latency_s") && !j["latency_s"].is_null()) d.latency = j["latency_s"].get<double>();
+  if (j.contains("memory_bytes") && !j["memory_bytes"].is_null())
+    d.memory = j["memory_bytes"].get<int64_t>();
+  d.cores = j.value("cores", 0);
+  return d;
+}
+
+// ---- Profile --------------------------------------------------------------------------------
+
+double Profile::forward(int b, int e) const {
+  double s = 0;
+  for (int u = b; u < e; ++u) s += units[u].forward_s;
+  return s;
+}
+double Profile::backward(int b, int e) const {
+  double s = 0;
+  for (int u = b; u < e; ++u) s += units[u].backward_s;
+  return s;
+}
+double Profile::step(int b, int e) const {
+  double s = 0;
+  for (int u = b; u < e; ++u) s += units[u].step_s;
+  return s;
+}
+int64_t Profile::copy_bytes(int b, int e) const {
+  int64_t s = 0;
+  for (int u = b; u < e; ++u) s += units[u].copy_bytes();
+  return s;
+}
+int64_t Profile::param_bytes(int b, int e) const {
+  int64_t s = 0;
+  for (int u = b; u < e; ++u) s += units[u].param_bytes;
+  return s;
+}
+int64_t Profile::activation_bytes(int b, int e) const {
+  int64_t s = 0;
+  for (int u = b; u < e; ++u) s += units[u].activation_bytes;
+  return s;
+}
+int64_t Profile::work_bytes(int b, int e) const {
+  int64_t s = 0;
+  for (int u = b; u < e; ++u) s += units[u].work_bytes;
+  return s;
+}
+
+Profile Profile::scaled(const Device& d) const {
+  Profile p = *this;
+  const double f = d.slowdown;
+  for (auto& u : p.units) {
+    u.forward_s *= f;
+    u.backward_s *= f;
+    u.step_s *= f;
+  }
+  p.loss_s *= f;
+  p.average_s_per_byte *= f;
+  p.evaluate_s_per_sample *= f;
+  p.device = d;
+  p.device.slowdown = device.slowdown * f;
+  return p;
+}
+
+nlohmann::json Profile::to_json() const {
+  nlohmann::json us = nlohmann::json::array();
+  for (const auto& u : units)
+    us.push_back({{"index", u.index},
+                  {"type", u.type},
+                  {"description", u.description},
+                  {"output_shape", u.output_shape},
+                  {"flops", u.flops},
+                  {"forward_s", u.forward_s},
+                  {"backward_s", u.backward_s},
+                  {"step_s", u.step_s},
+                  {"batch_forward_s", u.forward_s * micro_batches},
+                  {"batch_backward_s", u.backward_s * micro_batches + u.step_s},
+                  {"output_bytes", u.output_bytes},
+                  {"param_bytes", u.param_bytes},
+                  {"optimizer_bytes", u.optimizer_bytes},
+                  {"buffer_bytes", u.buffer_bytes},
+                  {"activation_bytes", u.activation_bytes},
+                  {"work_bytes", u.work_bytes}});
+  return {{"format", "mpsl-profile"},
+          {"format_version", 1},
+          {"mpsl_version", MPSL_VERSION},
+          {"model", model},
+          {"batch", batch},
+          {"micro_batches", micro_batches},
+          {"threads", threads},
+          {"repeats", repeats},
+          {"device", device.to_json()},
+          {"input_bytes", input_bytes},
+          {"base_rss_bytes", base_rss_bytes},
+          {"loss_s", loss_s},
+          {"average_s_per_byte", average_s_per_byte},
+          {"evaluate_s_per_sample", evaluate_s_per_sample},
+          {"notes",
+           "times in seconds of one micro-batch (forward_s, backward_s) or one batch (step_s: the "
+           "optimiser step; batch_backward_s = micro_batches * backward_s + step_s), medians over "
+           "repeats; bytes: output_bytes one micro-batch at the unit's output, activation_bytes "
+           "what one micro-batch in flight holds, optimizer_bytes gradients + momentum"},
+          {"units", us}};
+}
+
+Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
+  try {
+    MPSL_INPUT_CHECK(j.is_object() && j.value("format", "") == "mpsl-profile",
+                     what + ": not an mpsl profile (format is not \"mpsl-profile\")");
+    MPSL_INPUT_CHECK(j.value("format_version", 0) == 1,
+                     what + ": profile format_version " +
+                         std::to_string(j.value("format_version", 0)) +
+                         " is not supported (this mpsl reads version 1)");
+    Profile p;
+    p.model = j.at("model").get<std::string>();
+    p.batch = j.at("batch").get<int>();
+    p.micro_batches = j.at("micro_batches").get<int>();
+    p.threads = j.value("threads", 1);
+    p.repeats = j.value("repeats", 0);
+    p.device = Device::from_json(j.at("device"));
+    p.input_bytes = j.at("input_bytes").get<int64_t>();
+    p.base_rss_bytes = j.value("base_rss_bytes", int64_t{0});
+    p.loss_s = j.value("loss_s", 0.0);
+    p.average_s_per_byte = j.value("average_s_per_byte", 0.0);
+    p.evaluate_s_per_sample = j.value("evaluate_s_per_sample", 0.0);
+    for (const auto& u : j.at("units")) {
+      UnitProfile x;
+      x.index = u.at("index").get<int>();
+      x.type = u.value("type", "");
+      x.description = u.value("description", "");
+      x.output_shape = u.value("output_shape", "");
+      x.flops = u.value("flops", 0.0);
+      x.forward_s = u.at("forward_s").get<double>();
+      x.backward_s = u.at("backward_s").get<double>();
+      x.step_s = u.value("step_s", 0.0);
+      x.output_bytes = u.at("output_bytes").get<int64_t>();
+      x.param_bytes = u.at("param_bytes").get<int64_t>();
+      x.optimizer_bytes = u.at("optimizer_bytes").get<int64_t>();
+      x.buffer_bytes = u.value("buffer_bytes", int64_t{0});
+      x.activation_bytes = u.value("activation_bytes", int64_t{0});
+      x.work_bytes = u.value("work_bytes", int64_t{0});
+      MPSL_INPUT_CHECK(x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 &&
+                           x.param_bytes >= 0,
+                       what + ": unit " + std::to_string(x.index) + " has negative figures");
+      p.units.push_back(x);
+    }
+    MPSL_INPUT_CHECK(p.units.size() >= 1, what + ": the profile has no units");
+    MPSL_INPUT_CHECK(p.batch >= 1 && p.micro_batches >= 1 && p.batch % p.micro_batches == 0,
+                     what + ": batch and micro_batches do not fit");
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError(what + ": malformed profile (" + e.what() + ")");
+  }
+}
+
+Profile Profile::read(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError("profile '" + path + "' cannot be read (missing or unreadable)");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError("profile '" + path + "' is not JSON (" + e.what() + ")");
+  }
+  return from_json(j, "profile '" + path + "'");
+}
+
+void Profile::write(const std::string& path) const {
+  const std::string text = to_json().dump(1) + "\n";
+  io::atomic_write(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out << text;
+    out.flush();
+    if (!out) throw RuntimeFailure("cannot write '" + tmp + "'");
+  });
+}
+
+// ---- measuring ------------------------------------------------------------------------------
+
+Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
+  MPSL_CHECK(s.micro_batches >= 1 && s.batch % s.micro_batches == 0, "bad micro-batches");
+  Profile p;
+  p.model = model.name();
+  p.batch = s.batch;
+  p.micro_batches = s.micro_batches;
+  p.threads = omp_get_max_threads();
+  p.repeats = s.repeats;
+  const int64_t mb = s.batch / s.micro_batches;
+  const int S = model.num_units();
+  p.input_bytes = model.input_shape(mb).elements() * 4;
+  {
+    // oneDNN's engine and thread pool exist before the baseline is read.
+    nn::cpu_runtime();
+    p.base_rss_bytes = obs::current_rss_bytes();
+  }
+
+  // Bytes, unit by unit: each unit alone as a part (as a stage would hold it), measured as
+  // growth of the heap around building its program, a slot, and one forward/backward.
+  nn::Shape in = model.input_shape(mb);
+  for (int u = 0; u < S; ++u) {
+    UnitProfile x;
+    const nn::Layer& layer = model.unit(u);
+    x.index = u;
+    x.type = layer.type();
+    x.description = layer.describe();
+    const nn::Shape out = layer.output_shape(in);
+    x.output_shape = out.str();
+    x.flops = layer.forward_flops(in);
+    x.output_bytes = out.elements() * 4;
+    const nn::PartLayout l = nn::PartLayout::make(model, u, u + 1);
+    x.param_bytes = l.param_count * 4;
+    x.optimizer_bytes = 2 * l.param_count * 4;
+    x.buffer_bytes = l.buffer_count * 4;
+    {
+      nn::PartState state(model, u, u + 1);
+      state.initialise(model, s.seed);
+      const int64_t h0 = obs::heap_in_use_bytes();
+      nn::PartProgram prog(model, u, u + 1, mb, u > 0, true);
+      state.adopt_formats(prog);
+      const int64_t h1 = obs::heap_in_use_bytes();
+      auto slot = prog.make_slot();
+      const int64_t h2 = obs::heap_in_use_bytes();
+      std::vector<float> input(in.elements()), output(out.elements(), 1e-3f),
+          diff_in(in.elements());
+      Rng rng(s.seed, 77);
+      for (auto& v : input) v = rng.uniform() - 0.5f;
+      const nn::StepInfo info{s.seed, 0, 0, true, 0};
+      const int64_t h3 = obs::heap_in_use_bytes();
+      prog.forward(*slot, state, input.data(), output.data(), info);
+      prog.backward(*slot, state, output.data(), u > 0 ? diff_in.data() : nullptr, info, false);
+      const int64_t h4 = obs::heap_in_use_bytes();
+      x.activation_bytes = std::max<int64_t>(0, h2 - h1);
+      x.work_bytes = std::max<int64_t>(0, (h1 - h0) + (h4 - h3));
+    }
+    p.units.push_back(x);
+    in = out;
+  }
+
+  if (s.repeats <= 0) return p;
+
+  // Times: the whole model as one program (no cuts inside), each unit's share timed.
+  nn::PartProgram prog(model, 0, S, mb, false, true);
+  nn::PartState state(model, 0, S);
+  state.initialise(model, s.seed);
+  state.adopt_formats(prog);
+  auto slot = prog.make_slot();
+  const int64_t img = model.input_shape(1).per_sample();
+  std::vector<float> images(s.batch * img);
+  std::vector<int32_t> labels(s.batch);
+  Rng rng(s.seed, 99);
+  for (auto& v : images) v = rng.uniform() - 0.5f;
+  for (auto& l : labels) l = static_cast<int32_t>(rng.below(model.classes()));
+  std::vector<float> logits(mb * model.classes()), dlogits(mb * model.classes());
+  const optim::SgdConfig sgd{0.001f, 0.9f, 1e-4f};
+  std::vector<std::vector<double>> fwd(S), bwd(S);
+  std::vector<double> loss_t, step_t;
+  nn::PartProgram::UnitTimes times;
+  prog.set_unit_times(&times);
+  for (int it = 0; it < s.warmup + s.repeats; ++it) {
+    times.forward.assign(S, 0.0);
+    times.backward.assign(S, 0.0);
+    double loss_s = 0;
+    for (int m = 0; m < s.micro_batches; ++m) {
+      const nn::StepInfo info{s.seed, state.steps, m * mb, true, 0};
+      prog.forward(*slot, state, images.data() + m * mb * img, logits.data(), info);
+      const auto t0 = Clock::now();
+      nn::softmax_cross_entropy(logits.data(), labels.data() + m * mb, mb, model.classes(),
+                                dlogits.data(), 1.f / static_cast<float>(s.batch));
+      loss_s += since(t0);
+      prog.backward(*slot, state, dlogits.data(), nullptr, info, m > 0);
+    }
+    const auto t1 = Clock::now();
+    optim::sgd_step(state, sgd);
+    const double st = since(t1);
+    if (it < s.warmup) continue;
+    for (int u = 0; u < S; ++u) {
+      fwd[u].push_back(times.forward[u] / s.micro_batches);
+      bwd[u].push_back(times.backward[u] / s.micro_batches);
+    }
+    loss_t.push_back(loss_s / s.micro_batches);
+    step_t.push_back(st);
+  }
+  prog.set_unit_times(nullptr);
+  const double step_total = median_of(step_t);
+  const double params_total = static_cast<double>(state.layout.param_count);
+  for (int u = 0; u < S; ++u) {
+    p.units[u].forward_s = median_of(fwd[u]);
+    p.units[u].backward_s = median_of(bwd[u]);
+    p.units[u].step_s =
+        params_total > 0 ? step_total * (p.units[u].param_bytes / 4.0) / params_total : 0.0;
+  }
+  p.loss_s = median_of(loss_t);
+
+  // FedAvg: averaging copies is memory-bound; seconds per byte of one copy.
+  {
+    nn::PartState other = state;
+    std::vector<nn::PartState*> copies{&state, &other};
+    std::vector<double> avg_t;
+    for (int it = 0; it < 3; ++it) {
+      const auto t0 = Clock::now();
+      optim::average_copies(copies, {1.0, 1.0}, optim::OptimizerStatePolicy::kReset);
+      avg_t.push_back(since(t0));
+    }
+    const double bytes = 2.0 * (state.params.size() + state.buffers.size()) * 4.0;
+    p.average_s_per_byte = bytes > 0 ? median_of(avg_t) / bytes : 0.0;
+  }
+  // Evaluation: inference of the whole model, per sample (at the micro-batch size).
+  {
+    nn::PartProgram inf(model, 0, S, mb, false, false);
+    auto islot = inf.make_slot();
+    std::vector<double> ev;
+    for (int it = 0; it < 3; ++it) {
+      const auto t0 = Clock::now();
+      inf.forward(*islot, state, images.data(), logits.data(), nn::StepInfo{0, 0, 0, false});
+      ev.push_back(since(t0));
+    }
+    p.evaluate_s_per_sample = median_of(ev) / static_cast<double>(mb);
+  }
+  return p;
+}
+
+}  // namespace mpsl::plan
