@@ -74,6 +74,11 @@ nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res) {
             {"objective_s", res.even_objective},
             {"predicted_round_s", res.even_prediction.round_s},
             {"max_stage_bytes", res.even_prediction.max_stage_bytes()}}},
+          {"memory_optimal",
+           {{"split", split_json(res.memory_split)},
+            {"max_stage_bytes", res.memory_split_bytes},
+            {"note", "the split with the smallest largest stage memory (planned in-flight "
+                     "activations)"}}},
           {"owner_device", r.owner_device.to_json()},
           {"nodes", nodes},
           {"cores", r.cores},

@@ -39,10 +39,6 @@ int64_t mailbox_depth(int owners_behind, int window) {
 
 }  // namespace
 
-// What a process costs before any model: libraries, oneDNN, and Open MPI's shared-memory
-// transport (measured: a rank of a 3-rank job holds about this much more than `mpsl profile`).
-constexpr int64_t kMpiRssBytes = 24ll << 20;
-
 void check_scenario(const Scenario& s) {
   MPSL_CHECK(s.profile != nullptr, "scenario without a profile");
   const Profile& p = *s.profile;

@@ -118,29 +118,38 @@ Split brute_force_split(const PartCosts& c) {
   return best;
 }
 
-int64_t min_max_memory(const PartCosts& c) {
+int64_t min_max_memory(const PartCosts& c, std::vector<int>* cuts) {
   const int N = c.nodes, lo = c.begin, hi = c.end, L = hi - lo;
   if (N < 1 || L < N) return -1;
   const int64_t big = std::numeric_limits<int64_t>::max();
   std::vector<int64_t> g((N + 1) * (L + 1), big);
+  std::vector<int> from((N + 1) * (L + 1), -1);
   g[0] = 0;
   for (int i = 0; i < N; ++i)
     for (int e = lo + i + 1; e <= hi - (N - 1 - i); ++e) {
       int64_t v = big;
+      int arg = -1;
       for (int b = lo + i; b < e; ++b) {
         const int64_t prev = g[i * (L + 1) + (b - lo)];
         if (prev == big) continue;
-        v = std::min(v, std::max(prev, c.memory(i, b, e)));
+        const int64_t x = std::max(prev, c.memory(i, b, e));
+        if (x < v) v = x, arg = b;
       }
       g[(i + 1) * (L + 1) + (e - lo)] = v;
+      from[(i + 1) * (L + 1) + (e - lo)] = arg;
     }
+  if (cuts) {
+    cuts->assign(N + 1, hi);
+    for (int i = N; i > 0; --i) (*cuts)[i - 1] = from[i * (L + 1) + ((*cuts)[i] - lo)];
+  }
   return g[N * (L + 1) + L];
 }
 
 int planned_in_flight(int owners, int stages, int window) {
-  // A stage keeps a batch's activations from its forward to its backward; with one batch in
-  // flight per owner the pipeline downstream of it holds at most about 2N + 2 of them.
-  return std::max(1, std::min(owners * window, (2 * stages + 2) * window));
+  // A stage keeps a batch's activations from its forward to its backward. Behind a slower
+  // stage every owner's batch can be waiting at once (the simulation shows it), so a node must
+  // hold K copies of its part and K sets of their activations, as in the paper.
+  return std::max(1, owners * window);
 }
 
 namespace {
@@ -276,6 +285,7 @@ PlanResult make_plan(const PlanRequest& r) {
     out.even_feasible = ev.feasible;
     out.even_objective = ev.objective();
     out.even_prediction = simulate(scenario_for(r, out.even));
+    out.memory_split_bytes = min_max_memory(c, &out.memory_split);
     return out;
   };
 

@@ -22,6 +22,10 @@
 
 namespace mpsl::plan {
 
+// What an MPI rank holds beyond `mpsl profile`'s baseline process: Open MPI's libraries and
+// shared-memory transport.
+inline constexpr int64_t kMpiRssBytes = int64_t{24} << 20;
+
 struct Scenario {
   const Profile* profile = nullptr;
   std::vector<int> split;  // N + 1 cut points (topology.hpp)

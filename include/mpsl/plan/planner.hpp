@@ -39,7 +39,8 @@ Split solve_split(const PartCosts& c);
 Split brute_force_split(const PartCosts& c);
 // The smallest possible largest memory of a node (same memory limit everywhere): the least
 // per-node memory that admits some split (limits ignored).
-int64_t min_max_memory(const PartCosts& c);
+// With `cuts`, also the split that achieves it.
+int64_t min_max_memory(const PartCosts& c, std::vector<int>* cuts = nullptr);
 
 struct PlanRequest {
   const Profile* profile = nullptr;
@@ -67,6 +68,8 @@ struct PlanResult {
   Prediction even_prediction;
   double even_objective = 0;
   bool even_feasible = false;
+  std::vector<int> memory_split;  // the split with the smallest largest node memory
+  int64_t memory_split_bytes = 0;  // that memory
 };
 
 // Plans; InputError (exit 2) when nothing fits, saying what would (the smallest per-node

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# profile -> plan -> train --plan: the profile and plan files, the plan's split used by train,
+# predictions in --dry-run and in the metrics (predicted_round_seconds, predicted_peak_bytes,
+# tracked_peak_bytes), and infeasible plans answered with what would fit (exit 2).
+set -uo pipefail
+MPSL=${1:?usage: plan_profile.sh PATH_TO_MPSL}
+source "$(dirname "$0")/lib_mpi.bash"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+if timeout 120 "$MPSL" profile --model fmnist-cnn --batch 16 --repeats 2 --threads 1 --quiet \
+  --output "$T/p.json" && $PY -c "
+import json, sys
+p = json.load(open(sys.argv[1]))
+assert p['format'] == 'mpsl-profile' and len(p['units']) == 9, p.keys()
+u = p['units'][1]
+assert u['forward_s'] > 0 and u['backward_s'] > 0 and u['output_bytes'] == 16 * 32 * 28 * 28 * 4
+assert u['param_bytes'] == (32 * 9 * 32 + 32) * 4 and u['optimizer_bytes'] == 2 * u['param_bytes']
+" "$T/p.json"; then
+  pass "profile writes per-unit times and bytes"
+else
+  fail "profile"
+fi
+
+if timeout 60 "$MPSL" profile --from "$T/p.json" --device slow=20,bw=8Mbit --quiet \
+  --output "$T/slow.json" && $PY -c "
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+assert abs(b['units'][3]['forward_s'] - 20 * a['units'][3]['forward_s']) < 1e-12
+assert b['device']['slowdown'] == 20 and b['device']['bandwidth_bytes_per_s'] == 1e6
+" "$T/p.json" "$T/slow.json"; then
+  pass "profile --from --device rescales a profile"
+else
+  fail "profile --from --device"
+fi
+
+OUT=$(timeout 60 "$MPSL" plan --profile "$T/p.json" --owners 4 --stages 2 --cores 2 \
+  --batches-per-round 2 --output "$T/plan.json" 2>&1)
+SPLIT=$($PY -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['split'])))" "$T/plan.json" 2> /dev/null)
+if [ -n "$SPLIT" ] && echo "$OUT" | grep -q "predicted round"; then
+  pass "plan chooses --split $SPLIT"
+else
+  fail "plan: $OUT"
+fi
+
+# expect_plan_error NAME PATTERN ARGS...: exit 2 with one error line matching PATTERN.
+expect_plan_error() {
+  local name=$1 pattern=$2
+  shift 2
+  timeout 60 "$MPSL" plan --profile "$T/p.json" --output "$T/bad.json" "$@" > /dev/null 2> "$T/err"
+  local rc=$?
+  if [ $rc = 2 ] && grep -q -- "$pattern" "$T/err"; then
+    pass "$name: $(cat "$T/err")"
+  else
+    fail "$name: exit $rc, stderr $(cat "$T/err")"
+  fi
+}
+expect_plan_error "memory too small" "smallest memory that fits is" --owners 4 --stages 2 --node-memory 1M
+# The smallest memory for one stage and for two (from the answers to a far too small memory):
+# between the two, one stage does not fit but two do, and the answer says so.
+need() {
+  "$MPSL" plan --profile "$T/p.json" --output "$T/bad.json" --owners 16 --stages "$1" \
+    --node-memory 1M 2>&1 | sed -n 's/.*that fits is .* (\([0-9]*\) bytes).*/\1/p'
+}
+N1=$(need 1) N2=$(need 2)
+if [ -n "$N1" ] && [ -n "$N2" ] && [ "$N2" -lt "$N1" ]; then
+  expect_plan_error "memory too small for one stage, enough for two" "or 2 stages of the given memory" \
+    --owners 16 --stages 1 --node-memory $(((N1 + N2) / 2))
+else
+  fail "smallest memories: one stage '$N1', two stages '$N2'"
+fi
+expect_plan_error "more stages than units" "at most 7 compute stages" --owners 4 --stages 9
+expect_plan_error "no stage count fits" "needs at least" --owners 4 --stages 0 --node-memory 1M
+if [ -e "$T/bad.json" ]; then fail "an infeasible plan left a plan file"; else pass "no plan file when infeasible"; fi
+
+B="--model fmnist-cnn --synthetic --synthetic-count 256 --batch 16 --owners 4 --batches-per-epoch 2 --threads 1"
+DRY=$(mpsl_run 3 train $B --plan "$T/plan.json" --dry-run 2>&1)
+if [ "$(echo "$DRY" | grep -c "predicted peak")" = 3 ] && echo "$DRY" | grep -q "predicted round time" &&
+  echo "$DRY" | grep -q "compute stage 2/2"; then
+  pass "--dry-run prints role, units, owners, predicted peak and busy time per rank"
+else
+  fail "--dry-run: $DRY"
+fi
+
+if mpsl_run 3 train $B --plan "$T/plan.json" --rounds 2 --quiet --metrics "$T/m.jsonl" > /dev/null &&
+  $PY -c "
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+start = next(e for e in ev if e['event'] == 'run_start')
+assert ','.join(map(str, start['split'])) == sys.argv[2], (start['split'], sys.argv[2])
+rounds = [e for e in ev if e['event'] == 'round_end']
+assert len(rounds) == 2 and all(r['predicted_round_seconds'] > 0 for r in rounds), rounds
+ranks = [e for e in ev if e['event'] == 'rank_summary']
+assert len(ranks) == 3
+for r in ranks:
+    assert r['predicted_peak_bytes'] > 0 and r['peak_rss_bytes'] > 0, r
+    assert 0 < r['tracked_peak_bytes'] <= 2 * r['peak_rss_bytes'], r
+" "$T/m.jsonl" "$SPLIT"; then
+  pass "train --plan uses the plan's split; metrics carry predictions next to measurements"
+else
+  fail "train --plan metrics"
+fi
+
+mpsl_run 3 train --model lenet5 --synthetic --synthetic-count 256 --batch 16 --threads 1 \
+  --plan "$T/plan.json" --max-steps 1 > /dev/null 2> "$T/err"
+rc=$?
+if [ $rc = 2 ] && grep -q "plan for model 'fmnist-cnn'" "$T/err"; then
+  pass "a plan of another model is refused"
+else
+  fail "plan of another model: exit $rc, $(cat "$T/err")"
+fi
+summary

@@ -1,0 +1,161 @@
+"""Tables for tools/validate_cost_model.sh (standard library only).
+
+    cost_tables.py grid METRICS.jsonl...      round time and peak memory, predicted vs measured
+    cost_tables.py headline PLAN.json...      largest node memory, multihop vs one hop
+    cost_tables.py gain PLAN.json... METRICS.jsonl...   planner vs even split
+"""
+import json
+import os
+import re
+import statistics
+import sys
+
+
+def events(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def mib(b):
+    return b / 2**20
+
+
+UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def dry_run_predictions(path):
+    """(round seconds, {rank: peak bytes}) from `mpsl train --dry-run` output, or None."""
+    if not os.path.exists(path):
+        return None
+    text = open(path).read()
+    m = re.search(r"predicted round time: ([0-9.]+) s", text)
+    if not m:
+        return None
+    peaks = {}
+    for line in text.splitlines():
+        r = re.match(r"rank (\d+):.*predicted peak ([0-9.]+) (\w+)", line)
+        if r:
+            peaks[int(r.group(1))] = float(r.group(2)) * UNITS[r.group(3)]
+    return float(m.group(1)), peaks
+
+
+def grid(paths):
+    rows, mem = [], []
+    for p in paths:
+        ev = events(p)
+        start = next(e for e in ev if e["event"] == "run_start")
+        rounds = [e for e in ev if e["event"] == "round_end"]
+        if not rounds or not any(e["event"] == "run_end" for e in ev):
+            continue
+        last = rounds[-1]
+        fresh = dry_run_predictions(p[: -len(".jsonl")] + ".pred")
+        meas = last["seconds"]
+        pred = fresh[0] if fresh else last.get("predicted_round_seconds")
+        if pred is None:
+            continue
+        rows.append((start["model"], start["schedule"], start["stages"], start["owners"],
+                     meas, pred, (pred - meas) / meas))
+        for e in ev:
+            if e["event"] != "rank_summary":
+                continue
+            peak = fresh[1].get(e["rank"]) if fresh else e.get("predicted_peak_bytes")
+            if peak:
+                mem.append((start["model"], start["schedule"], start["stages"], start["owners"],
+                            e["rank"], e["role"], e["peak_rss_bytes"], e["tracked_peak_bytes"],
+                            peak))
+    rows.sort()
+    print("\n## Round time: predicted vs measured (round 2)\n")
+    print("| model | schedule | N | K | measured s | predicted s | error |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} | {100 * r[6]:+.1f}% |")
+    if rows:
+        errs = [abs(r[6]) for r in rows]
+        print(f"\nmedian |error| {100 * statistics.median(errs):.1f}% over {len(rows)} runs "
+              f"(mean {100 * statistics.mean(errs):.1f}%, max {100 * max(errs):.1f}%)")
+        for model in sorted({r[0] for r in rows}):
+            e = [abs(r[6]) for r in rows if r[0] == model]
+            print(f"  {model}: median |error| {100 * statistics.median(e):.1f}% over {len(e)} runs")
+    mem.sort()
+    print("\n## Peak memory per rank: predicted vs measured (peak RSS)\n")
+    print("| model | schedule | N | K | rank | role | peak RSS MiB | tracked MiB | predicted MiB | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in mem:
+        err = (m[8] - m[6]) / m[6]
+        print(f"| {m[0]} | {m[1]} | {m[2]} | {m[3]} | {m[4]} | {m[5]} | {mib(m[6]):.0f} | "
+              f"{mib(m[7]):.0f} | {mib(m[8]):.0f} | {100 * err:+.1f}% |")
+    if mem:
+        errs = [abs((m[8] - m[6]) / m[6]) for m in mem]
+        within = sum(e <= 0.10 for e in errs)
+        print(f"\nmedian |error| {100 * statistics.median(errs):.1f}%, {within}/{len(errs)} ranks "
+              f"within 10%, max {100 * max(errs):.1f}%")
+        for model in sorted({m[0] for m in mem}):
+            e = [abs((m[8] - m[6]) / m[6]) for m in mem if m[0] == model]
+            print(f"  {model}: median |error| {100 * statistics.median(e):.1f}%, "
+                  f"{sum(x <= 0.10 for x in e)}/{len(e)} within 10%")
+
+
+def headline(paths):
+    table = {}
+    for p in paths:
+        j = json.load(open(p))
+        table[(j["model"], j["owners"], j["stages"])] = j
+    print("\n## Largest per-node memory, batch 128: multihop vs one hop (memory-optimal split)\n")
+    print("| model | K | one hop (N=1) | N=2 | N=3 | N=4 | largest reduction |")
+    print("|---|---|---|---|---|---|---|")
+    for model in sorted({k[0] for k in table}):
+        for k in sorted({k[1] for k in table if k[0] == model}):
+            one = table.get((model, k, 1))
+            if not one:
+                continue
+            base = one["memory_optimal"]["max_stage_bytes"]
+            cells, best = [], 0.0
+            for n in (2, 3, 4):
+                j = table.get((model, k, n))
+                if not j:
+                    cells.append("-")
+                    continue
+                b = j["memory_optimal"]["max_stage_bytes"]
+                red = 1 - b / base
+                best = max(best, red)
+                cells.append(f"{b / 2**30:.2f} GiB ({-100 * red:+.0f}%)")
+            print(f"| {model} | {k} | {base / 2**30:.2f} GiB | " + " | ".join(cells) +
+                  f" | {100 * best:.0f}% |")
+
+
+def gain(paths):
+    plans = [p for p in paths if p.endswith(".json") and "measured" not in os.path.basename(p)]
+    print("\n## Planner vs even split by unit count (predicted round time, paper-like devices)\n")
+    print("| model | K | N | planned split | even split | planned s | even s | gain |")
+    print("|---|---|---|---|---|---|---|---|")
+    for p in sorted(plans):
+        j = json.load(open(p))
+        pl, ev = j["predicted"]["round_s"], j["even_split"]["predicted_round_s"]
+        print(f"| {j['model']} | {j['owners']} | {j['stages']} | {','.join(map(str, j['split']))} | "
+              f"{','.join(map(str, j['even_split']['split']))} | {pl:.1f} | {ev:.1f} | "
+              f"{100 * (ev - pl) / ev:.1f}% |")
+    meas = {"plan": [], "even": []}
+    pred = {}
+    for p in paths:
+        m = re.search(r"measured-(plan|even)-\d+\.jsonl$", p)
+        if not m:
+            continue
+        rounds = [e for e in events(p) if e["event"] == "round_end"]
+        if rounds:
+            meas[m.group(1)].append(rounds[-1]["seconds"])
+            pred[m.group(1)] = rounds[-1].get("predicted_round_seconds")
+    if meas["plan"] and meas["even"]:
+        mp, me = statistics.median(meas["plan"]), statistics.median(meas["even"])
+        print("\n## Measured on this machine (fmnist-cnn, K=4, N=3, 4 ranks on 2 cores, median of "
+              f"{len(meas['plan'])})\n")
+        print("| split | measured s | predicted s |")
+        print("|---|---|---|")
+        print(f"| planned | {mp:.3f} | {pred['plan']:.3f} |")
+        print(f"| even | {me:.3f} | {pred['even']:.3f} |")
+        print(f"\nmeasured gain {100 * (me - mp) / me:.1f}%, predicted gain "
+              f"{100 * (pred['even'] - pred['plan']) / pred['even']:.1f}%")
+
+
+if __name__ == "__main__":
+    what, files = sys.argv[1], sys.argv[2:]
+    {"grid": grid, "headline": headline, "gain": gain}[what](files)
