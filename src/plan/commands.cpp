@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "mpsl/cli/commands.hpp"
 #include "mpsl/core/error.hpp"
@@ -185,6 +186,8 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
     s.micro_batches = o.micro_batches;
     s.repeats = o.repeats;
     s.seed = common.seed;
+    // How ranks sharing this host's cores slow each other: up to cores + 2 processes.
+    s.concurrency = o.repeats > 0 ? static_cast<int>(std::thread::hardware_concurrency()) + 2 : 0;
     MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
                                 << " micro-batch(es)), " << o.repeats << " timed step(s)");
     p = plan::measure_profile(*model, s);
@@ -207,6 +210,13 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
                 seconds_text(p.step(0, S)).c_str(),
                 ("batch of " + std::to_string(p.batch)).c_str(),
                 obs::format_bytes(p.copy_bytes(0, S)).c_str());
+    if (!p.concurrency.empty()) {
+      std::printf("a step takes");
+      for (size_t n = 1; n < p.concurrency.size(); ++n)
+        std::printf("%s %.2fx as long with %zu processes training", n > 1 ? "," : "",
+                    p.concurrency[n], n + 1);
+      std::printf(" on this host\n");
+    }
   }
   MPSL_LOG(Info, "profile written to " << o.output);
   return 0;

@@ -89,6 +89,19 @@ int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_fl
 
 namespace {
 
+// The speed of each of `busy` ranks computing at once: the profile's measured slowdown on its
+// host (when the ranks share that many cores), else an even share of the cores.
+double share_rate(const Scenario& s, int busy) {
+  if (s.cores <= 0 || busy <= 1) return 1.0;
+  const auto& c = s.profile->concurrency;
+  if (!c.empty() && s.threads == 1) {
+    const size_t n = static_cast<size_t>(busy);
+    if (n <= c.size()) return 1.0 / c[n - 1];
+    return 1.0 / (c.back() * static_cast<double>(n) / static_cast<double>(c.size()));
+  }
+  return std::min(1.0, static_cast<double>(s.cores) / (busy * std::max(1, s.threads)));
+}
+
 double aggregate_seconds(const Scenario& s, std::vector<double>* per_rank) {
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages(), O = s.owner_ranks;
@@ -106,9 +119,9 @@ double aggregate_seconds(const Scenario& s, std::vector<double>* per_rank) {
   if (per_rank) *per_rank = w;
   double longest = *std::max_element(w.begin(), w.end());
   if (s.cores > 0) {
-    double total = 0;
-    for (double x : w) total += x;
-    longest = std::max(longest, total * s.threads / s.cores);
+    int busy = 0;
+    for (double x : w) busy += x > 0;
+    longest /= share_rate(s, busy);
   }
   return longest;
 }
@@ -385,9 +398,7 @@ Prediction simulate(const Scenario& s) {
     for (int r = 0; r < O + N; ++r) start_task(r);
     int busy = 0;
     for (const auto& r : ranks) busy += r.task != Task::kNone;
-    double rate = 1.0;
-    if (s.cores > 0 && busy > 0)
-      rate = std::min(1.0, static_cast<double>(s.cores) / (busy * std::max(1, s.threads)));
+    const double rate = share_rate(s, busy);
     double dt = std::numeric_limits<double>::infinity();
     for (const auto& r : ranks)
       if (r.task != Task::kNone) dt = std::min(dt, r.remaining / rate);

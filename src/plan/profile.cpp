@@ -1,6 +1,9 @@
 #include "mpsl/plan/profile.hpp"
 
 #include <omp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -248,6 +251,7 @@ nlohmann::json Profile::to_json() const {
           {"loss_s", loss_s},
           {"average_s_per_byte", average_s_per_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
+          {"concurrency", concurrency},
           {"notes",
            "times in seconds of one micro-batch (forward_s, backward_s) or one batch (step_s: the "
            "optimiser step; batch_backward_s = micro_batches * backward_s + step_s), medians over "
@@ -276,6 +280,7 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.loss_s = j.value("loss_s", 0.0);
     p.average_s_per_byte = j.value("average_s_per_byte", 0.0);
     p.evaluate_s_per_sample = j.value("evaluate_s_per_sample", 0.0);
+    if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
       UnitProfile x;
       x.index = u.at("index").get<int>();
@@ -468,6 +473,46 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
       ev.push_back(since(t0));
     }
     p.evaluate_s_per_sample = median_of(ev) / static_cast<double>(mb);
+  }
+  // Placement: the same steps while n - 1 other processes train too (forked copies, one
+  // thread each; only with one thread, as OpenMP's pool does not survive fork).
+  if (s.concurrency >= 2 && omp_get_max_threads() == 1) {
+    auto one_step = [&]() {
+      for (int m = 0; m < s.micro_batches; ++m) {
+        const nn::StepInfo info{s.seed, state.steps, m * mb, true, 0};
+        prog.forward(*slot, state, images.data() + m * mb * img, logits.data(), info);
+        nn::softmax_cross_entropy(logits.data(), labels.data() + m * mb, mb, model.classes(),
+                                  dlogits.data(), 1.f / static_cast<float>(s.batch));
+        prog.backward(*slot, state, dlogits.data(), nullptr, info, m > 0);
+      }
+    };
+    auto timed = [&]() {
+      std::vector<double> t;
+      one_step();
+      for (int it = 0; it < s.repeats; ++it) {
+        const auto t0 = Clock::now();
+        one_step();
+        t.push_back(since(t0));
+      }
+      return median_of(t);
+    };
+    const double alone = timed();
+    p.concurrency = {1.0};
+    for (int n = 2; n <= s.concurrency; ++n) {
+      std::vector<pid_t> kids;
+      for (int c = 1; c < n; ++c) {
+        const pid_t pid = fork();
+        if (pid == 0) {
+          while (true) one_step();  // until killed
+        }
+        if (pid > 0) kids.push_back(pid);
+      }
+      const double loaded = kids.size() + 1 == static_cast<size_t>(n) ? timed() : 0.0;
+      for (pid_t k : kids) kill(k, SIGKILL);
+      for (pid_t k : kids) waitpid(k, nullptr, 0);
+      if (loaded <= 0) break;
+      p.concurrency.push_back(loaded / alone);
+    }
   }
   return p;
 }

@@ -71,6 +71,7 @@ struct RoundReport {
   double eta_s = -1;  // the rest of the run, estimated (negative: not shown)
   double train_seconds = std::nan("");      // the round's training alone (measured)
   double predicted_seconds = std::nan("");  // the cost model's round time
+  double predicted_train_seconds = std::nan("");  // ... of which training
 };
 
 std::string format_duration(double seconds) {
@@ -117,6 +118,7 @@ void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
   ev["train_seconds"] = number_or_null(r.train_seconds);
   ev["predicted_round_seconds"] = number_or_null(r.predicted_seconds);
   ev["predicted_seconds"] = number_or_null(r.predicted_seconds);  // CLI.md's name
+  ev["predicted_train_seconds"] = number_or_null(r.predicted_train_seconds);
   ev["test_accuracy"] = r.has_test ? nlohmann::json(r.test_accuracy) : nlohmann::json(nullptr);
   if (r.has_test) ev["test_loss"] = r.test_loss;
   metrics.write(ev);
@@ -210,6 +212,7 @@ struct Predictions {
   bool available = false;
   std::string note;  // why not, when not
   std::vector<double> round_s;  // per round (index round - 1)
+  std::vector<double> train_s;  // the training part of each round (no aggregation, evaluation)
   std::vector<plan::RankPrediction> ranks;
 };
 
@@ -268,6 +271,7 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
       if (fp.owners > 1) r += p.average_s_per_byte * p.param_bytes(0, S) * fp.owners;
       r += p.evaluate_s_per_sample * test_images;
       out.round_s.push_back(r);
+      out.train_s.push_back(total * step_s);
       if (round == 1) {
         plan::RankPrediction rp;
         rp.role = "single";
@@ -300,6 +304,7 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
     sc.eval_batch = o.eval_batch;
     const plan::Prediction pr = plan::simulate(sc);
     out.round_s.push_back(pr.round_s);
+    out.train_s.push_back(pr.train_s);
     if (round == 1) out.ranks = pr.ranks;
   }
   out.available = true;
@@ -502,7 +507,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         {round, images ? loss_sum / images : 0.0,
          images ? static_cast<double>(correct) / images : 0.0, images, seconds,
          timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy,
-         -1, round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan("")},
+         -1, round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
+         pred.available ? pred.train_s[round - 1] : std::nan("")},
         o.rounds, progress, metrics);
     step_now = length;
     if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
@@ -796,7 +802,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     r.images ? static_cast<double>(r.correct) / r.images : 0.0, r.images, seconds,
                     round_train_seconds > 0 ? r.images / round_train_seconds : 0.0, has_test,
                     test_loss, test_accuracy, live.eta_after_round(round), round_train_seconds,
-                    pred.available ? pred.round_s[round - 1] : std::nan("")},
+                    pred.available ? pred.round_s[round - 1] : std::nan(""),
+                    pred.available ? pred.train_s[round - 1] : std::nan("")},
                    o.rounds, progress, metrics);
     }
     if ((checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) &&

@@ -60,6 +60,11 @@ struct Profile {
   double loss_s = 0;                // softmax cross-entropy of one micro-batch
   double average_s_per_byte = 0;    // FedAvg: seconds per byte of one copy averaged
   double evaluate_s_per_sample = 0;  // inference through the whole model, per sample
+  // Placement on the profiled host: concurrency[n - 1] = how much longer a training step takes
+  // while n processes (one thread each) train at the same time (concurrency[0] = 1). Empty when
+  // not measured. Shared cores are rarely n/cores-fast: caches, memory bandwidth and the
+  // hypervisor all take their share.
+  std::vector<double> concurrency;
   std::vector<UnitProfile> units;
 
   int num_units() const { return static_cast<int>(units.size()); }
@@ -91,6 +96,7 @@ struct ProfileSettings {
   int repeats = 5;  // timed steps; 0 = bytes only (no timing)
   int warmup = 2;
   uint64_t seed = 1;
+  int concurrency = 0;  // measure the slowdown with up to this many processes (0 = not)
 };
 
 // Measures `model` on this machine with the current OpenMP thread count.
