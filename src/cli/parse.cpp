@@ -379,6 +379,19 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.integer("micro-batches", t.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
   s.choice("optimizer-state", t.optimizer_state, {"reset", "average", "keep"},
            "momentum buffers at each round's aggregation: zeroed, averaged, or kept per copy");
+  s.group("Stragglers");
+  s.number("round-deadline", t.round_deadline, Range::kNonNegative,
+           "end each round this many seconds after its start (multihop; 0 = when every owner "
+           "has finished); owners not finished by then are late");
+  s.number("min-owners-fraction", t.min_owners_fraction, Range::kNonNegative,
+           "in (0, 1]: a round needs this fraction of owners finished (without a deadline it "
+           "ends as soon as they have; with one, the deadline waits for them)");
+  s.choice("late-policy", t.late_policy, {"drop", "carry"},
+           "late owners' updates: dropped (they restart from the average of the owners that "
+           "finished) or carried (kept, averaged in the next round they finish)");
+  s.text("late-owners", t.late_owners, "K,K,...",
+         "treat these owners as late in every round (deterministic stragglers: tests, "
+         "the single-process reference of a deadline run)");
   s.group("State");
   s.text("checkpoint-dir", t.checkpoint_dir, "DIR", "where checkpoints are written");
   s.custom("checkpoint-every", "N[rounds]|Nsteps|Ns|Nm|Nh",

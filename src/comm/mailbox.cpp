@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <thread>
+#include <tuple>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/trace.hpp"
@@ -143,25 +144,67 @@ float* Mailbox::send_buffer(int64_t floats) {
   return sends_.back()->buffer.data();
 }
 
-void Mailbox::send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner,
-                   int micro) {
+Mailbox::Send* Mailbox::send_slot(float* buffer) {
   Send* slot = nullptr;
   for (auto& s : sends_)
     if (s->buffer.data() == buffer) slot = s.get();
   MPSL_CHECK(slot && slot->busy && slot->request == MPI_REQUEST_NULL,
              "send() needs a buffer from send_buffer()");
-  obs::Span span(obs::Activity::kSend, owner, micro, dest,
+  return slot;
+}
+
+void Mailbox::post_send(Send* slot, int64_t floats, int dest, int tag) {
+  const Envelope env = decode_tag(tag, dest);
+  obs::Span span(obs::Activity::kSend, env.owner, env.micro, dest,
                  floats * static_cast<int64_t>(sizeof(float)));
   const auto t = Clock::now();
-  MPSL_MPI_CHECK(MPI_Isend(buffer, static_cast<int>(floats), MPI_FLOAT, dest,
-                           encode_tag(kind, owner, micro), comm_, &slot->request));
+  MPSL_MPI_CHECK(MPI_Isend(slot->buffer.data(), static_cast<int>(floats), MPI_FLOAT, dest, tag,
+                           comm_, &slot->request));
   stats_.comm_seconds += since(t);
+}
+
+void Mailbox::send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner,
+                   int micro) {
+  Send* slot = send_slot(buffer);
+  post_send(slot, floats, dest, encode_tag(kind, owner, micro));
   audit_message(kind_name(kind), dest, floats * static_cast<int64_t>(sizeof(float)), true);
   ++stats_.messages_sent;
   stats_.bytes_sent += floats * static_cast<int64_t>(sizeof(float));
 }
 
+void Mailbox::send_at(Clock::time_point release, float* buffer, int64_t floats, int dest,
+                      MessageKind kind, int owner, int micro) {
+  if (release <= Clock::now() && deferred_.empty()) {
+    send(buffer, floats, dest, kind, owner, micro);
+    return;
+  }
+  Send* slot = send_slot(buffer);
+  const Deferred d{release, deferred_seq_++, slot, floats, dest, encode_tag(kind, owner, micro)};
+  deferred_.insert(std::upper_bound(deferred_.begin(), deferred_.end(), d,
+                                    [](const Deferred& a, const Deferred& b) {
+                                      return std::tie(a.release, a.seq) <
+                                             std::tie(b.release, b.seq);
+                                    }),
+                   d);
+  audit_message(kind_name(kind), dest, floats * static_cast<int64_t>(sizeof(float)), true);
+  ++stats_.messages_sent;
+  stats_.bytes_sent += floats * static_cast<int64_t>(sizeof(float));
+}
+
+void Mailbox::post_due_sends() {
+  if (deferred_.empty()) return;
+  const auto now = Clock::now();
+  size_t n = 0;
+  while (n < deferred_.size() && deferred_[n].release <= now) {
+    const Deferred& d = deferred_[n];
+    post_send(d.slot, d.floats, d.dest, d.tag);
+    ++n;
+  }
+  deferred_.erase(deferred_.begin(), deferred_.begin() + static_cast<std::ptrdiff_t>(n));
+}
+
 bool Mailbox::progress() {
+  post_due_sends();
   const auto t = Clock::now();
   bool any = false;
   std::vector<int> arrived;
@@ -214,6 +257,29 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
   span.end();
   return take(preferred_sources);
+}
+
+bool Mailbox::wait_for(Message& out, const std::vector<int>& preferred_sources,
+                       double timeout_s) {
+  const auto t0 = Clock::now();
+  const double comm_before = stats_.comm_seconds;
+  int idle = 0;
+  bool got = false;
+  while (true) {
+    progress();
+    if (!ready_.empty()) {
+      got = true;
+      break;
+    }
+    if (since(t0) >= timeout_s) break;
+    if (++idle > spin_polls_) {
+      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - spin_polls_) / 20));
+      std::this_thread::sleep_for(std::chrono::microseconds(us));
+    }
+  }
+  stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
+  if (got) out = take(preferred_sources);
+  return got;
 }
 
 bool Mailbox::poll(Message& out, const std::vector<int>& preferred_sources) {
@@ -271,7 +337,7 @@ void Mailbox::flush() {
   obs::Span span(obs::Activity::kWait);
   int idle = 0;
   while (true) {
-    bool busy = false;
+    bool busy = !deferred_.empty();
     for (auto& s : sends_) busy |= s->request != MPI_REQUEST_NULL;
     if (!busy) break;
     if (!progress() && ++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(50));

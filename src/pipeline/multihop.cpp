@@ -1,6 +1,7 @@
 #include "mpsl/pipeline/multihop.hpp"
 
 #include <chrono>
+#include <deque>
 #include <map>
 #include <thread>
 #include <tuple>
@@ -23,6 +24,17 @@ double since(Clock::time_point t) {
 
 constexpr int kEvalTag = 7;
 constexpr int kModelTag = 8;
+constexpr int kFinishedTag = 9;  // straggler coordination: owner k finished (to rank 0)
+
+// Waits for a non-blocking request, sleeping between tests.
+void wait_request(MPI_Request& req) {
+  int done = 0, idle = 0;
+  while (true) {
+    MPSL_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
+}
 
 // Blocking receive of a message of unknown size that sleeps while it waits (a plain MPI_Recv
 // busy-polls a core, which slows everyone when ranks outnumber cores).
@@ -52,6 +64,19 @@ void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag,
     if (done) break;
     if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
+}
+
+// The round's late owners as the owner ranks agreed on them (owner ranks pass theirs, stages
+// an empty list), on every rank: rank 0 broadcasts them. All zero when nothing can be late.
+std::vector<int> agree_on_late(std::vector<int> late, int owners, bool active) {
+  late.resize(owners, 0);
+  if (!active) return late;
+  int rank = 0;
+  MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  comm::audit_message("late-owners", rank == 0 ? -1 : 0,
+                      static_cast<int64_t>(owners * sizeof(int)), rank == 0);
+  MPSL_MPI_CHECK(MPI_Bcast(late.data(), owners, MPI_INT, 0, MPI_COMM_WORLD));
+  return late;
 }
 
 int64_t eval_batches(int64_t count, int64_t eval_batch) {
@@ -109,6 +134,8 @@ class OwnerRuntime : public RankRuntime {
         world_(comm::Communicator::world()),
         owner_comm_(world_.split(0, rank)),
         eval_comm_(world_.dup()),
+        ctrl_world_(world_.dup()),
+        ctrl_group_(owner_comm_.dup()),
         mailbox_(world_.get()),
         micro_batch_(s.plan.batch / s.micro_batches),
         window_(s.one_f_one_b ? std::min(s.micro_batches, t_.stages + 2) : 1),
@@ -119,7 +146,8 @@ class OwnerRuntime : public RankRuntime {
         first_eval_(model_, t_.first_part().first, t_.first_part().second),
         last_eval_(model_, t_.last_part().first, t_.last_part().second),
         logits_(micro_batch_ * model_.classes()),
-        dlogits_(micro_batch_ * model_.classes()) {
+        dlogits_(micro_batch_ * model_.classes()),
+        emu_(&s.emulation) {
     for (int k : t_.owners_of_rank(rank)) {
       auto o = std::make_unique<Owner>();
       o->id = k;
@@ -150,6 +178,7 @@ class OwnerRuntime : public RankRuntime {
   }
 
   const char* role() const override { return "owner"; }
+  emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {
     return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
@@ -165,18 +194,31 @@ class OwnerRuntime : public RankRuntime {
       o->batch_active = false;
       o->loss_sum = 0;
       o->correct = o->seen = 0;
+      o->finished = o->late = false;
+      o->finished_s = -1;
+      o->busy_s = 0;
       if (o->steps_done < steps) start_epoch(*o);
     }
+    round_start_ = Clock::now();
+    stopped_ = false;
+    finished_known_ = fins_received_ = 0;
   }
 
   void run_steps(int64_t from, int64_t to) override {
+    const bool coordinated = s_.stragglers.coordinated();
+    MPSL_CHECK(!coordinated || from == 0, "a coordinated round runs as one step window");
     for (auto& o : owners_) {
       const int64_t steps = s_.plan.round_steps(o->id, round_);
       MPSL_CHECK(o->steps_done == std::min(from, steps), "step windows must follow each other");
       o->window_left = std::min(to, steps) - std::min(from, steps);
     }
+    if (coordinated && rank_ != 0)  // rank 0 says when the round is over
+      MPSL_MPI_CHECK(MPI_Ibcast(&stop_round_, 1, MPI_INT, 0, ctrl_group_.get(), &stop_req_));
+    for (auto& o : owners_)
+      if (!o->finished && o->steps_done >= s_.plan.round_steps(o->id, round_)) mark_finished(*o);
     size_t next = 0;
-    while (!window_done()) {
+    while (!window_done() || (coordinated && !stopped_)) {
+      if (coordinated) straggler_tick();
       comm::Mailbox::Message m;
       if (mailbox_.poll(m, preferred_)) {
         handle(m);
@@ -192,9 +234,19 @@ class OwnerRuntime : public RankRuntime {
           started = true;
         }
       }
-      if (!started) handle(mailbox_.wait(preferred_));
+      if (started) continue;
+      if (!coordinated)
+        handle(mailbox_.wait(preferred_));
+      else if (mailbox_.wait_for(m, preferred_, 0.002))
+        handle(m);
     }
     mailbox_.flush();
+    if (coordinated) {
+      // Tells the stages that every owner rank is done with the round.
+      MPI_Request barrier;
+      MPSL_MPI_CHECK(MPI_Ibarrier(ctrl_world_.get(), &barrier));
+      wait_request(barrier);
+    }
   }
 
   RoundResult finish_round() override {
@@ -215,6 +267,27 @@ class OwnerRuntime : public RankRuntime {
     MPSL_MPI_CHECK(MPI_Reduce(counts, sums, 2, MPI_INT64_T, MPI_SUM, 0, owner_comm_.get()));
     total.correct = sums[0];
     total.images = sums[1];
+    if (s_.stragglers.coordinated()) finish_coordination();
+    // Per-owner figures, and the late owners every owner rank (and, in aggregate(), every
+    // stage) agrees on.
+    const int K = t_.owners;
+    std::vector<double> fig(4 * K, 0.0);
+    for (const auto& o : owners_) {
+      o->late = o->late || s_.stragglers.forced_late(o->id);
+      fig[o->id] = static_cast<double>(o->steps_done);
+      fig[K + o->id] = o->late ? 1.0 : 0.0;
+      fig[2 * K + o->id] = o->finished ? o->finished_s : -1.0;
+      fig[3 * K + o->id] = o->busy_s;
+    }
+    MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, fig.data(), 4 * K, MPI_DOUBLE, MPI_SUM,
+                                 owner_comm_.get()));
+    late_.assign(K, 0);
+    for (int k = 0; k < K; ++k) {
+      late_[k] = fig[K + k] > 0.5 ? 1 : 0;
+      if (rank_ == 0)
+        total.owners.push_back({k, static_cast<int64_t>(fig[k]), late_[k] != 0, fig[2 * K + k],
+                                fig[3 * K + k]});
+    }
     return total;
   }
 
@@ -250,8 +323,27 @@ class OwnerRuntime : public RankRuntime {
 
   void aggregate() override {
     obs::Span span(obs::Activity::kAggregation);
+    if (emu_.active()) {
+      // Every owner uploads its parts 1 and P and downloads the average over its own link;
+      // this rank's owners do so in parallel.
+      double longest = 0;
+      for (const auto& o : owners_) {
+        const int64_t floats = static_cast<int64_t>(o->first.params.size() + o->first.buffers.size() +
+                                                    o->last.params.size() + o->last.buffers.size());
+        longest = std::max(longest, emu_.aggregation_seconds(o->id, floats * 4));
+      }
+      emu_.account_aggregation(longest);
+      std::this_thread::sleep_for(std::chrono::duration<double>(longest));
+    }
     const auto t0 = Clock::now();
     const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
+    // Late owners join with weight 0; with --late-policy drop they still receive the average.
+    const std::vector<int> late = agree_on_late(late_, t_.owners, s_.stragglers.active());
+    double total = 0;
+    for (int k = 0; k < t_.owners; ++k)
+      if (!late[k]) total += static_cast<double>(s_.plan.samples[k]);
+    bool any_late = false;
+    for (int l : late) any_late |= l != 0;
     for (int which = 0; which < 2; ++which) {
       std::vector<const nn::PartState*> copies;
       std::vector<nn::PartState*> targets;
@@ -259,8 +351,8 @@ class OwnerRuntime : public RankRuntime {
       for (auto& o : owners_) {
         nn::PartState& p = which == 0 ? o->first : o->last;
         copies.push_back(&p);
-        targets.push_back(&p);
-        weights.push_back(static_cast<double>(s_.plan.samples[o->id]));
+        if (!late[o->id] || !s_.stragglers.carry) targets.push_back(&p);
+        weights.push_back(late[o->id] ? 0.0 : static_cast<double>(s_.plan.samples[o->id]));
       }
       optim::PartSums sums = optim::weighted_sums(copies, weights, momentum);
       // Only these weighted sums leave the rank; the reduction returns the global sums.
@@ -271,8 +363,20 @@ class OwnerRuntime : public RankRuntime {
           MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
                                        MPI_DOUBLE, MPI_SUM, owner_comm_.get()));
         }
-      optim::assign_average(sums, s_.plan.total_weight(), targets, s_.policy);
+      optim::assign_average(sums, total, targets, s_.policy);
+      // Carried late owners keep their own parts: the aggregated model is kept aside (for
+      // evaluation and --save-model).
+      auto& global = which == 0 ? global_first_ : global_last_;
+      if (s_.stragglers.carry && any_late) {
+        if (!global) global.emplace(which == 0 ? owners_.front()->first : owners_.front()->last);
+        optim::assign_average(sums, total, {&*global}, s_.policy);
+      } else {
+        global.reset();
+      }
     }
+    if (!s_.stragglers.carry)  // dropped owners stand where a full round would have left them
+      for (auto& o : owners_)
+        if (late[o->id]) o->first.steps = o->last.steps = plan_steps_through(o->id, round_);
     busy_ += since(t0);
   }
 
@@ -282,7 +386,11 @@ class OwnerRuntime : public RankRuntime {
     int64_t count = test ? test->count : 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
     if (rank_ != 0 || count == 0) return {0, 0};
-    Owner& o = *owners_.front();  // all owners hold the same aggregated parts
+    // All owners hold the same aggregated parts, except carried late owners: then the
+    // aggregated parts are kept aside.
+    Owner& o = *owners_.front();
+    nn::PartState& first = global_first_ ? *global_first_ : o.first;
+    nn::PartState& last = global_last_ ? *global_last_ : o.last;
     const int64_t eb = s_.eval_batch;
     const int64_t in_floats = model_.input_shape(1).per_sample();
     std::vector<float> images(eb * in_floats), act;
@@ -296,13 +404,13 @@ class OwnerRuntime : public RankRuntime {
       for (int64_t i = 0; i < b; ++i) idx[i] = start + i;
       data::assemble_batch(*test, idx.data(), b, images.data(), labels.data());
       act.resize(b * model_.shape_before(t_.first_part().second, 1).per_sample());
-      first_eval_.forward(o.first, b, images.data(), act.data());
+      first_eval_.forward(first, b, images.data(), act.data());
       send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
                   kEvalTag, "eval-activation");
       std::vector<float> out =
           recv_any_size(eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
       std::vector<float> logits(b * model_.classes());
-      last_eval_.forward(o.last, b, out.data(), logits.data());
+      last_eval_.forward(last, b, out.data(), logits.data());
       const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
                                                          model_.classes(), nullptr, 1.f);
       loss += r.loss_sum;
@@ -314,7 +422,8 @@ class OwnerRuntime : public RankRuntime {
   std::optional<nn::PartState> gather_model() override {
     if (rank_ != 0) return std::nullopt;
     nn::PartState whole(model_, 0, model_.num_units());
-    const Owner& o = *owners_.front();
+    const nn::PartState& o_first = global_first_ ? *global_first_ : owners_.front()->first;
+    const nn::PartState& o_last = global_last_ ? *global_last_ : owners_.front()->last;
     auto place = [&](const float* params, int64_t np, const float* buffers, int64_t nb, int unit) {
       const auto& l = whole.layout;
       const int64_t po = l.unit_param_offset[unit], bo = l.unit_buffer_offset[unit];
@@ -322,9 +431,9 @@ class OwnerRuntime : public RankRuntime {
       std::copy(buffers, buffers + nb, whole.buffers.data() + bo);
     };
     // The model file holds plain layouts; the parts may store weights in oneDNN's.
-    const nn::FloatBuffer first = o.first.plain_array(o.first.params);
-    const nn::FloatBuffer last = o.last.plain_array(o.last.params);
-    place(first.data(), first.size(), o.first.buffers.data(), o.first.buffers.size(),
+    const nn::FloatBuffer first = o_first.plain_array(o_first.params);
+    const nn::FloatBuffer last = o_last.plain_array(o_last.params);
+    place(first.data(), first.size(), o_first.buffers.data(), o_first.buffers.size(),
           t_.first_part().first);
     for (int st = 0; st < t_.stages; ++st) {
       std::vector<float> v =
@@ -335,9 +444,9 @@ class OwnerRuntime : public RankRuntime {
                  "stage model size mismatch");
       place(v.data(), l.param_count, v.data() + l.param_count, l.buffer_count, b);
     }
-    place(last.data(), last.size(), o.last.buffers.data(), o.last.buffers.size(),
+    place(last.data(), last.size(), o_last.buffers.data(), o_last.buffers.size(),
           t_.last_part().first);
-    whole.steps = o.first.steps;
+    whole.steps = o_first.steps;
     ++whole.version;
     return whole;
   }
@@ -358,6 +467,9 @@ class OwnerRuntime : public RankRuntime {
     std::vector<int32_t> labels;
     bool batch_active = false;
     int next_micro = 0, outputs_done = 0, grads_done = 0, in_flight = 0;
+    bool finished = false;  // took all its steps of the round before the round ended
+    bool late = false;      // the round ended before it finished
+    double finished_s = -1, busy_s = 0;
     std::vector<std::unique_ptr<nn::PartSlot>> slots;  // part-1 activations per micro-batch
   };
 
@@ -403,9 +515,9 @@ class OwnerRuntime : public RankRuntime {
     float* buf = mailbox_.send_buffer(floats);
     first_.forward(*o.slots[m], o.first, o.images.data() + m * micro_batch_ * train_.image_size(),
                    buf, info(o, m));
-    busy_ += since(t0);
     span.end();
-    mailbox_.send(buf, floats, t_.rank_of_stage(0), comm::MessageKind::kActivation, o.id, m);
+    send(buf, floats, emulate::stage_entity(0), comm::MessageKind::kActivation, o.id, m,
+         span_end(o.id, t0));
     ++o.in_flight;
     obs::note_heap();  // the tracked peak (rank_summary)
   }
@@ -435,10 +547,9 @@ class OwnerRuntime : public RankRuntime {
       float* buf = mailbox_.send_buffer(floats);
       last_.backward(*last_slot_, o.last, dlogits_.data(), buf, info(o, m), o.outputs_done > 0);
       ++o.outputs_done;
-      busy_ += since(t0);
       bwd.end();
-      mailbox_.send(buf, floats, t_.rank_of_stage(t_.stages - 1),
-                    comm::MessageKind::kActivationGrad, o.id, m);
+      send(buf, floats, emulate::stage_entity(t_.stages - 1), comm::MessageKind::kActivationGrad,
+           o.id, m, span_end(o.id, t0));
     } else {
       obs::Span bwd(obs::Activity::kBackward, o.id, m);
       first_.backward(*o.slots[m], o.first, msg.data, nullptr, info(o, m), o.grads_done > 0);
@@ -456,10 +567,120 @@ class OwnerRuntime : public RankRuntime {
         ++o.steps_done;
         --o.window_left;
         if (s_.on_step) s_.on_step();
+        if (!o.finished && !stopped_ && o.steps_done == s_.plan.round_steps(o.id, round_))
+          mark_finished(o);
       }
-      busy_ += since(t0);
+      span_end(o.id, t0);
     }
     obs::note_heap();
+  }
+
+  // Ends a compute span of owner k that began at t0: when its (emulated) device finishes it.
+  Clock::time_point span_end(int k, Clock::time_point t0) {
+    const double dt = since(t0);
+    busy_ += dt;
+    owner(k).busy_s +=
+        dt * (emu_.active() ? emu_.device(emulate::owner_entity(k)).compute_factor : 1.0);
+    return emu_.compute(emulate::owner_entity(k), t0, dt);
+  }
+
+  // ---- stragglers (Settings::stragglers) ----
+
+  int64_t plan_steps_through(int k, int round) const {
+    int64_t n = 0;
+    for (int r = 1; r <= round; ++r) n += s_.plan.round_steps(k, r);
+    return n;
+  }
+
+  void mark_finished(Owner& o) {
+    o.finished = true;
+    o.finished_s = since(round_start_);
+    if (!s_.stragglers.coordinated()) return;
+    if (rank_ == 0) {
+      ++finished_known_;
+      return;
+    }
+    fin_payload_.push_back(o.id);
+    fin_reqs_.emplace_back();
+    comm::audit_message("straggler-finished", 0, sizeof(int), true);
+    MPSL_MPI_CHECK(MPI_Isend(&fin_payload_.back(), 1, MPI_INT, 0, kFinishedTag,
+                             ctrl_group_.get(), &fin_reqs_.back()));
+  }
+
+  // Rank 0 decides when the round ends (every owner finished, or the deadline / minimum
+  // fraction allows it) and tells the other owner ranks; they learn it here.
+  void straggler_tick() {
+    if (stopped_) return;
+    if (rank_ != 0) {
+      int done = 0;
+      MPSL_MPI_CHECK(MPI_Test(&stop_req_, &done, MPI_STATUS_IGNORE));
+      if (done) {
+        comm::audit_message("straggler-stop", 0, sizeof(int), false);
+        stop_owners();
+      }
+      return;
+    }
+    while (true) {
+      int flag = 0;
+      MPI_Status st;
+      MPSL_MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, kFinishedTag, ctrl_group_.get(), &flag, &st));
+      if (!flag) break;
+      receive_finished(st.MPI_SOURCE);
+    }
+    const auto& p = s_.stragglers;
+    const bool enough = finished_known_ >= p.needed(t_.owners);
+    const bool cut = enough && (p.deadline_s <= 0 || since(round_start_) >= p.deadline_s);
+    if (finished_known_ == t_.owners || cut) {
+      stop_round_ = round_;
+      for (int r = 1; r < t_.owner_ranks; ++r)
+        comm::audit_message("straggler-stop", r, sizeof(int), true);
+      MPSL_MPI_CHECK(MPI_Ibcast(&stop_round_, 1, MPI_INT, 0, ctrl_group_.get(), &stop_req_));
+      stop_owners();
+    }
+  }
+
+  void receive_finished(int source) {
+    int k = 0;
+    MPSL_MPI_CHECK(
+        MPI_Recv(&k, 1, MPI_INT, source, kFinishedTag, ctrl_group_.get(), MPI_STATUS_IGNORE));
+    comm::audit_message("straggler-finished", source, sizeof(int), false);
+    ++finished_known_;
+    ++fins_received_;
+  }
+
+  // The round is over: owners that have not finished are late and start no new batch (one
+  // already started completes, so nothing stays in flight).
+  void stop_owners() {
+    stopped_ = true;
+    for (auto& o : owners_)
+      if (!o->finished) {
+        o->late = true;
+        o->window_left = o->batch_active ? 1 : 0;
+      }
+  }
+
+  // After the round: completes the coordination messages (rank 0 receives every "finished"
+  // sent to it; the others' sends complete).
+  void finish_coordination() {
+    int sent = static_cast<int>(fin_reqs_.size()), total = 0;
+    MPSL_MPI_CHECK(MPI_Reduce(&sent, &total, 1, MPI_INT, MPI_SUM, 0, owner_comm_.get()));
+    if (rank_ == 0) {
+      while (fins_received_ < total) receive_finished(MPI_ANY_SOURCE);
+    }
+    for (auto& r : fin_reqs_) wait_request(r);
+    fin_reqs_.clear();
+    fin_payload_.clear();
+    wait_request(stop_req_);
+  }
+
+  // Sends owner k's message to a stage, through its emulated link when emulating.
+  void send(float* buf, int64_t floats, emulate::Entity stage, comm::MessageKind kind, int k,
+            int m, Clock::time_point ready) {
+    const int dest = t_.rank_of_stage(stage.index);
+    if (!emu_.active()) return mailbox_.send(buf, floats, dest, kind, k, m);
+    mailbox_.send_at(emu_.transfer(emulate::owner_entity(k), stage,
+                                   floats * static_cast<int64_t>(sizeof(float)), ready),
+                     buf, floats, dest, kind, k, m);
   }
 
   const Settings& s_;
@@ -468,6 +689,7 @@ class OwnerRuntime : public RankRuntime {
   const data::Dataset& train_;
   int rank_;
   comm::Communicator world_, owner_comm_, eval_comm_;
+  comm::Communicator ctrl_world_, ctrl_group_;  // straggler coordination
   comm::Mailbox mailbox_;
   int64_t micro_batch_;
   int window_;
@@ -480,6 +702,17 @@ class OwnerRuntime : public RankRuntime {
   std::vector<int> preferred_;
   int round_ = 1;
   double busy_ = 0;
+  emulate::RankEmulator emu_;
+  // stragglers
+  Clock::time_point round_start_ = Clock::now();
+  bool stopped_ = false;
+  int finished_known_ = 0, fins_received_ = 0;  // rank 0: owners known to have finished
+  int stop_round_ = 0;
+  MPI_Request stop_req_ = MPI_REQUEST_NULL;
+  std::deque<int> fin_payload_;
+  std::deque<MPI_Request> fin_reqs_;
+  std::vector<int> late_;  // per owner, agreed at the round's end
+  std::optional<nn::PartState> global_first_, global_last_;  // aggregate, when owners carry
 };
 
 // ---- compute stages -------------------------------------------------------------------------
@@ -495,12 +728,15 @@ class StageRuntime : public RankRuntime {
         world_(comm::Communicator::world()),
         owner_comm_(world_.split(1, rank)),
         eval_comm_(world_.dup()),
+        ctrl_world_(world_.dup()),
+        ctrl_group_(owner_comm_.dup()),
         mailbox_(world_.get()),
         micro_batch_(s.plan.batch / s.micro_batches),
         program_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second, micro_batch_,
                  true, true),
         slots_(program_),
-        eval_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second) {
+        eval_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second),
+        emu_(&s.emulation) {
     const auto [b, e] = t_.stage_part(stage_);
     nn::PartState initial(model_, b, e);  // every owner's copy starts from the same weights
     io::initialise_part(model_, initial, s.seed, s.init_model);
@@ -536,6 +772,7 @@ class StageRuntime : public RankRuntime {
   }
 
   const char* role() const override { return "stage"; }
+  emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {
     return {busy_, mailbox_.stats().wait_seconds, mailbox_.stats().comm_seconds};
@@ -560,8 +797,22 @@ class StageRuntime : public RankRuntime {
     int64_t& bwd = bwd_;
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
     const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
-    while (fwd < total || bwd < total) {
-      const comm::Mailbox::Message msg = mailbox_.wait(preferred_);
+    // With a deadline or a minimum fraction the owners' step counts are not known in advance:
+    // the round is over when every owner rank has reached the end-of-round barrier (they do so
+    // once all their batches have come back, so no work is left here then).
+    const bool coordinated = s_.stragglers.coordinated();
+    MPI_Request barrier = MPI_REQUEST_NULL;
+    if (coordinated) MPSL_MPI_CHECK(MPI_Ibarrier(ctrl_world_.get(), &barrier));
+    while (coordinated || fwd < total || bwd < total) {
+      comm::Mailbox::Message msg;
+      if (!coordinated) {
+        msg = mailbox_.wait(preferred_);
+      } else if (!mailbox_.wait_for(msg, preferred_, 0.002)) {
+        int done = 0;
+        MPSL_MPI_CHECK(MPI_Test(&barrier, &done, MPI_STATUS_IGNORE));
+        if (done) break;
+        continue;
+      }
       const auto t0 = Clock::now();
       const int k = msg.env.owner, m = msg.env.micro;
       nn::PartState& copy = copies_[k];
@@ -574,9 +825,8 @@ class StageRuntime : public RankRuntime {
         program_.forward(*slot, copy, msg.data, buf, info);
         mailbox_.release(msg);
         in_flight_[key(k, m)] = std::move(slot);
-        busy_ += since(t0);
         span.end();
-        mailbox_.send(buf, out_floats, next_rank(k), comm::MessageKind::kActivation, k, m);
+        send(buf, out_floats, /*forward=*/true, comm::MessageKind::kActivation, k, m, t0);
         ++fwd;
       } else {
         obs::Span span(obs::Activity::kBackward, k, m);
@@ -593,8 +843,7 @@ class StageRuntime : public RankRuntime {
           optim::sgd_step(copy, s_.sgd);
           grads_done_[k] = 0;
         }
-        busy_ += since(t0);
-        mailbox_.send(buf, in_floats, prev_rank(k), comm::MessageKind::kActivationGrad, k, m);
+        send(buf, in_floats, /*forward=*/false, comm::MessageKind::kActivationGrad, k, m, t0);
         ++bwd;
       }
       obs::note_heap();
@@ -614,11 +863,37 @@ class StageRuntime : public RankRuntime {
   void restore_tallies(const std::vector<io::OwnerRecord>&) override {}
 
   void aggregate() override {
+    const std::vector<int> late = agree_on_late({}, t_.owners, s_.stragglers.active());
     obs::Span span(obs::Activity::kAggregation);
     const auto t0 = Clock::now();
-    std::vector<nn::PartState*> all;
-    for (auto& c : copies_) all.push_back(&c);
-    optim::average_copies(all, s_.plan.weights(), s_.policy);
+    std::vector<const nn::PartState*> all;
+    std::vector<nn::PartState*> targets;
+    std::vector<double> weights;
+    double total = 0;
+    bool any_late = false;
+    for (int k = 0; k < t_.owners; ++k) {
+      all.push_back(&copies_[k]);
+      if (!late[k] || !s_.stragglers.carry) targets.push_back(&copies_[k]);
+      weights.push_back(late[k] ? 0.0 : static_cast<double>(s_.plan.samples[k]));
+      total += weights.back();
+      any_late |= late[k] != 0;
+    }
+    const optim::PartSums sums =
+        optim::weighted_sums(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage);
+    optim::assign_average(sums, total, targets, s_.policy);
+    if (s_.stragglers.carry && any_late) {
+      if (!global_) global_.emplace(copies_.front());
+      optim::assign_average(sums, total, {&*global_}, s_.policy);
+    } else {
+      global_.reset();
+    }
+    if (!s_.stragglers.carry)
+      for (int k = 0; k < t_.owners; ++k)
+        if (late[k]) {
+          int64_t n = 0;
+          for (int r = 1; r <= round_; ++r) n += s_.plan.round_steps(k, r);
+          copies_[k].steps = n;
+        }
     busy_ += since(t0);
   }
 
@@ -634,7 +909,7 @@ class StageRuntime : public RankRuntime {
       std::vector<float> in = recv_any_size(eval_comm_.get(), prev, kEvalTag, "eval-activation");
       const int64_t b = static_cast<int64_t>(in.size()) / in_per;
       std::vector<float> out(b * out_per);
-      eval_.forward(copies_.front(), b, in.data(), out.data());
+      eval_.forward(global_ ? *global_ : copies_.front(), b, in.data(), out.data());
       send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag,
                   "eval-activation");
     }
@@ -642,7 +917,7 @@ class StageRuntime : public RankRuntime {
   }
 
   std::optional<nn::PartState> gather_model() override {
-    const nn::PartState& c = copies_.front();
+    const nn::PartState& c = global_ ? *global_ : copies_.front();
     std::vector<float> v(c.params.size() + c.buffers.size());
     const nn::FloatBuffer plain = c.plain_array(c.params);  // plain layouts on the wire
     std::copy(plain.data(), plain.data() + plain.size(), v.begin());
@@ -654,6 +929,24 @@ class StageRuntime : public RankRuntime {
 
  private:
   static int64_t key(int owner, int micro) { return static_cast<int64_t>(owner) * 4096 + micro; }
+
+  // Ends the compute span begun at t0 (emulation: sleeps until the emulated device would have
+  // finished it) and sends its result on, through the emulated link when emulating.
+  void send(float* buf, int64_t floats, bool forward, comm::MessageKind kind, int k, int m,
+            Clock::time_point t0) {
+    const double dt = since(t0);
+    busy_ += dt;
+    const int dest = forward ? next_rank(k) : prev_rank(k);
+    if (!emu_.active()) return mailbox_.send(buf, floats, dest, kind, k, m);
+    const auto ready = emu_.compute(emulate::stage_entity(stage_), t0, dt);
+    emulate::RankEmulator::sleep_until(ready);
+    const bool to_owner = forward ? stage_ == t_.stages - 1 : stage_ == 0;
+    const emulate::Entity to = to_owner ? emulate::owner_entity(k)
+                                        : emulate::stage_entity(stage_ + (forward ? 1 : -1));
+    mailbox_.send_at(emu_.transfer(emulate::stage_entity(stage_), to,
+                                   floats * static_cast<int64_t>(sizeof(float)), ready),
+                     buf, floats, dest, kind, k, m);
+  }
   int next_rank(int owner) const {
     return stage_ == t_.stages - 1 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ + 1);
   }
@@ -667,6 +960,7 @@ class StageRuntime : public RankRuntime {
   int rank_;
   int stage_;
   comm::Communicator world_, owner_comm_, eval_comm_;
+  comm::Communicator ctrl_world_, ctrl_group_;  // straggler coordination
   comm::Mailbox mailbox_;
   int64_t micro_batch_;
   nn::PartProgram program_;
@@ -679,6 +973,8 @@ class StageRuntime : public RankRuntime {
   int round_ = 1;
   int64_t fwd_ = 0, bwd_ = 0;  // tasks done in the round
   double busy_ = 0;
+  emulate::RankEmulator emu_;
+  std::optional<nn::PartState> global_;  // the aggregate, when late owners carry their copies
 };
 
 }  // namespace

@@ -1,6 +1,8 @@
 #include "mpsl/train/federation.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <sstream>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/data/partition.hpp"
@@ -44,6 +46,54 @@ double FederationPlan::total_weight() const {
   double t = 0;
   for (auto s : samples) t += static_cast<double>(s);
   return t;
+}
+
+bool StragglerPolicy::forced_late(int k) const {
+  return std::find(late_owners.begin(), late_owners.end(), k) != late_owners.end();
+}
+
+int StragglerPolicy::needed(int owners) const {
+  const int n = static_cast<int>(std::ceil(min_fraction * owners - 1e-9));
+  return std::clamp(n, 1, owners);
+}
+
+StragglerPolicy make_straggler_policy(const cli::TrainOptions& o, bool multihop) {
+  StragglerPolicy p;
+  p.deadline_s = o.round_deadline;
+  p.min_fraction = o.min_owners_fraction;
+  p.carry = o.late_policy == "carry";
+  MPSL_INPUT_CHECK(p.min_fraction <= 1, "--min-owners-fraction " + std::to_string(p.min_fraction) +
+                                            " must be in (0, 1]");
+  if (!o.late_owners.empty()) {
+    std::stringstream ss(o.late_owners);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+      size_t used = 0;
+      int k = -1;
+      try {
+        k = std::stoi(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      MPSL_INPUT_CHECK(used == item.size() && !item.empty() && k >= 0 && k < o.owners,
+                       "--late-owners '" + o.late_owners + "': '" + item +
+                           "' is not an owner index in 0.." + std::to_string(o.owners - 1));
+      if (!p.forced_late(k)) p.late_owners.push_back(k);
+    }
+    MPSL_INPUT_CHECK(static_cast<int>(p.late_owners.size()) < o.owners,
+                     "--late-owners '" + o.late_owners +
+                         "' lists every owner: at least one must finish each round");
+  }
+  if (p.coordinated()) {
+    MPSL_INPUT_CHECK(multihop, std::string(p.deadline_s > 0 ? "--round-deadline" : "--min-owners-fraction") +
+                                   " needs a multihop run (--stages N); the single-process "
+                                   "simulation takes --late-owners instead");
+    MPSL_INPUT_CHECK(o.checkpoint_every_steps == 0 && o.checkpoint_every_seconds == 0,
+                     "--checkpoint-every " + o.checkpoint_every_text +
+                         " (mid-round checkpoints) cannot be combined with --round-deadline or "
+                         "--min-owners-fraction; checkpoint every N rounds instead");
+  }
+  return p;
 }
 
 FederationPlan make_federation_plan(const data::Dataset& train, const cli::TrainOptions& o,

@@ -17,6 +17,7 @@
 #include "mpsl/cli/commands.hpp"
 #include "mpsl/comm/audit.hpp"
 #include "mpsl/core/error.hpp"
+#include "mpsl/emulate/emulate.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/io/output_path.hpp"
 #include "mpsl/nn/zoo.hpp"
@@ -205,6 +206,48 @@ void check_checkpoint_dir(const std::string& dir) {
     throw InputError("--checkpoint-dir '" + dir + "' is not writable");
 }
 
+// {"event":"emulation"}: what --emulate added on one rank (see emulate/emulate.hpp).
+void write_emulation(obs::MetricsWriter& metrics, int rank, const char* role,
+                     const emulate::EmulationStats& e) {
+  metrics.write({{"event", "emulation"},
+                 {"rank", rank},
+                 {"role", role},
+                 {"compute_delay_s", e.compute_delay_s},
+                 {"transfer_s", e.transfer_s},
+                 {"link_queue_s", e.link_queue_s},
+                 {"aggregation_s", e.aggregation_s},
+                 {"messages", e.messages},
+                 {"bytes", e.bytes}});
+}
+
+// {"event":"round_owners"}: which owners the round's FedAvg used, and each owner's time.
+void write_round_owners(obs::MetricsWriter& metrics, int round, double round_seconds,
+                        const std::vector<pipeline::OwnerRound>& owners, bool carry) {
+  nlohmann::json list = nlohmann::json::array(), aggregated = nlohmann::json::array(),
+                 late = nlohmann::json::array();
+  for (const auto& o : owners) {
+    (o.late ? late : aggregated).push_back(o.owner);
+    nlohmann::json e = {{"owner", o.owner}, {"steps", o.steps}, {"late", o.late},
+                        {"busy_s", o.busy_s}};
+    if (o.finished_s >= 0) {
+      e["finished_s"] = o.finished_s;
+      e["wait_s"] = std::max(0.0, o.finished_s - o.busy_s);  // waiting for the pipeline
+      e["idle_s"] = std::max(0.0, round_seconds - o.finished_s);  // waiting for the others
+    } else {
+      e["finished_s"] = nullptr;
+      e["wait_s"] = std::max(0.0, round_seconds - o.busy_s);
+      e["idle_s"] = 0.0;
+    }
+    list.push_back(e);
+  }
+  metrics.write({{"event", "round_owners"},
+                 {"round", round},
+                 {"late_policy", carry ? "carry" : "drop"},
+                 {"aggregated", aggregated},
+                 {"late", late},
+                 {"owners", list}});
+}
+
 // ---- predictions (cost model) ----------------------------------------------------------------
 
 // What the cost model predicts for this run: per round, and per rank. Empty without a profile.
@@ -358,6 +401,13 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   train::Evaluator evaluator(model, o.eval_batch);
   train::BatchBuffers buf(o.batch, train.image_size());
   std::vector<OwnerProgress> progress_of(plan.owners);
+  const train::StragglerPolicy stragglers = train::make_straggler_policy(o, false);
+  std::optional<nn::PartState> global;  // the aggregate, when late owners carry their copies
+  // --emulate: each simulated owner's steps take its device's compute factor times longer
+  // (links play no part in one process).
+  const emulate::Emulation emulation =
+      o.emulate.empty() ? emulate::Emulation{} : emulate::load_emulation(o.emulate, o.owners, 0);
+  emulate::RankEmulator emulator(&emulation);
 
   // What a checkpoint holds: every owner's whole-model copy and its place in the round.
   int round_now = 1;
@@ -451,6 +501,9 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           span.end();
           const double dt = seconds_since(t0);
           obs::note_heap();
+          if (emulator.active())
+            emulate::RankEmulator::sleep_until(
+                emulator.compute(emulate::owner_entity(k), t0, dt));
           if (process_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;
@@ -483,16 +536,40 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
       }
     }
     const double round_train_seconds = seconds_since(t_round);
+    std::vector<pipeline::OwnerRound> owner_rounds;
     if (plan.owners > 1) {
       obs::Span span(obs::Activity::kAggregation);
-      std::vector<nn::PartState*> all;
-      for (auto& s : states) all.push_back(&s);
-      optim::average_copies(all, plan.weights(), policy);
+      // --late-owners: their copies join FedAvg with weight 0, and (drop) receive the average
+      // or (carry) keep their own; the aggregate is then kept aside.
+      std::vector<const nn::PartState*> all;
+      std::vector<nn::PartState*> targets;
+      std::vector<double> weights;
+      double total = 0;
+      bool any_late = false;
+      for (int k = 0; k < plan.owners; ++k) {
+        const bool late = stragglers.forced_late(k);
+        all.push_back(&states[k]);
+        if (!late || !stragglers.carry) targets.push_back(&states[k]);
+        weights.push_back(late ? 0.0 : static_cast<double>(plan.samples[k]));
+        total += weights.back();
+        any_late |= late;
+        owner_rounds.push_back({k, plan.round_steps(k, round), late, -1.0, 0.0});
+      }
+      const optim::PartSums sums =
+          optim::weighted_sums(all, weights, policy == optim::OptimizerStatePolicy::kAverage);
+      optim::assign_average(sums, total, targets, policy);
+      if (stragglers.carry && any_late) {
+        if (!global) global.emplace(states[0]);
+        optim::assign_average(sums, total, {&*global}, policy);
+      } else {
+        global.reset();
+      }
     }
+    nn::PartState& model_now = global ? *global : states[0];
     train::EvalResult ev;
     if (has_test) {
       obs::Span span(obs::Activity::kEval);
-      ev = evaluator.run(states[0], test);
+      ev = evaluator.run(model_now, test);
       last_accuracy = ev.accuracy;
     }
     const double seconds = seconds_since(t_round);
@@ -510,6 +587,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
          -1, round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
          pred.available ? pred.train_s[round - 1] : std::nan("")},
         o.rounds, progress, metrics);
+    if (stragglers.active()) write_round_owners(metrics, round, seconds, owner_rounds, stragglers.carry);
     step_now = length;
     if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
       obs::Span span(obs::Activity::kCheckpoint);
@@ -519,7 +597,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     }
   }
   if (!o.save_model.empty()) {
-    io::save_model(o.save_model, model, states[0], {train.mean, train.std});
+    io::save_model(o.save_model, model, global ? *global : states[0], {train.mean, train.std});
     MPSL_LOG(Info, "model written to " << o.save_model);
   }
   if (!o.trace.empty()) {
@@ -538,6 +616,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                                                          : nlohmann::json(nullptr)},
                  {"predicted_busy_s", pred.available ? nlohmann::json(pred.ranks[0].busy_s)
                                                      : nlohmann::json(nullptr)}});
+  if (emulator.active()) write_emulation(metrics, 0, "single", emulator.stats());
   write_run_end(metrics, seconds_since(t_start),
                 std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                 timed_seconds > 0 ? timed_images / timed_seconds : 0.0, last_accuracy, o);
@@ -718,6 +797,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   settings.seed = common.seed;
   settings.init_model = o.init_model;
   settings.eval_batch = o.eval_batch;
+  if (!o.emulate.empty()) settings.emulation = emulate::load_emulation(o.emulate, o.owners, o.stages);
+  settings.stragglers = train::make_straggler_policy(o, true);
   if (!o.trace.empty()) {
     obs::Tracer& tracer = obs::Tracer::instance();
     tracer.set_process_name(trace_process_name(topo, rank));
@@ -805,6 +886,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     pred.available ? pred.round_s[round - 1] : std::nan(""),
                     pred.available ? pred.train_s[round - 1] : std::nan("")},
                    o.rounds, progress, metrics);
+      write_round_owners(metrics, round, round_train_seconds, r.owners, o.late_policy == "carry");
     }
     if ((checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) &&
         checkpoint(round, length, true))
@@ -857,6 +939,22 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }
+  }
+  if (settings.emulation.enabled) {
+    const emulate::EmulationStats e = runtime->emulation_stats();
+    double v[6] = {e.compute_delay_s, e.transfer_s,  e.link_queue_s, e.aggregation_s,
+                   static_cast<double>(e.messages), static_cast<double>(e.bytes)};
+    std::vector<double> ev(6 * topo.world_size);
+    MPSL_MPI_CHECK(MPI_Gather(v, 6, MPI_DOUBLE, ev.data(), 6, MPI_DOUBLE, 0, MPI_COMM_WORLD));
+    if (reporter)
+      for (int r = 0; r < topo.world_size; ++r) {
+        const double* x = &ev[6 * r];
+        write_emulation(metrics, r, topo.is_owner_rank(r) ? "owner" : "stage",
+                        {x[0], x[1], x[2], x[3], static_cast<int64_t>(x[4]),
+                         static_cast<int64_t>(x[5])});
+      }
+  }
+  if (reporter) {
     write_run_end(metrics, seconds_since(t_start),
                   std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                   train_seconds > 0 ? total_images / train_seconds : 0.0, last_accuracy, o);
@@ -940,6 +1038,8 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   if (!o.trace.empty() && rank == 0) io::prepare_output_file(o.trace, "--trace");
   if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
   if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
+  if (!o.emulate.empty()) emulate::load_emulation(o.emulate, o.owners, topo.stages);  // validates
+  train::make_straggler_policy(o, topo.multihop());                                  // validates
   if (o.dry_run) {
     if (rank == 0) dry_run(common, o, *model, topo, profile_ptr, cores);
     return 0;

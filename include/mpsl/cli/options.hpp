@@ -54,6 +54,11 @@ struct TrainOptions {
   std::string schedule = "mpsl";  // mpsl | 1f1b
   int micro_batches = 1;
   std::string optimizer_state = "reset";  // reset | average | keep (at aggregation)
+  // stragglers (README "Stragglers"): when a round may end before every owner has finished
+  float round_deadline = 0;       // seconds from the round's start; 0 = none
+  float min_owners_fraction = 0;  // the round needs this fraction of owners finished; 0 = none
+  std::string late_policy = "drop";  // drop | carry: what happens to late owners' updates
+  std::string late_owners;           // "K,K,...": owners treated as late in every round
   // state
   // --checkpoint-every N | Nrounds | Nsteps | Ns/Nm/Nh: exactly one of the three below is set
   // when it is given (checkpoint_every_text keeps the text). Not given with --checkpoint-dir:

@@ -7,6 +7,7 @@
 // of spinning a core, which matters when ranks outnumber cores.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -75,6 +76,10 @@ class Mailbox {
   // once the send has completed.
   float* send_buffer(int64_t floats);
   void send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner, int micro);
+  // The same, but the MPI send is posted only at `release` (emulated links, emulate/); sends
+  // are posted in release order as the mailbox makes progress (wait, poll, flush).
+  void send_at(std::chrono::steady_clock::time_point release, float* buffer, int64_t floats,
+               int dest, MessageKind kind, int owner, int micro);
 
   struct Message {
     Envelope env;
@@ -85,6 +90,8 @@ class Mailbox {
   // Waits for the next message. Among those already arrived it returns gradients first, then
   // those from `preferred_sources` (neighbouring stages), then the earliest.
   Message wait(const std::vector<int>& preferred_sources = {});
+  // Waits at most `timeout_s` seconds: false when nothing arrived by then.
+  bool wait_for(Message& out, const std::vector<int>& preferred_sources, double timeout_s);
   // The same without waiting: false when nothing has arrived.
   bool poll(Message& out, const std::vector<int>& preferred_sources = {});
   // Hands the buffer back; the receive is posted again.
@@ -113,7 +120,19 @@ class Mailbox {
     MPI_Request request = MPI_REQUEST_NULL;
     bool busy = false;
   };
+  struct Deferred {
+    std::chrono::steady_clock::time_point release;
+    uint64_t seq;
+    Send* slot;
+    int64_t floats;
+    int dest, tag;
+  };
   void post(int i);
+  Send* send_slot(float* buffer);
+  void post_send(Send* slot, int64_t floats, int dest, int tag);
+  void post_due_sends();
+  std::vector<Deferred> deferred_;  // sorted by (release, seq)
+  uint64_t deferred_seq_ = 0;
   Message take(const std::vector<int>& preferred_sources);
   uint64_t post_counter_ = 0;
   int max_sleep_us_ = 200;  // MPSL_POLL_SLEEP_US overrides

@@ -18,6 +18,7 @@
 
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/data/dataset.hpp"
+#include "mpsl/emulate/emulate.hpp"
 #include "mpsl/io/checkpoint.hpp"
 #include "mpsl/nn/model.hpp"
 #include "mpsl/optim/fedavg.hpp"
@@ -40,12 +41,24 @@ struct Settings {
   int64_t eval_batch = 1000;
   // Called on an owner rank each time one of its owners finishes a batch (progress display).
   std::function<void()> on_step;
+  emulate::Emulation emulation;  // --emulate: devices and links (disabled by default)
+  train::StragglerPolicy stragglers;
+};
+
+// One owner's round, for the metrics ("round_owners").
+struct OwnerRound {
+  int owner = 0;
+  int64_t steps = 0;         // steps taken in the round
+  bool late = false;         // not finished when the round ended (or --late-owners)
+  double finished_s = -1;    // when it finished its steps, from the round's start (-1: never)
+  double busy_s = 0;         // its compute (emulated: scaled by its device's factor)
 };
 
 struct RoundResult {
   double loss_sum = 0;  // over this rank's owners (summed over ranks on rank 0)
   int64_t correct = 0;
   int64_t images = 0;
+  std::vector<OwnerRound> owners;  // every owner, on rank 0
 };
 
 struct RankTimes {
@@ -90,6 +103,8 @@ class RankRuntime {
   // The aggregated model's parts, gathered on rank 0 as one whole-model state.
   virtual std::optional<nn::PartState> gather_model() = 0;
   virtual RankTimes times() const = 0;
+  // What the emulation (--emulate) added on this rank.
+  virtual emulate::EmulationStats emulation_stats() const = 0;
   virtual const comm::Mailbox& mailbox() const = 0;
   virtual const char* role() const = 0;
 };

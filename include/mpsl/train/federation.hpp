@@ -34,6 +34,25 @@ struct FederationPlan {
   double total_weight() const;
 };
 
+// When a round may end before every owner has finished, and what happens to the late owners
+// (--round-deadline, --min-owners-fraction, --late-policy, --late-owners; README "Stragglers").
+struct StragglerPolicy {
+  double deadline_s = 0;    // 0 = none
+  double min_fraction = 0;  // 0 = none
+  bool carry = false;       // late updates: false = dropped, true = carried to the next round
+  std::vector<int> late_owners;  // forced late in every round
+  // The owner ranks coordinate the end of each round (a deadline or a minimum fraction).
+  bool coordinated() const { return deadline_s > 0 || min_fraction > 0; }
+  bool active() const { return coordinated() || !late_owners.empty(); }
+  bool forced_late(int k) const;
+  // Owners that must have finished before a round may end early: ceil(F K), at least 1.
+  int needed(int owners) const;
+};
+
+// Validates the straggler options against the run (multihop or not, checkpoint interval);
+// InputError naming the option otherwise.
+StragglerPolicy make_straggler_policy(const cli::TrainOptions& opts, bool multihop);
+
 // Partitions the training set (iid or dirichlet) and validates that every owner has at least
 // one batch; InputError naming the owner and the fix otherwise.
 FederationPlan make_federation_plan(const data::Dataset& train, const cli::TrainOptions& opts,

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# --emulate: device and link emulation applied by the runtime.
+#  - bad emulation files are refused (exit 2, one message naming the file and the entry);
+#  - link delays: every message over an emulated link is accounted exactly (latency + bytes /
+#    bandwidth, per message, in the "emulation" metrics events), and the round takes at least
+#    the emulated critical path (one owner, one batch in flight: 4 owner-link messages a step);
+#  - compute slowdown: each rank's accounted delay is (factor - 1) x its measured compute, and
+#    a run with every device 3x slower is measurably slower (loose bounds: shared machine);
+#  - the single-process simulation applies the owners' compute factors.
+set -uo pipefail
+MPSL=${1:?usage: emulation.sh PATH_TO_MPSL}
+source "$(dirname "$0")/lib_mpi.bash"
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+# check NAME PYTHON-EXPRESSION-PRINTING "ok ..." OR "FAIL ..." over the metrics files
+check() {
+  local name=$1
+  shift
+  if out=$($PY - "$@"); then pass "$name: $out"; else fail "$name: $out"; fi
+}
+
+# ---- bad files --------------------------------------------------------------------------
+bad() {  # bad NAME RANKS EXPECTED-TEXT FILE-TEXT [extra args]
+  local name=$1 ranks=$2 expect=$3 text=$4
+  shift 4
+  printf '%s' "$text" > "$T/bad.json"
+  local out rc
+  out=$(mpsl_run "$ranks" train --model fmnist-cnn --synthetic --synthetic-count 256 --batch 32 \
+    --max-steps 1 --threads 1 --quiet --emulate "$T/bad.json" "$@" 2>&1 >/dev/null)
+  rc=$?
+  if [ "$rc" = 2 ] && grep -q -- "--emulate $T/bad.json: .*$expect" <<<"$out"; then
+    pass "refused: $name (exit 2: $(grep 'mpsl: error' <<<"$out" | head -1))"
+  else
+    fail "$name: exit $rc, output: $out"
+  fi
+}
+bad "not JSON" 1 "not valid JSON" '{"owners": '
+bad "unknown class" 1 "owners.default: unknown device class 'pi'" '{"owners": {"default": "pi"}}'
+bad "speed-up factor" 1 "owners.0: 'compute_factor' must be >= 1" \
+  '{"owners": {"0": {"compute_factor": 0.5}}}'
+bad "zero bandwidth" 1 "owners.0: 'up_bps' must be > 0" '{"owners": {"0": {"up_bps": 0}}}'
+bad "unknown field" 1 "owners.0: unknown field 'speed'" '{"owners": {"0": {"speed": 2}}}'
+bad "stage beyond the run" 3 "stages.2: the run has 2 stages" \
+  '{"stages": {"2": {"compute_factor": 2}}}' --stages 2
+bad "owner beyond the run" 1 "owners.4: the run has 4 owners" \
+  '{"owners": {"4": {"compute_factor": 2}}}' --owners 4
+out=$(mpsl_run 1 train --model fmnist-cnn --synthetic --emulate "$T/missing.json" 2>&1)
+[ $? = 2 ] && grep -q -- "--emulate $T/missing.json: cannot open" <<<"$out" \
+  && pass "refused: missing file" || fail "missing file: $out"
+
+C="--model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1 --quiet --stages 2"
+
+# ---- links: exact accounting and the critical path ----------------------------------------
+# One owner, 8 steps, owner link 25 ms each way and 1 Gbit/s up: per step the activation goes
+# up (25 ms + bytes/1e9), comes back down from the last stage (25 ms), its gradient goes up
+# (25 ms) and the input gradient comes down (25 ms): at least 0.8 s, plus FedAvg (50 ms).
+cat > "$T/links.json" <<'EOF'
+{"owners": {"default": {"latency_s": 0.025, "up_bps": 1e9}}}
+EOF
+mpsl_run 3 train $C --max-steps 8 --metrics "$T/base.jsonl" > /dev/null || fail "baseline run"
+mpsl_run 3 train $C --max-steps 8 --emulate "$T/links.json" --metrics "$T/links.jsonl" \
+  > /dev/null || fail "emulated run (links)"
+check "links" "$T/base.jsonl" "$T/links.jsonl" <<'EOF'
+import json, sys
+def ev(path, kind): return [json.loads(l) for l in open(path) if f'"{kind}"' in l]
+base = ev(sys.argv[1], "round_end")[0]["seconds"]
+rounds = ev(sys.argv[2], "round_end"); emu = {e["rank"]: e for e in ev(sys.argv[2], "emulation")}
+o, s0, s1 = emu[0], emu[1], emu[2]
+want_owner = 16 * 0.025 + o["bytes"] * 8 / 1e9      # 8 activations + 8 gradients up
+want_s0 = 8 * 0.025                                   # 8 input gradients down to the owner
+want_s1 = 8 * 0.025                                   # 8 outputs down to the owner (s1 -> s0: free)
+errs = []
+if o["messages"] != 16: errs.append(f"owner sent {o['messages']} messages, expected 16")
+for name, got, want in (("owner", o["transfer_s"], want_owner), ("stage 1", s0["transfer_s"], want_s0),
+                        ("stage 2", s1["transfer_s"], want_s1)):
+    if abs(got - want) > 1e-9: errs.append(f"{name} accounted {got} s, expected {want} s")
+# FedAvg: parts 1 and P up (25 ms + bytes / 1 Gbit/s) and down (25 ms)
+if not 0.05 < o["aggregation_s"] < 0.051: errs.append(f"fedavg accounted {o['aggregation_s']} s")
+critical = 32 * 0.025 + 0.05
+sec = rounds[0]["seconds"]
+if sec < critical: errs.append(f"round took {sec:.3f} s < emulated critical path {critical:.3f} s")
+if sec > base + critical + 3.0: errs.append(f"round took {sec:.3f} s >> baseline {base:.3f} + {critical:.3f} s")
+print("; ".join(errs) if errs else
+      f"owner link {o['transfer_s']:.4f} s over {o['messages']} messages (expected {want_owner:.4f}), "
+      f"round {sec:.3f} s vs {base:.3f} s unemulated (critical path +{critical:.2f} s)")
+sys.exit(1 if errs else 0)
+EOF
+
+# ---- compute: every device 3x slower -----------------------------------------------------
+cat > "$T/slow3.json" <<'EOF'
+{"classes": {"slow": {"compute_factor": 3}},
+ "owners": {"default": "slow"}, "stages": {"default": "slow"}}
+EOF
+mpsl_run 3 train $C --max-steps 24 --metrics "$T/b24.jsonl" > /dev/null || fail "baseline run (24 steps)"
+mpsl_run 3 train $C --max-steps 24 --emulate "$T/slow3.json" --metrics "$T/s24.jsonl" > /dev/null \
+  || fail "emulated run (3x)"
+check "compute 3x" "$T/b24.jsonl" "$T/s24.jsonl" <<'EOF'
+import json, sys
+def ev(path, kind): return [json.loads(l) for l in open(path) if f'"{kind}"' in l]
+base = ev(sys.argv[1], "round_end")[0]["seconds"]
+slow = ev(sys.argv[2], "round_end")[0]["seconds"]
+busy = {e["rank"]: e["busy_s"] for e in ev(sys.argv[2], "rank_summary")}
+errs, parts = [], []
+for e in ev(sys.argv[2], "emulation"):
+    r = e["compute_delay_s"] / busy[e["rank"]]   # busy_s also holds FedAvg: a little under 2
+    parts.append(f"rank {e['rank']} delay/busy {r:.3f}")
+    if not 1.7 <= r <= 2.0 + 1e-9: errs.append(f"rank {e['rank']}: delay/busy {r:.3f} not in [1.7, 2]")
+ratio = slow / base
+if not 1.5 <= ratio <= 5.0: errs.append(f"round time ratio {ratio:.2f} not in [1.5, 5]")
+print("; ".join(errs) if errs else f"round {slow:.2f} s vs {base:.2f} s (x{ratio:.2f}, expected about 3); " + ", ".join(parts))
+sys.exit(1 if errs else 0)
+EOF
+
+# ---- single process: owners' compute factors ---------------------------------------------
+cat > "$T/owner3.json" <<'EOF'
+{"owners": {"default": {"compute_factor": 3}}}
+EOF
+mpsl_run 1 train --model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1 \
+  --quiet --max-steps 8 --owners 2 --emulate "$T/owner3.json" --metrics "$T/single.jsonl" \
+  > /dev/null || fail "single-process emulated run"
+check "single process" "$T/single.jsonl" <<'EOF'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+e = [x for x in ev if x["event"] == "emulation"][0]
+busy = [x for x in ev if x["event"] == "rank_summary"][0]["busy_s"]
+ok = e["compute_delay_s"] >= 2 * busy * 0.9   # busy_s leaves out the warm-up steps
+print(f"accounted {e['compute_delay_s']:.3f} s for {busy:.3f} s timed compute (factor 3)")
+sys.exit(0 if ok else 1)
+EOF
+
+summary
