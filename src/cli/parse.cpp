@@ -368,6 +368,10 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.number("alpha", t.alpha, Range::kPositive, "Dirichlet concentration (smaller = more skewed)");
   s.group("Stages");
   s.integer("stages", t.stages, 0, "N", "compute stages (ranks = owner ranks + N; 0 = none)");
+  s.integer("replicas", t.replicas, 1, "H",
+            "copies of the stage pipeline: H x N compute ranks, owner k served by replica "
+            "k mod H, replicas averaged at aggregation (--stages 1 --replicas H: horizontally "
+            "scaled one-hop)");
   s.text("split", t.split, "i,j,...",
          "unit index where each part after part 1 begins (N+1 values for N stages)");
   s.text("plan", t.plan, "FILE", "split points from 'mpsl plan' (instead of --split)");

@@ -331,7 +331,7 @@ void Mailbox::flush() {
   const auto t0 = Clock::now();
   const double comm_before = stats_.comm_seconds;
   progress();
-  bool pending = false;
+  bool pending = !deferred_.empty();  // emulated sends not yet posted
   for (auto& s : sends_) pending |= s->request != MPI_REQUEST_NULL;
   if (!pending) return;
   obs::Span span(obs::Activity::kWait);

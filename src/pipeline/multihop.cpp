@@ -164,17 +164,25 @@ class OwnerRuntime : public RankRuntime {
       o->shard_crc32 = io::crc32_bytes(shard.data(), shard.size() * sizeof(int64_t));
       owners_.push_back(std::move(o));
     }
-    const int last_stage = t_.rank_of_stage(t_.stages - 1), first_stage = t_.rank_of_stage(0);
+    // Each replica of the pipeline that serves some of this rank's owners sends to it.
     const int64_t out_floats = micro_batch_ * last_.input_shape().per_sample();
     const int64_t grad_floats = micro_batch_ * first_.output_shape().per_sample();
-    const int depth = std::min<int>(static_cast<int>(owners_.size()) * window_, 16) + 1;
-    if (first_stage == last_stage) {
-      mailbox_.listen(first_stage, std::max(out_floats, grad_floats), 2 * depth);
-    } else {
-      mailbox_.listen(last_stage, out_floats, depth);
-      mailbox_.listen(first_stage, grad_floats, depth);
+    for (int h = 0; h < t_.replicas; ++h) {
+      int served = 0;
+      for (const auto& o : owners_) served += t_.replica_of_owner(o->id) == h ? 1 : 0;
+      if (served == 0) continue;
+      const int last_stage = t_.rank_of_stage(t_.stages - 1, h);
+      const int first_stage = t_.rank_of_stage(0, h);
+      const int depth = std::min<int>(served * window_, 16) + 1;
+      if (first_stage == last_stage) {
+        mailbox_.listen(first_stage, std::max(out_floats, grad_floats), 2 * depth);
+      } else {
+        mailbox_.listen(last_stage, out_floats, depth);
+        mailbox_.listen(first_stage, grad_floats, depth);
+      }
+      preferred_.push_back(last_stage);
+      preferred_.push_back(first_stage);
     }
-    preferred_ = {last_stage, first_stage};
   }
 
   const char* role() const override { return "owner"; }
@@ -676,7 +684,7 @@ class OwnerRuntime : public RankRuntime {
   // Sends owner k's message to a stage, through its emulated link when emulating.
   void send(float* buf, int64_t floats, emulate::Entity stage, comm::MessageKind kind, int k,
             int m, Clock::time_point ready) {
-    const int dest = t_.rank_of_stage(stage.index);
+    const int dest = t_.rank_of_stage(stage.index, t_.replica_of_owner(k));
     if (!emu_.active()) return mailbox_.send(buf, floats, dest, kind, k, m);
     mailbox_.send_at(emu_.transfer(emulate::owner_entity(k), stage,
                                    floats * static_cast<int64_t>(sizeof(float)), ready),
@@ -725,11 +733,13 @@ class StageRuntime : public RankRuntime {
         model_(*s.model),
         rank_(rank),
         stage_(t_.stage_of_rank(rank)),
+        replica_(t_.replica_of_rank(rank)),
         world_(comm::Communicator::world()),
         owner_comm_(world_.split(1, rank)),
         eval_comm_(world_.dup()),
         ctrl_world_(world_.dup()),
         ctrl_group_(owner_comm_.dup()),
+        replica_group_(owner_comm_.split(stage_, replica_)),
         mailbox_(world_.get()),
         micro_batch_(s.plan.batch / s.micro_batches),
         program_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second, micro_batch_,
@@ -740,7 +750,11 @@ class StageRuntime : public RankRuntime {
     const auto [b, e] = t_.stage_part(stage_);
     nn::PartState initial(model_, b, e);  // every owner's copy starts from the same weights
     io::initialise_part(model_, initial, s.seed, s.init_model);
-    for (int k = 0; k < t_.owners; ++k) {
+    // A copy per owner this replica serves (--replicas: owner k goes to replica k mod H).
+    mine_ = t_.owners_of_replica(replica_);
+    local_.assign(t_.owners, -1);
+    for (int k : mine_) {
+      local_[k] = static_cast<int>(copies_.size());
       copies_.push_back(initial);
       copies_.back().adopt_formats(program_);
     }
@@ -748,18 +762,25 @@ class StageRuntime : public RankRuntime {
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
     const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
     const int window = s.one_f_one_b ? std::min(s.micro_batches, t_.stages + 2) : 1;
-    std::vector<int> prev, next;
+    std::vector<int> prev, next, owner_peers;
+    auto mine_on = [&](int r) {  // this replica's owners on owner rank r
+      int n = 0;
+      for (int k : mine_) n += t_.rank_of_owner(k) == r ? 1 : 0;
+      return n;
+    };
+    for (int r = 0; r < t_.owner_ranks; ++r)
+      if (mine_on(r) > 0) owner_peers.push_back(r);
     if (stage_ == 0)
-      for (int r = 0; r < t_.owner_ranks; ++r) prev.push_back(r);
+      prev = owner_peers;
     else
-      prev.push_back(t_.rank_of_stage(stage_ - 1));
+      prev.push_back(t_.rank_of_stage(stage_ - 1, replica_));
     if (stage_ == t_.stages - 1)
-      for (int r = 0; r < t_.owner_ranks; ++r) next.push_back(r);
+      next = owner_peers;
     else
-      next.push_back(t_.rank_of_stage(stage_ + 1));
+      next.push_back(t_.rank_of_stage(stage_ + 1, replica_));
     auto depth_for = [&](int peer) {
       const int owners_behind =
-          peer < t_.owner_ranks ? static_cast<int>(t_.owners_of_rank(peer).size()) : t_.owners;
+          peer < t_.owner_ranks ? mine_on(peer) : static_cast<int>(mine_.size());
       return std::min(owners_behind * window, 16) + 1;
     };
     std::map<int, int64_t> size;
@@ -767,8 +788,8 @@ class StageRuntime : public RankRuntime {
     for (int p : prev) size[p] = std::max(size[p], in_floats), depth[p] += depth_for(p);
     for (int p : next) size[p] = std::max(size[p], out_floats), depth[p] += depth_for(p);
     for (auto [peer, floats] : size) mailbox_.listen(peer, floats, depth[peer]);
-    if (stage_ > 0) preferred_.push_back(t_.rank_of_stage(stage_ - 1));
-    if (stage_ < t_.stages - 1) preferred_.push_back(t_.rank_of_stage(stage_ + 1));
+    if (stage_ > 0) preferred_.push_back(t_.rank_of_stage(stage_ - 1, replica_));
+    if (stage_ < t_.stages - 1) preferred_.push_back(t_.rank_of_stage(stage_ + 1, replica_));
   }
 
   const char* role() const override { return "stage"; }
@@ -782,7 +803,7 @@ class StageRuntime : public RankRuntime {
     round_ = round;
     grads_done_.assign(t_.owners, 0);
     fwd_ = bwd_ = 0;
-    for (int k = 0; k < t_.owners; ++k)
+    for (int k : mine_)
       fwd_ += std::min(start_step, s_.plan.round_steps(k, round)) * s_.micro_batches;
     bwd_ = fwd_;
   }
@@ -791,8 +812,7 @@ class StageRuntime : public RankRuntime {
     // Counted over the round: when no collective separates two windows, work of the next one
     // may arrive (and is done) early.
     int64_t total = 0;
-    for (int k = 0; k < t_.owners; ++k)
-      total += std::min(to, s_.plan.round_steps(k, round_)) * s_.micro_batches;
+    for (int k : mine_) total += std::min(to, s_.plan.round_steps(k, round_)) * s_.micro_batches;
     int64_t& fwd = fwd_;
     int64_t& bwd = bwd_;
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
@@ -815,7 +835,7 @@ class StageRuntime : public RankRuntime {
       }
       const auto t0 = Clock::now();
       const int k = msg.env.owner, m = msg.env.micro;
-      nn::PartState& copy = copies_[k];
+      nn::PartState& copy = copies_[local_[k]];
       const nn::StepInfo info{s_.seed, copy.steps, m * micro_batch_, true,
                               static_cast<uint64_t>(k)};
       if (msg.env.kind == comm::MessageKind::kActivation) {
@@ -855,8 +875,8 @@ class StageRuntime : public RankRuntime {
 
   RankState checkpoint_state() override {
     RankState st;
-    for (int k = 0; k < t_.owners; ++k)
-      st.parts.push_back({"copies/" + std::to_string(k), k, &copies_[k]});
+    for (int k : mine_)
+      st.parts.push_back({"copies/" + std::to_string(k), k, &copies_[local_[k]]});
     return st;
   }
 
@@ -872,14 +892,25 @@ class StageRuntime : public RankRuntime {
     double total = 0;
     bool any_late = false;
     for (int k = 0; k < t_.owners; ++k) {
-      all.push_back(&copies_[k]);
-      if (!late[k] || !s_.stragglers.carry) targets.push_back(&copies_[k]);
-      weights.push_back(late[k] ? 0.0 : static_cast<double>(s_.plan.samples[k]));
-      total += weights.back();
+      if (!late[k]) total += static_cast<double>(s_.plan.samples[k]);
       any_late |= late[k] != 0;
     }
-    const optim::PartSums sums =
+    for (int k : mine_) {
+      nn::PartState& c = copies_[local_[k]];
+      all.push_back(&c);
+      if (!late[k] || !s_.stragglers.carry) targets.push_back(&c);
+      weights.push_back(late[k] ? 0.0 : static_cast<double>(s_.plan.samples[k]));
+    }
+    optim::PartSums sums =
         optim::weighted_sums(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage);
+    if (t_.replicas > 1)  // the replicas of this stage add up their owners' weighted sums
+      for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
+        if (!v->empty()) {
+          comm::audit_message("replica-weighted-sum", -1,
+                              static_cast<int64_t>(v->size() * sizeof(double)), true);
+          MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
+                                       MPI_DOUBLE, MPI_SUM, replica_group_.get()));
+        }
     optim::assign_average(sums, total, targets, s_.policy);
     if (s_.stragglers.carry && any_late) {
       if (!global_) global_.emplace(copies_.front());
@@ -888,11 +919,11 @@ class StageRuntime : public RankRuntime {
       global_.reset();
     }
     if (!s_.stragglers.carry)
-      for (int k = 0; k < t_.owners; ++k)
+      for (int k : mine_)
         if (late[k]) {
           int64_t n = 0;
           for (int r = 1; r <= round_; ++r) n += s_.plan.round_steps(k, r);
-          copies_[k].steps = n;
+          copies_[local_[k]].steps = n;
         }
     busy_ += since(t0);
   }
@@ -901,6 +932,7 @@ class StageRuntime : public RankRuntime {
     obs::Span span(obs::Activity::kEval);
     int64_t count = 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    if (replica_ != 0) return {0, 0};  // replica 0 evaluates: every replica holds the average
     const int prev = stage_ == 0 ? 0 : t_.rank_of_stage(stage_ - 1);
     const int next = stage_ == t_.stages - 1 ? 0 : t_.rank_of_stage(stage_ + 1);
     const int64_t in_per = program_.input_shape().per_sample();
@@ -917,6 +949,7 @@ class StageRuntime : public RankRuntime {
   }
 
   std::optional<nn::PartState> gather_model() override {
+    if (replica_ != 0) return std::nullopt;
     const nn::PartState& c = global_ ? *global_ : copies_.front();
     std::vector<float> v(c.params.size() + c.buffers.size());
     const nn::FloatBuffer plain = c.plain_array(c.params);  // plain layouts on the wire
@@ -948,10 +981,11 @@ class StageRuntime : public RankRuntime {
                      buf, floats, dest, kind, k, m);
   }
   int next_rank(int owner) const {
-    return stage_ == t_.stages - 1 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ + 1);
+    return stage_ == t_.stages - 1 ? t_.rank_of_owner(owner)
+                                   : t_.rank_of_stage(stage_ + 1, replica_);
   }
   int prev_rank(int owner) const {
-    return stage_ == 0 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ - 1);
+    return stage_ == 0 ? t_.rank_of_owner(owner) : t_.rank_of_stage(stage_ - 1, replica_);
   }
 
   const Settings& s_;
@@ -959,14 +993,17 @@ class StageRuntime : public RankRuntime {
   const nn::Model& model_;
   int rank_;
   int stage_;
+  int replica_;
   comm::Communicator world_, owner_comm_, eval_comm_;
   comm::Communicator ctrl_world_, ctrl_group_;  // straggler coordination
+  comm::Communicator replica_group_;            // this stage's replicas (--replicas)
   comm::Mailbox mailbox_;
   int64_t micro_batch_;
   nn::PartProgram program_;
   SlotPool slots_;
   InferencePrograms eval_;
-  std::vector<nn::PartState> copies_;
+  std::vector<nn::PartState> copies_;  // per owner of this replica (mine_), in that order
+  std::vector<int> mine_, local_;       // owners served; owner -> index in copies_ (-1: none)
   std::vector<int> grads_done_;
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
   std::vector<int> preferred_;

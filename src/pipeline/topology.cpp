@@ -13,6 +13,12 @@ std::vector<int> Topology::owners_of_rank(int rank) const {
   return v;
 }
 
+std::vector<int> Topology::owners_of_replica(int replica) const {
+  std::vector<int> v;
+  for (int k = replica; k < owners; k += replicas) v.push_back(k);
+  return v;
+}
+
 std::vector<int> resolve_split(const std::string& text, const nn::Model& model, int stages) {
   const int units = model.num_units();
   if (units < stages + 2)
@@ -78,8 +84,11 @@ std::vector<int> resolve_split(const std::string& text, const nn::Model& model, 
 }
 
 Topology make_topology(const nn::Model& model, int world_size, int stages, int owners,
-                       const std::string& split_text) {
+                       const std::string& split_text, int replicas) {
   Topology t;
+  MPSL_INPUT_CHECK(replicas >= 1, "--replicas must be at least 1");
+  MPSL_INPUT_CHECK(replicas == 1 || stages > 0, "--replicas needs --stages");
+  t.replicas = replicas;
   t.world_size = world_size;
   t.stages = stages;
   t.owners = owners;
@@ -95,18 +104,23 @@ Topology make_topology(const nn::Model& model, int world_size, int stages, int o
     t.owner_ranks = 1;
     return t;
   }
-  if (world_size < stages + 1)
-    throw InputError("--stages " + std::to_string(stages) + " needs at least " +
-                     std::to_string(stages + 1) +
-                     " ranks (one per stage plus at least one owner "
-                     "rank), but the job has " +
+  const int compute = stages * replicas;
+  if (world_size < compute + 1)
+    throw InputError("--stages " + std::to_string(stages) +
+                     (replicas > 1 ? " x --replicas " + std::to_string(replicas) : std::string()) +
+                     " needs at least " + std::to_string(compute + 1) +
+                     " ranks (one per stage" + (replicas > 1 ? " and replica" : "") +
+                     " plus at least one owner rank), but the job has " +
                      std::to_string(world_size));
-  t.owner_ranks = world_size - stages;
+  t.owner_ranks = world_size - compute;
+  if (owners < replicas)
+    throw InputError("--owners " + std::to_string(owners) + " is fewer than --replicas " +
+                     std::to_string(replicas) + ": every replica needs at least one data owner");
   if (owners < t.owner_ranks)
     throw InputError("--owners " + std::to_string(owners) + " is fewer than the " +
                      std::to_string(t.owner_ranks) + " owner ranks (" + std::to_string(world_size) +
-                     " ranks - " + std::to_string(stages) +
-                     " stages); every owner rank needs at least one data owner");
+                     " ranks - " + std::to_string(compute) +
+                     " compute ranks); every owner rank needs at least one data owner");
   t.split = resolve_split(split_text, model, stages);
   return t;
 }
@@ -132,8 +146,10 @@ std::vector<std::string> describe_roles(const Topology& t, const nn::Model& mode
       o << "}, part 1 = " << units(t.first_part()) << ", part P = " << units(t.last_part());
     } else {
       const int s = t.stage_of_rank(r);
-      o << "compute stage " << s + 1 << "/" << t.stages << ", " << units(t.stage_part(s)) << ", "
-        << t.owners << " per-owner copies";
+      o << "compute stage " << s + 1 << "/" << t.stages;
+      if (t.replicas > 1) o << " replica " << t.replica_of_rank(r) + 1 << "/" << t.replicas;
+      o << ", " << units(t.stage_part(s)) << ", "
+        << t.owners_of_replica(t.replica_of_rank(r)).size() << " per-owner copies";
     }
     lines.push_back(o.str());
   }

@@ -198,6 +198,7 @@ nlohmann::json topology_json(const pipeline::Topology& t, const cli::TrainOption
   return {{"world_size", t.world_size},
           {"owner_ranks", t.multihop() ? t.owner_ranks : 1},
           {"stages", t.stages},
+          {"replicas", t.replicas},
           {"owners", o.owners},
           {"split", t.split},
           {"num_units", t.num_units},

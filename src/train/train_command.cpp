@@ -1025,7 +1025,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                                 << o.batch << " (the split is used as it is)");
   }
   const pipeline::Topology topo =
-      pipeline::make_topology(*model, world, stages, o.owners, split_text);
+      pipeline::make_topology(*model, world, stages, o.owners, split_text, o.replicas);
   const std::optional<plan::Profile> profile = load_profile(o);
   const plan::Profile* profile_ptr = profile ? &*profile : nullptr;
   const int cores = shared_cores(world);

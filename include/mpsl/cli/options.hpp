@@ -47,6 +47,7 @@ struct TrainOptions {
   float alpha = 0.5f;
   // stages
   int stages = 0;
+  int replicas = 1;   // copies of the stage pipeline (horizontal scaling)
   std::string split;  // "i,j,..." unit indices
   std::string plan;   // plan file
   std::string profile;  // profile file (predictions); a plan carries its own

@@ -22,13 +22,24 @@ struct Topology {
   int owners = 1;       // K logical owners
   int num_units = 0;
   std::vector<int> split;  // N + 1 cut points (empty when stages == 0)
+  // H copies of the stage pipeline (--replicas): compute ranks O + h N .. O + h N + N - 1 are
+  // replica h's stages 1..N; logical owner k is served by replica k mod H. H > 1 with N = 1
+  // is horizontally scaled one-hop split learning.
+  int replicas = 1;
 
   bool multihop() const { return stages > 0; }
   bool is_owner_rank(int rank) const { return rank < owner_ranks; }
-  int stage_of_rank(int rank) const { return rank - owner_ranks; }  // 0-based stage index
-  int rank_of_stage(int stage) const { return owner_ranks + stage; }
+  int stage_of_rank(int rank) const {  // 0-based
+    return stages > 0 ? (rank - owner_ranks) % stages : rank - owner_ranks;
+  }
+  int replica_of_rank(int rank) const { return stages > 0 ? (rank - owner_ranks) / stages : 0; }
+  int rank_of_stage(int stage, int replica = 0) const {
+    return owner_ranks + replica * stages + stage;
+  }
   int rank_of_owner(int owner) const { return owner % owner_ranks; }
+  int replica_of_owner(int owner) const { return owner % replicas; }
   std::vector<int> owners_of_rank(int rank) const;
+  std::vector<int> owners_of_replica(int replica) const;
 
   std::pair<int, int> first_part() const { return {0, split.front()}; }
   std::pair<int, int> last_part() const { return {split.back(), num_units}; }
@@ -42,7 +53,7 @@ std::vector<int> resolve_split(const std::string& text, const nn::Model& model, 
 
 // Builds and validates the topology: rank count vs stages, owners vs owner ranks.
 Topology make_topology(const nn::Model& model, int world_size, int stages, int owners,
-                       const std::string& split_text);
+                       const std::string& split_text, int replicas = 1);
 
 // The role map printed by --dry-run and at start-up: one line per rank.
 std::vector<std::string> describe_roles(const Topology& t, const nn::Model& model);
