@@ -284,6 +284,10 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
     out.note = "no --profile or --plan: no predictions";
     return out;
   }
+  if (t.replicas > 1) {
+    out.note = "the cost model does not model --replicas yet";
+    return out;
+  }
   if (profile->model != o.model) {
     out.note = "the profile is of model '" + profile->model + "', not '" + o.model + "'";
     return out;
