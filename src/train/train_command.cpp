@@ -275,6 +275,19 @@ int shared_cores(int world) {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+// The cost model's view of an emulated device (emulate/emulate.hpp): its compute factor, the
+// slower direction of its link (bytes/s) and the longer latency (none: the local link's).
+plan::Device emulated_device(const emulate::Device& d) {
+  plan::Device x;
+  x.slowdown = d.compute_factor;
+  double bps = d.up.bps;
+  if (d.down.bps > 0) bps = bps > 0 ? std::min(bps, d.down.bps) : d.down.bps;
+  x.bandwidth = bps / 8;
+  const double latency = std::max(d.up.latency_s, d.down.latency_s);
+  x.latency = latency > 0 ? latency : -1.0;
+  return x;
+}
+
 Predictions predict(const plan::Profile* profile, const TrainOptions& o, const nn::Model& model,
                     const pipeline::Topology& t, const train::FederationPlan& fp,
                     int64_t train_images, int64_t image_bytes, int64_t test_images, int cores,
@@ -336,6 +349,13 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
       continue;
     }
     plan::Scenario sc;
+    if (!o.emulate.empty()) {
+      // --emulate: predict for the devices the runtime emulates (the cost model has one owner
+      // device: owner 0's stands for all).
+      const emulate::Emulation em = emulate::load_emulation(o.emulate, o.owners, t.stages);
+      sc.owner_device = emulated_device(em.owners.at(0));
+      for (int i = 0; i < t.stages; ++i) sc.stage_devices.push_back(emulated_device(em.stages[i]));
+    }
     sc.profile = &p;
     sc.split = t.split;
     sc.owners = t.owners;

@@ -129,4 +129,26 @@ print(f"accounted {e['compute_delay_s']:.3f} s for {busy:.3f} s timed compute (f
 sys.exit(0 if ok else 1)
 EOF
 
+# ---- predictions: the cost model sees the emulated devices --------------------------------
+# A bytes-only profile (no times): what the cost model predicts is then link time alone.
+"$MPSL" profile --model fmnist-cnn --batch 32 --repeats 0 --quiet --output "$T/prof.json" \
+  || fail "profile"
+cat > "$T/link1g.json" <<'EOF2'
+{"owners": {"default": {"bandwidth_bps": 1e9}}}
+EOF2
+P="$C --max-steps 4 --profile $T/prof.json"
+mpsl_run 3 train $P --metrics "$T/p0.jsonl" > /dev/null || fail "run with --profile"
+mpsl_run 3 train $P --emulate "$T/link1g.json" --metrics "$T/p1.jsonl" > /dev/null \
+  || fail "emulated run with --profile"
+check "predictions use the emulated devices" "$T/p0.jsonl" "$T/p1.jsonl" <<'EOF2'
+import json, sys
+def pred(path): return [json.loads(l) for l in open(path) if '"round_end"' in l][0]["predicted_seconds"]
+a, b = pred(sys.argv[1]), pred(sys.argv[2])
+# 4 steps: the activation up and its gradient down over the 1 Gbit/s owner link (3.2 MB each)
+want = 4 * 2 * 32 * 32 * 28 * 28 * 4 * 8 / 1e9
+ok = a is not None and b is not None and b - a >= 0.9 * want
+print(f"predicted {a} s without, {b} s with 1 Gbit/s owner links (link time >= {want:.3f} s)")
+sys.exit(0 if ok else 1)
+EOF2
+
 summary
