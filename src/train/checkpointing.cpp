@@ -466,9 +466,11 @@ void Checkpointer::write(int round, int64_t step, bool round_complete, pipeline:
     e.write_seconds = all[3 * r + 2];
     if (e.role == "owner") {
       e.owners = t_.owners_of_rank(r);
+    } else if (e.role == "stage") {
+      e.owners = t_.owners_of_replica(t_.replica_of_rank(r));  // its replica's owners
+      e.stage = t_.stage_of_rank(r) + 1;
     } else {
       for (int k = 0; k < plan_.owners; ++k) e.owners.push_back(k);
-      if (e.role == "stage") e.stage = t_.stage_of_rank(r) + 1;
     }
     bytes += e.summary.bytes;
     slowest = std::max(slowest, e.write_seconds);

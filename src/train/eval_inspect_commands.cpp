@@ -1,4 +1,5 @@
 // `mpsl eval` and `mpsl inspect`.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -35,6 +36,9 @@ nn::PartState assemble_checkpoint_model(const std::string& folder, const io::Man
   }
   for (const io::ManifestRank& r : m.ranks) {
     if (r.role == "owner" && r.rank != 0) continue;
+    // --replicas: every replica of a stage holds the average; replica 0 (owner 0's) is read.
+    if (r.role == "stage" && std::find(r.owners.begin(), r.owners.end(), 0) == r.owners.end())
+      continue;
     io::File f = io::open_rank_file(folder, m, r.rank);
     for (const char* which : r.role == "owner" ? std::vector<const char*>{"first", "last"}
                                                : std::vector<const char*>{""}) {
