@@ -372,6 +372,9 @@ void add_train(SpecList& s, TrainOptions& t) {
             "copies of the stage pipeline: H x N compute ranks, owner k served by replica "
             "k mod H, replicas averaged at aggregation (--stages 1 --replicas H: horizontally "
             "scaled one-hop)");
+  s.text("replica-speed", t.replica_speed, "s1,...,sH",
+         "relative speeds of the replicas: replica h serves about K s_h / sum(s) owners "
+         "(default: owner k on replica k mod H)");
   s.text("split", t.split, "i,j,...",
          "unit index where each part after part 1 begins (N+1 values for N stages)");
   s.text("plan", t.plan, "FILE", "split points from 'mpsl plan' (instead of --split)");

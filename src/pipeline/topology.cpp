@@ -15,8 +15,67 @@ std::vector<int> Topology::owners_of_rank(int rank) const {
 
 std::vector<int> Topology::owners_of_replica(int replica) const {
   std::vector<int> v;
-  for (int k = replica; k < owners; k += replicas) v.push_back(k);
+  for (int k = 0; k < owners; ++k)
+    if (replica_of_owner(k) == replica) v.push_back(k);
   return v;
+}
+
+void spread_owners(Topology& t, const std::string& text) {
+  if (text.empty()) return;
+  const std::string what = "--replica-speed '" + text + "'";
+  std::vector<double> speed;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || !(v > 0))
+      throw InputError(what + ": '" + item + "' is not a speed > 0");
+    speed.push_back(v);
+  }
+  const int H = t.replicas, K = t.owners;
+  if (static_cast<int>(speed.size()) != H)
+    throw InputError(what + " gives " + std::to_string(speed.size()) + " speeds for --replicas " +
+                     std::to_string(H));
+  double total = 0;
+  for (double v : speed) total += v;
+  // Shares: at least one owner each, the rest by largest remainder.
+  std::vector<int> share(H, 1);
+  std::vector<double> exact(H);
+  int left = K - H;
+  for (int h = 0; h < H; ++h) {
+    exact[h] = std::max(0.0, K * speed[h] / total - 1.0);
+    share[h] += static_cast<int>(exact[h]);
+    left -= static_cast<int>(exact[h]);
+  }
+  while (left > 0) {
+    int best = 0;
+    for (int h = 1; h < H; ++h)
+      if (exact[h] - static_cast<int>(exact[h]) > exact[best] - static_cast<int>(exact[best]))
+        best = h;
+    ++share[best];
+    exact[best] = static_cast<int>(exact[best]);  // used up
+    --left;
+  }
+  // Deal owners in order to the replica furthest below its share (ties: lowest index).
+  t.owner_replica.assign(K, 0);
+  std::vector<int> got(H, 0);
+  for (int k = 0; k < K; ++k) {
+    int best = -1;
+    double gap = 0;
+    for (int h = 0; h < H; ++h) {
+      if (got[h] >= share[h]) continue;
+      const double g = static_cast<double>(share[h] - got[h]) / share[h];
+      if (best < 0 || g > gap) best = h, gap = g;
+    }
+    t.owner_replica[k] = best;
+    ++got[best];
+  }
 }
 
 std::vector<int> resolve_split(const std::string& text, const nn::Model& model, int stages) {

@@ -199,6 +199,7 @@ nlohmann::json topology_json(const pipeline::Topology& t, const cli::TrainOption
           {"owner_ranks", t.multihop() ? t.owner_ranks : 1},
           {"stages", t.stages},
           {"replicas", t.replicas},
+          {"owner_replica", t.owner_replica},
           {"owners", o.owners},
           {"split", t.split},
           {"num_units", t.num_units},

@@ -1048,8 +1048,14 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
                                 << pf.batch << "; this run has " << o.owners << " at batch "
                                 << o.batch << " (the split is used as it is)");
   }
-  const pipeline::Topology topo =
-      pipeline::make_topology(*model, world, stages, o.owners, split_text, o.replicas);
+  const pipeline::Topology topo = [&] {
+    pipeline::Topology t =
+        pipeline::make_topology(*model, world, stages, o.owners, split_text, o.replicas);
+    MPSL_INPUT_CHECK(o.replica_speed.empty() || t.replicas > 1,
+                     "--replica-speed needs --replicas H > 1");
+    pipeline::spread_owners(t, o.replica_speed);
+    return t;
+  }();
   const std::optional<plan::Profile> profile = load_profile(o);
   const plan::Profile* profile_ptr = profile ? &*profile : nullptr;
   const int cores = shared_cores(world);

@@ -28,6 +28,8 @@ run() {  # run NAME RANKS ARGS...
 run "horizontal one-hop: 1 owner rank, 3 compute ranks (--stages 1 --replicas 3)" 4 \
   --stages 1 --replicas 3
 run "horizontal one-hop: 2 owner ranks, 2 compute ranks" 4 --stages 1 --replicas 2
+run "horizontal one-hop, owners spread by speed 1,2,1 (1, 2, 1 owners)" 4 --stages 1 \
+  --replicas 3 --replica-speed 1,2,1
 run "replicated multihop: 2 pipelines of 2 stages" 5 --stages 2 --replicas 2
 run "replicated multihop, 1f1b M=1" 5 --stages 2 --replicas 2 \
   --schedule 1f1b --micro-batches 1
@@ -61,6 +63,15 @@ bad() {  # bad NAME RANKS PATTERN ARGS...
   if [ "$rc" = 2 ] && grep -q -- "$pattern" <<<"$out"; then pass "refused: $name"; else
     fail "$name: exit $rc: $out"; fi
 }
+out=$(mpsl_run 4 train $C4 --stages 1 --replicas 3 --replica-speed 1,2,1 --dry-run 2>&1)
+if grep -q "replica 1/3, .*1 per-owner copies" <<<"$out" && grep -q "replica 2/3, .*2 per-owner copies" <<<"$out"; then
+  pass "dry run: --replica-speed 1,2,1 gives replica 2 two owners"
+else
+  fail "dry run with --replica-speed: $out"
+fi
+bad "replica speeds: wrong count" 4 "gives 2 speeds for --replicas 3" --stages 1 --replicas 3 \
+  --replica-speed 1,2
+bad "replica speed not > 0" 4 "'0' is not a speed > 0" --stages 1 --replicas 3 --replica-speed 1,0,1
 bad "more replicas than owners" 6 "fewer than --replicas 5" --stages 1 --replicas 5
 bad "replicas without stages" 1 "--replicas needs --stages" --replicas 2
 bad "too few ranks" 3 "needs at least 5 ranks" --stages 2 --replicas 2

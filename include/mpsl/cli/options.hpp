@@ -48,6 +48,7 @@ struct TrainOptions {
   // stages
   int stages = 0;
   int replicas = 1;   // copies of the stage pipeline (horizontal scaling)
+  std::string replica_speed;  // "s1,...,sH": owners spread in proportion (default k mod H)
   std::string split;  // "i,j,..." unit indices
   std::string plan;   // plan file
   std::string profile;  // profile file (predictions); a plan carries its own

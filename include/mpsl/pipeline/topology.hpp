@@ -26,6 +26,7 @@ struct Topology {
   // replica h's stages 1..N; logical owner k is served by replica k mod H. H > 1 with N = 1
   // is horizontally scaled one-hop split learning.
   int replicas = 1;
+  std::vector<int> owner_replica;  // per owner (--replica-speed); empty = k mod H
 
   bool multihop() const { return stages > 0; }
   bool is_owner_rank(int rank) const { return rank < owner_ranks; }
@@ -37,7 +38,9 @@ struct Topology {
     return owner_ranks + replica * stages + stage;
   }
   int rank_of_owner(int owner) const { return owner % owner_ranks; }
-  int replica_of_owner(int owner) const { return owner % replicas; }
+  int replica_of_owner(int owner) const {
+    return owner_replica.empty() ? owner % replicas : owner_replica[owner];
+  }
   std::vector<int> owners_of_rank(int rank) const;
   std::vector<int> owners_of_replica(int replica) const;
 
@@ -54,6 +57,11 @@ std::vector<int> resolve_split(const std::string& text, const nn::Model& model, 
 // Builds and validates the topology: rank count vs stages, owners vs owner ranks.
 Topology make_topology(const nn::Model& model, int world_size, int stages, int owners,
                        const std::string& split_text, int replicas = 1);
+
+// --replica-speed s_1,...,s_H: replica h serves about K s_h / sum(s) owners (largest
+// remainders, at least one each), dealt in owner order to the replica furthest below its share.
+// InputError naming the option for a wrong count or a speed <= 0.
+void spread_owners(Topology& t, const std::string& speeds_text);
 
 // The role map printed by --dry-run and at start-up: one line per rank.
 std::vector<std::string> describe_roles(const Topology& t, const nn::Model& model);
