@@ -44,14 +44,14 @@ batch_of() { case $1 in vgg19) echo 16 ;; *) echo 64 ;; esac; }
 steps_of() { case $1 in vgg19) echo 1 ;; *) echo 4 ;; esac; }
 micro_of() { case $1 in vgg19) echo 2 ;; *) echo 4 ;; esac; }
 
-profile() {  # model batch micro repeats out
+profile() {  # model batch micro repeats out [concurrency]
   [ -s "$5" ] && return 0
   note "profiling $1 (batch $2, $3 micro-batch(es), $4 repeats)"
   flock -x $LOCK "$MPSL" profile --model "$1" --batch "$2" --micro-batches "$3" --repeats "$4" \
-    --threads 1 --quiet --output "$5"
+    --concurrency "${6:--1}" --threads 1 --quiet --output "$5"
 }
 
-available_bytes() { awk '/MemAvailable/ {printf "%d", $2 * 1024}' /proc/meminfo; }
+available_bytes() { awk '/MemAvailable/ {printf "%.0f", $2 * 1024}' /proc/meminfo; }
 
 if [[ " $SECTIONS " == *" grid "* ]]; then
   for model in $MODELS; do
@@ -73,7 +73,7 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
             --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" --threads 1 \
             --profile "$prof" --dry-run | awk '/predicted peak/ {
                 v = $0; sub(/.*predicted peak /, "", v); split(v, a, " ");
-                f = a[2] == "GiB" ? 2^30 : a[2] == "MiB" ? 2^20 : 2^10; s += a[1] * f } END { printf "%d", s }')
+                f = a[2] == "GiB" ? 2^30 : a[2] == "MiB" ? 2^20 : 2^10; s += a[1] * f } END { printf "%.0f", s }')
           if [ "$need" -gt $(($(available_bytes) * 8 / 10)) ]; then
             note "skipping $name: predicted $((need >> 20)) MiB, $(($(available_bytes) >> 20)) MiB available"
             continue
@@ -126,7 +126,7 @@ if [[ " $SECTIONS " == *" gain "* ]]; then
   # like this machine, 7 Gbit/s between them; 16 batches per owner and round.
   for model in vgg19 resnet101; do
     prof=$OUT/profile-$model-b128-timed.json
-    profile "$model" 128 1 3 "$prof"
+    profile "$model" 128 1 3 "$prof" 0
     for k in 10 50; do
       for n in 2 3 4; do
         "$MPSL" plan --profile "$prof" --owners "$k" --owner-ranks "$k" --stages "$n" --quiet \

@@ -78,12 +78,95 @@ nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res) {
           {"memory_optimal",
            {{"split", split_json(res.memory_split)},
             {"max_stage_bytes", res.memory_split_bytes},
-            {"note", "the split with the smallest largest stage memory (planned in-flight "
-                     "activations)"}}},
+            {"note",
+             "the split with the smallest largest stage memory (planned in-flight "
+             "activations)"}}},
           {"owner_device", r.owner_device.to_json()},
           {"nodes", nodes},
           {"cores", r.cores},
           {"profile", r.profile->to_json()}};
+}
+
+namespace {
+std::string secs(double s) {
+  char b[32];
+  if (s >= 1)
+    std::snprintf(b, sizeof b, "%.3f s", s);
+  else
+    std::snprintf(b, sizeof b, "%.2f ms", s * 1e3);
+  return b;
+}
+}  // namespace
+
+void print_profile(const Profile& p) {
+  std::printf("%-4s %-34s %12s %12s %12s %11s %11s %11s\n", "unit", "layer", "fwd", "bwd", "step",
+              "out", "params", "act");
+  for (const auto& u : p.units)
+    std::printf("%-4d %-34.34s %12s %12s %12s %11s %11s %11s\n", u.index, u.description.c_str(),
+                secs(u.forward_s).c_str(), secs(u.backward_s).c_str(), secs(u.step_s).c_str(),
+                obs::format_bytes(u.output_bytes).c_str(), obs::format_bytes(u.param_bytes).c_str(),
+                obs::format_bytes(u.activation_bytes).c_str());
+  const int S = p.num_units();
+  std::printf("total: forward %s, backward %s, step %s per %s; one copy %s\n",
+              secs(p.forward(0, S) * p.micro_batches).c_str(),
+              secs(p.backward(0, S) * p.micro_batches).c_str(), secs(p.step(0, S)).c_str(),
+              ("batch of " + std::to_string(p.batch)).c_str(),
+              obs::format_bytes(p.copy_bytes(0, S)).c_str());
+  if (!p.concurrency.empty()) {
+    std::printf("a step takes");
+    for (size_t n = 1; n < p.concurrency.size(); ++n)
+      std::printf("%s %.2fx as long with %zu processes training", n > 1 ? "," : "",
+                  p.concurrency[n], n + 1);
+    std::printf(" on this host\n");
+  }
+}
+
+bool is_plan_or_profile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return false;
+  try {
+    nlohmann::json j;
+    in >> j;
+    const std::string f = j.is_object() ? j.value("format", "") : "";
+    return f == "mpsl-plan" || f == "mpsl-profile";
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+int inspect_json(const std::string& path) {
+  std::ifstream in(path);
+  nlohmann::json j;
+  in >> j;
+  if (j.value("format", "") == "mpsl-profile") {
+    const Profile p = Profile::from_json(j, "profile '" + path + "'");
+    std::printf(
+        "profile of %s: batch %d (%d micro-batch(es)), %d thread(s), %d repeats, device %s\n",
+        p.model.c_str(), p.batch, p.micro_batches, p.threads, p.repeats, p.device.str().c_str());
+    print_profile(p);
+    return 0;
+  }
+  const PlanFile f = read_plan(path);
+  std::string cuts;
+  for (int c : f.split) cuts += (cuts.empty() ? "" : ",") + std::to_string(c);
+  std::printf("plan for %s: %d owners, %d stage(s), batch %d, schedule %s: --split %s\n",
+              f.model.c_str(), f.owners, f.stages, f.batch, f.schedule.c_str(), cuts.c_str());
+  if (j.contains("objective"))
+    std::printf("  slowest forward stage %s + slowest backward stage %s per batch\n",
+                secs(j["objective"].value("forward_bottleneck_s", 0.0)).c_str(),
+                secs(j["objective"].value("backward_bottleneck_s", 0.0)).c_str());
+  if (j.contains("predicted")) {
+    const auto& pr = j["predicted"];
+    std::printf("  predicted round %s (paper's formula %s)\n",
+                secs(pr.value("round_s", 0.0)).c_str(),
+                secs(pr.value("paper_round_s", 0.0)).c_str());
+    for (const auto& r : pr["ranks"])
+      std::printf("  rank %d %-5s units %d-%d: peak %s\n", r.value("rank", 0),
+                  r.value("role", "").c_str(), r["units"][0].get<int>(),
+                  r["units"][1].get<int>() - 1,
+                  obs::format_bytes(r.value("peak_bytes", int64_t{0})).c_str());
+  }
+  return 0;
 }
 
 PlanFile read_plan(const std::string& path) {
@@ -99,7 +182,8 @@ PlanFile read_plan(const std::string& path) {
   if (!j.is_object() || j.value("format", "") != "mpsl-plan")
     throw InputError(what + ": not an mpsl plan (format is not \"mpsl-plan\")");
   if (j.value("format_version", 0) != 1)
-    throw InputError(what + ": plan format_version " + std::to_string(j.value("format_version", 0)) +
+    throw InputError(what + ": plan format_version " +
+                     std::to_string(j.value("format_version", 0)) +
                      " is not supported (this mpsl reads version 1)");
   try {
     PlanFile f;
@@ -187,37 +271,16 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
     s.repeats = o.repeats;
     s.seed = common.seed;
     // How ranks sharing this host's cores slow each other: up to cores + 2 processes.
-    s.concurrency = o.repeats > 0 ? static_cast<int>(std::thread::hardware_concurrency()) + 2 : 0;
+    s.concurrency = o.repeats <= 0     ? 0
+                    : o.concurrency >= 0 ? o.concurrency
+                                         : static_cast<int>(std::thread::hardware_concurrency()) + 2;
     MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
                                 << " micro-batch(es)), " << o.repeats << " timed step(s)");
     p = plan::measure_profile(*model, s);
   }
   if (!o.device.empty()) p = p.scaled(plan::Device::parse(o.device, "--device"));
   p.write(o.output);
-  if (!common.quiet) {
-    std::printf("%-4s %-34s %12s %12s %12s %11s %11s %11s\n", "unit", "layer", "fwd", "bwd",
-                "step", "out", "params", "act");
-    for (const auto& u : p.units)
-      std::printf("%-4d %-34.34s %12s %12s %12s %11s %11s %11s\n", u.index, u.description.c_str(),
-                  seconds_text(u.forward_s).c_str(), seconds_text(u.backward_s).c_str(),
-                  seconds_text(u.step_s).c_str(), obs::format_bytes(u.output_bytes).c_str(),
-                  obs::format_bytes(u.param_bytes).c_str(),
-                  obs::format_bytes(u.activation_bytes).c_str());
-    const int S = p.num_units();
-    std::printf("total: forward %s, backward %s, step %s per %s; one copy %s\n",
-                seconds_text(p.forward(0, S) * p.micro_batches).c_str(),
-                seconds_text(p.backward(0, S) * p.micro_batches).c_str(),
-                seconds_text(p.step(0, S)).c_str(),
-                ("batch of " + std::to_string(p.batch)).c_str(),
-                obs::format_bytes(p.copy_bytes(0, S)).c_str());
-    if (!p.concurrency.empty()) {
-      std::printf("a step takes");
-      for (size_t n = 1; n < p.concurrency.size(); ++n)
-        std::printf("%s %.2fx as long with %zu processes training", n > 1 ? "," : "",
-                    p.concurrency[n], n + 1);
-      std::printf(" on this host\n");
-    }
-  }
+  if (!common.quiet) plan::print_profile(p);
   MPSL_LOG(Info, "profile written to " << o.output);
   return 0;
 }
@@ -233,7 +296,8 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
   r.one_f_one_b = o.schedule == "1f1b";
   r.micro_batches = profile.micro_batches;
   r.steps_per_owner = o.batches;
-  if (!o.owner_device.empty()) r.owner_device = plan::Device::parse(o.owner_device, "--owner-device");
+  if (!o.owner_device.empty())
+    r.owner_device = plan::Device::parse(o.owner_device, "--owner-device");
   r.nodes = node_devices(o);
   r.cores = o.cores;
   r.threads = o.threads;
@@ -286,8 +350,8 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
       const auto& x = res.prediction.ranks[k];
       std::printf("  rank %zu %-5s units %d-%d: peak %s (copies %s), busy %s per round\n", k,
                   x.role.c_str(), x.units_begin, x.units_end - 1,
-                  obs::format_bytes(x.peak_bytes).c_str(),
-                  obs::format_bytes(x.model_bytes).c_str(), seconds_text(x.busy_s).c_str());
+                  obs::format_bytes(x.peak_bytes).c_str(), obs::format_bytes(x.model_bytes).c_str(),
+                  seconds_text(x.busy_s).c_str());
     }
     std::printf("  even split by unit count (--split %s): objective %s, round %s%s\n", even.c_str(),
                 seconds_text(res.even_objective).c_str(),

@@ -53,9 +53,9 @@ void check_scenario(const Scenario& s) {
   MPSL_INPUT_CHECK(s.owners >= s.owner_ranks && s.owner_ranks >= 1,
                    "owners must be at least the owner ranks");
   MPSL_INPUT_CHECK(static_cast<int>(s.steps.size()) == s.owners, "steps per owner missing");
-  MPSL_INPUT_CHECK(s.stage_devices.empty() || static_cast<int>(s.stage_devices.size()) ==
-                                                  s.stages(),
-                   "one device per stage expected");
+  MPSL_INPUT_CHECK(
+      s.stage_devices.empty() || static_cast<int>(s.stage_devices.size()) == s.stages(),
+      "one device per stage expected");
   MPSL_INPUT_CHECK(s.micro_batches == p.micro_batches,
                    "the profile was taken with " + std::to_string(p.micro_batches) +
                        " micro-batch(es) of batch " + std::to_string(p.batch) + ", the run uses " +
@@ -110,8 +110,9 @@ double aggregate_seconds(const Scenario& s, std::vector<double>* per_rank) {
   for (int r = 0; r < O; ++r) {
     const int mine = (s.owners - r + O - 1) / O;
     const double bytes = static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S));
-    w[r] = s.owner_device.slowdown * p.average_s_per_byte * bytes * mine +
-           (O > 1 ? transfer_s(s.owner_device, s.owner_device, static_cast<int64_t>(2 * bytes)) : 0);
+    w[r] =
+        s.owner_device.slowdown * p.average_s_per_byte * bytes * mine +
+        (O > 1 ? transfer_s(s.owner_device, s.owner_device, static_cast<int64_t>(2 * bytes)) : 0);
   }
   for (int i = 0; i < N; ++i)
     w[O + i] = s.stage_device(i).slowdown * p.average_s_per_byte *
@@ -180,10 +181,10 @@ struct RankSim {
   std::vector<int> owners;  // owner ranks: the owners it holds
   std::vector<Msg> inbox;   // arrived, in arrival order
   Task task = Task::kNone;
-  Msg current;               // the message the task serves (or owner/micro for forwards)
-  double remaining = 0;      // seconds of work at full speed
+  Msg current;           // the message the task serves (or owner/micro for forwards)
+  double remaining = 0;  // seconds of work at full speed
   double busy = 0;
-  int next = 0;              // round-robin position (owner ranks)
+  int next = 0;  // round-robin position (owner ranks)
   int in_flight = 0, max_in_flight = 0;
   std::vector<int> preferred;
 };
@@ -204,11 +205,11 @@ double paper_round_seconds(const Scenario& s) {
     lb = std::max(lb, b);
     fill += f + b;
   }
-  const double start = M * (od.slowdown * p.forward(0, a) +
-                            transfer_s(od, s.stage_device(0), p.cut_bytes(a)));
-  const double end = M * (od.slowdown * (p.forward(z, S) + p.loss_s + p.backward(z, S) +
-                                         p.backward(0, a))) +
-                     od.slowdown * (p.step(0, a) + p.step(z, S));
+  const double start =
+      M * (od.slowdown * p.forward(0, a) + transfer_s(od, s.stage_device(0), p.cut_bytes(a)));
+  const double end =
+      M * (od.slowdown * (p.forward(z, S) + p.loss_s + p.backward(z, S) + p.backward(0, a))) +
+      od.slowdown * (p.step(0, a) + p.step(z, S));
   int64_t batches = 0;
   for (int64_t st : s.steps) batches += st;
   const double train = start + fill + std::max<int64_t>(batches - 1, 0) * (lf + lb) + end;
@@ -224,16 +225,21 @@ Prediction simulate(const Scenario& s) {
   const int window = s.one_f_one_b ? std::min(M, N + 2) : 1;
   const Device& od = s.owner_device;
 
-  // Task lengths at full speed.
-  const double t_first_fwd = od.slowdown * p.forward(0, a);
-  const double t_last = od.slowdown * (p.forward(z, S) + p.loss_s + p.backward(z, S));
-  const double t_first_bwd = od.slowdown * p.backward(0, a);
+  // Task lengths at full speed. Crossing a cut costs copies on both sides: the sender
+  // reorders its output to plain, the receiver copies it out of MPI and into the part's input.
+  const double cp = p.copy_s_per_byte;
+  const double t_first_fwd = od.slowdown * (p.forward(0, a) + p.cut_bytes(a) * cp +
+                                            p.micro_batch() * p.assemble_s_per_sample);
+  const double t_last =
+      od.slowdown * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp);
+  const double t_first_bwd = od.slowdown * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp);
   const double t_owner_step = od.slowdown * (p.step(0, a) + p.step(z, S));
   std::vector<double> t_fwd(N), t_bwd(N), t_step(N);
   for (int i = 0; i < N; ++i) {
     const double f = s.stage_device(i).slowdown;
-    t_fwd[i] = f * p.forward(s.split[i], s.split[i + 1]);
-    t_bwd[i] = f * p.backward(s.split[i], s.split[i + 1]);
+    const int64_t in = p.cut_bytes(s.split[i]), out = p.cut_bytes(s.split[i + 1]);
+    t_fwd[i] = f * (p.forward(s.split[i], s.split[i + 1]) + (2 * in + out) * cp);
+    t_bwd[i] = f * (p.backward(s.split[i], s.split[i + 1]) + (2 * out + in) * cp);
     t_step[i] = f * p.step(s.split[i], s.split[i + 1]);
   }
   auto device_of = [&](int rank) -> const Device& {
@@ -443,13 +449,12 @@ Prediction simulate(const Scenario& s) {
       rp.model_bytes = mine * (p.copy_bytes(0, a) + p.copy_bytes(z, S));
       const int64_t image_floats = p.input_bytes / mb;  // bytes of one sample's floats
       const int64_t shard = mine * (s.train_samples / std::max(1, K));
-      rp.peak_bytes =
-          p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes(0, a) +
-          p.work_bytes(z, S) + rp.max_in_flight * part_activation_bytes(p, 0, a) +
-          part_activation_bytes(p, z, S) + mine * (p.batch * (image_floats + 4)) +
-          s.train_samples * (s.image_bytes + 1) + 2 * 8 * shard +
-          mailbox_depth(mine, window) * (p.cut_bytes(z) + p.cut_bytes(a)) +
-          2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
+      rp.peak_bytes = p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes(0, a) +
+                      p.work_bytes(z, S) + rp.max_in_flight * part_activation_bytes(p, 0, a) +
+                      part_activation_bytes(p, z, S) + mine * (p.batch * (image_floats + 4)) +
+                      s.train_samples * (s.image_bytes + 1) + 2 * 8 * shard +
+                      mailbox_depth(mine, window) * (p.cut_bytes(z) + p.cut_bytes(a)) +
+                      2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
       if (r == 0 && s.test_samples > 0) {
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
         rp.peak_bytes += s.test_samples * (s.image_bytes + 1) +
@@ -464,12 +469,11 @@ Prediction simulate(const Scenario& s) {
       rp.units_end = s.split[i + 1];
       rp.owners_served = K;
       rp.model_bytes = K * p.copy_bytes(s.split[i], s.split[i + 1]);
-      rp.peak_bytes =
-          stage_memory_bytes(p, s.split[i], s.split[i + 1], K, rp.max_in_flight, O);
+      rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], K, rp.max_in_flight, O);
       if (s.test_samples > 0) {
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
-        rp.peak_bytes += static_cast<int64_t>(
-            scale * part_activation_bytes(p, s.split[i], s.split[i + 1]));
+        rp.peak_bytes +=
+            static_cast<int64_t>(scale * part_activation_bytes(p, s.split[i], s.split[i + 1]));
       }
     }
     out.ranks.push_back(rp);

@@ -38,7 +38,9 @@ Split solve_split(const PartCosts& c) {
   if (N < 1 || L < N) return none;
   // Costs of every admissible part (node i, units [b, e)); node i starts at or after lo + i and
   // leaves one unit for each later node.
-  auto idx = [&](int i, int b, int e) { return (static_cast<size_t>(i) * (L + 1) + (b - lo)) * (L + 1) + (e - lo); };
+  auto idx = [&](int i, int b, int e) {
+    return (static_cast<size_t>(i) * (L + 1) + (b - lo)) * (L + 1) + (e - lo);
+  };
   const size_t cells = static_cast<size_t>(N) * (L + 1) * (L + 1);
   std::vector<double> F(cells, kInf), B(cells, kInf);
   std::vector<double> candidates;
@@ -176,7 +178,8 @@ int window_of(const PlanRequest& r, int stages) {
 
 std::vector<int> even_cuts(int a, int z, int n) {
   std::vector<int> cuts;
-  for (int i = 0; i <= n; ++i) cuts.push_back(a + static_cast<int>((static_cast<int64_t>(z - a) * i) / n));
+  for (int i = 0; i <= n; ++i)
+    cuts.push_back(a + static_cast<int>((static_cast<int64_t>(z - a) * i) / n));
   return cuts;
 }
 
@@ -186,18 +189,18 @@ double owner_bound(const Scenario& s) {
   const Profile& p = *s.profile;
   const int S = p.num_units(), a = s.split.front(), z = s.split.back();
   const double f = s.owner_device.slowdown;
-  double trip = s.micro_batches * f *
-                    (p.forward(0, a) + p.forward(z, S) + p.loss_s + p.backward(z, S) +
-                     p.backward(0, a)) +
-                f * (p.step(0, a) + p.step(z, S));
+  double trip =
+      s.micro_batches * f *
+          (p.forward(0, a) + p.forward(z, S) + p.loss_s + p.backward(z, S) + p.backward(0, a)) +
+      f * (p.step(0, a) + p.step(z, S));
   for (int i = 0; i < s.stages(); ++i) trip += stage_forward_s(s, i) + stage_backward_s(s, i);
   int64_t most = 0, total = 0;
   for (auto st : s.steps) most = std::max(most, st), total += st;
   // An owner rank also does the owner work of all its owners, one after another.
-  const double owner_work = s.micro_batches * f *
-                                (p.forward(0, a) + p.forward(z, S) + p.loss_s + p.backward(z, S) +
-                                 p.backward(0, a)) +
-                            f * (p.step(0, a) + p.step(z, S));
+  const double owner_work =
+      s.micro_batches * f *
+          (p.forward(0, a) + p.forward(z, S) + p.loss_s + p.backward(z, S) + p.backward(0, a)) +
+      f * (p.step(0, a) + p.step(z, S));
   const double rank_load = owner_work * static_cast<double>(total) / s.owner_ranks;
   return std::max(most * trip, rank_load);
 }
@@ -262,11 +265,10 @@ PlanResult make_plan(const PlanRequest& r) {
   MPSL_INPUT_CHECK(a0 >= 1 && z0 <= S - 1 && a0 < z0,
                    "owner cut points " + std::to_string(a0) + "," + std::to_string(z0) +
                        " do not fit a model of " + std::to_string(S) + " units");
-  MPSL_INPUT_CHECK(r.nodes.size() <= 1 || r.stages == 0 ||
-                       static_cast<int>(r.nodes.size()) == r.stages,
-                   "--node-memory/--node-speed list " + std::to_string(r.nodes.size()) +
-                       " nodes for --stages " + std::to_string(r.stages) +
-                       " (give one value for all, or one per stage)");
+  MPSL_INPUT_CHECK(
+      r.nodes.size() <= 1 || r.stages == 0 || static_cast<int>(r.nodes.size()) == r.stages,
+      "--node-memory/--node-speed list " + std::to_string(r.nodes.size()) + " nodes for --stages " +
+          std::to_string(r.stages) + " (give one value for all, or one per stage)");
   const int max_stages = z0 - a0;
   if (r.stages > max_stages)
     throw InputError("--stages " + std::to_string(r.stages) + ": model '" + p.model + "' has " +
@@ -310,9 +312,9 @@ PlanResult make_plan(const PlanRequest& r) {
     const PartCosts c = part_costs(r, max_stages, a0, z0);
     throw InputError(
         "no stage count up to " + std::to_string(max_stages) + " fits" +
-        (r.target_round_s > 0 ? " the round-time target of " + std::to_string(r.target_round_s) +
-                                    " s (" + why + ")"
-                              : std::string(" the node memory")) +
+        (r.target_round_s > 0
+             ? " the round-time target of " + std::to_string(r.target_round_s) + " s (" + why + ")"
+             : std::string(" the node memory")) +
         "; with " + std::to_string(max_stages) + " stages each node needs at least " +
         obs::format_bytes(min_max_memory(c)) + " (" + std::to_string(min_max_memory(c)) +
         " bytes)");
@@ -332,9 +334,8 @@ PlanResult make_plan(const PlanRequest& r) {
           break;
         }
       }
-      if (more.empty() && r.nodes.size() <= 1) more = "; no stage count up to " +
-                                                      std::to_string(max_stages) +
-                                                      " fits the given memory";
+      if (more.empty() && r.nodes.size() <= 1)
+        more = "; no stage count up to " + std::to_string(max_stages) + " fits the given memory";
       throw InputError("no split of '" + p.model + "' over " + std::to_string(N) +
                        " stage(s) fits the node memory for " + std::to_string(r.owners) +
                        " owners: the smallest memory that fits is " + obs::format_bytes(need) +
@@ -353,7 +354,8 @@ PlanResult make_plan(const PlanRequest& r) {
   for (int a = 1; a <= S - 1 - N; ++a)
     for (int z = a + N; z <= S - 1; ++z) {
       if (owner_mem > 0) {
-        const int64_t need = p.base_rss_bytes + per_rank * (p.copy_bytes(0, a) + p.copy_bytes(z, S)) +
+        const int64_t need = p.base_rss_bytes +
+                             per_rank * (p.copy_bytes(0, a) + p.copy_bytes(z, S)) +
                              p.work_bytes(0, a) + p.work_bytes(z, S) + p.activation_bytes(0, a) +
                              p.activation_bytes(z, S);
         if (need > owner_mem) continue;

@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/rng.hpp"
+#include "mpsl/data/dataset.hpp"
 #include "mpsl/io/hdf5.hpp"
 #include "mpsl/nn/loss.hpp"
 #include "mpsl/obs/memory.hpp"
@@ -157,7 +159,8 @@ Device Device::from_json(const nlohmann::json& j) {
   d.slowdown = j.value("slowdown", 1.0);
   if (j.contains("bandwidth_bytes_per_s") && !j["bandwidth_bytes_per_s"].is_null())
     d.bandwidth = j["bandwidth_bytes_per_s"].get<double>();
-  if (j.contains("latency_s") && !j["latency_s"].is_null()) d.latency = j["latency_s"].get<double>();
+  if (j.contains("latency_s") && !j["latency_s"].is_null())
+    d.latency = j["latency_s"].get<double>();
   if (j.contains("memory_bytes") && !j["memory_bytes"].is_null())
     d.memory = j["memory_bytes"].get<int64_t>();
   d.cores = j.value("cores", 0);
@@ -212,6 +215,8 @@ Profile Profile::scaled(const Device& d) const {
   }
   p.loss_s *= f;
   p.average_s_per_byte *= f;
+  p.copy_s_per_byte *= f;
+  p.assemble_s_per_sample *= f;
   p.evaluate_s_per_sample *= f;
   p.device = d;
   p.device.slowdown = device.slowdown * f;
@@ -252,6 +257,8 @@ nlohmann::json Profile::to_json() const {
           {"average_s_per_byte", average_s_per_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
+          {"copy_s_per_byte", copy_s_per_byte},
+          {"assemble_s_per_sample", assemble_s_per_sample},
           {"notes",
            "times in seconds of one micro-batch (forward_s, backward_s) or one batch (step_s: the "
            "optimiser step; batch_backward_s = micro_batches * backward_s + step_s), medians over "
@@ -280,6 +287,8 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.loss_s = j.value("loss_s", 0.0);
     p.average_s_per_byte = j.value("average_s_per_byte", 0.0);
     p.evaluate_s_per_sample = j.value("evaluate_s_per_sample", 0.0);
+    p.copy_s_per_byte = j.value("copy_s_per_byte", 0.0);
+    p.assemble_s_per_sample = j.value("assemble_s_per_sample", 0.0);
     if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
       UnitProfile x;
@@ -297,9 +306,9 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
       x.buffer_bytes = u.value("buffer_bytes", int64_t{0});
       x.activation_bytes = u.value("activation_bytes", int64_t{0});
       x.work_bytes = u.value("work_bytes", int64_t{0});
-      MPSL_INPUT_CHECK(x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 &&
-                           x.param_bytes >= 0,
-                       what + ": unit " + std::to_string(x.index) + " has negative figures");
+      MPSL_INPUT_CHECK(
+          x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 && x.param_bytes >= 0,
+          what + ": unit " + std::to_string(x.index) + " has negative figures");
       p.units.push_back(x);
     }
     MPSL_INPUT_CHECK(p.units.size() >= 1, what + ": the profile has no units");
@@ -473,6 +482,33 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
       ev.push_back(since(t0));
     }
     p.evaluate_s_per_sample = median_of(ev) / static_cast<double>(mb);
+  }
+  // Copies at a cut: a large activation copied once (memory to memory, one thread).
+  {
+    const int64_t n = std::max<int64_t>(p.input_bytes / 4, int64_t{1} << 22);
+    std::vector<float> a(n, 1.f), b(n, 0.f);
+    std::vector<double> t;
+    for (int it = 0; it < 5; ++it) {
+      const auto t0 = Clock::now();
+      std::memcpy(b.data(), a.data(), n * sizeof(float));
+      t.push_back(since(t0));
+      a[it] = b[n - 1 - it];
+    }
+    p.copy_s_per_byte = median_of(t) / (n * 4.0);
+  }
+  // Batch assembly on an owner (normalising uint8 images into floats).
+  {
+    const nn::Shape in1 = model.input_shape(1);
+    const data::Dataset ds = data::make_synthetic(s.batch, in1.c, in1.h, in1.w, model.classes(), 1);
+    std::vector<int64_t> idx(s.batch);
+    for (int i = 0; i < s.batch; ++i) idx[i] = i;
+    std::vector<double> t;
+    for (int it = 0; it < 5; ++it) {
+      const auto t0 = Clock::now();
+      data::assemble_batch(ds, idx.data(), s.batch, images.data(), labels.data());
+      t.push_back(since(t0));
+    }
+    p.assemble_s_per_sample = median_of(t) / s.batch;
   }
   // Placement: the same steps while n - 1 other processes train too (forked copies, one
   // thread each; only with one thread, as OpenMP's pool does not survive fork).

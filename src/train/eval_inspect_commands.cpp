@@ -10,6 +10,7 @@
 #include "mpsl/nn/zoo.hpp"
 #include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/metrics.hpp"
+#include "mpsl/plan/planner.hpp"
 #include "mpsl/train/local.hpp"
 
 namespace mpsl::cli {
@@ -329,9 +330,10 @@ int run_inspect(const CommonOptions&, const InspectOptions& o) {
   std::error_code ec;
   if (std::filesystem::is_directory(o.path, ec)) return inspect_checkpoint(o.path);
   if (io::is_hdf5_file(o.path)) return inspect_model_file(o.path);
+  if (plan::is_plan_or_profile(o.path)) return plan::inspect_json(o.path);
   throw InputError(o.path +
                    ": not something mpsl can inspect (expected a checkpoint folder or directory, "
-                   "or an mpsl model file)");
+                   "an mpsl model file, a plan or a profile)");
 }
 
 }  // namespace mpsl::cli

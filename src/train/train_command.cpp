@@ -4,12 +4,12 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cstring>
-#include <thread>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <optional>
+#include <thread>
 #include <tuple>
 
 #include <mpi.h>
@@ -69,7 +69,7 @@ struct RoundReport {
   double seconds, images_per_s;
   bool has_test;
   double test_loss, test_accuracy;
-  double eta_s = -1;  // the rest of the run, estimated (negative: not shown)
+  double eta_s = -1;                        // the rest of the run, estimated (negative: not shown)
   double train_seconds = std::nan("");      // the round's training alone (measured)
   double predicted_seconds = std::nan("");  // the cost model's round time
   double predicted_train_seconds = std::nan("");  // ... of which training
@@ -129,29 +129,30 @@ void write_run_start(obs::MetricsWriter& metrics, const CommonOptions& common,
                      const TrainOptions& o, const pipeline::Topology& t, int64_t train_images) {
   nlohmann::json split = nlohmann::json::array();
   for (int s : t.split) split.push_back(s);
-  metrics.write({{"event", "run_start"},
-                 {"command", "train"},
-                 {"model", o.model},
-                 {"ranks", t.world_size},
-                 {"owner_ranks", t.owner_ranks},
-                 {"owners", o.owners},
-                 {"stages", o.stages},
-                 {"split", split},
-                 {"schedule", o.schedule},
-                 {"micro_batches", o.micro_batches},
-                 {"batch", o.batch},
-                 {"lr", o.lr},
-                 {"momentum", o.momentum},
-                 {"weight_decay", o.weight_decay},
-                 {"rounds", o.rounds},
-                 {"local_epochs", o.local_epochs},
-                 {"partition", o.partition},
-                 {"optimizer_state", o.optimizer_state},
-                 {"seed", common.seed},
-                 {"init_model", o.init_model.empty() ? nlohmann::json() : nlohmann::json(o.init_model)},
-                 {"threads", common.threads},
-                 {"train_images", train_images},
-                 {"synthetic", o.synthetic}});
+  metrics.write(
+      {{"event", "run_start"},
+       {"command", "train"},
+       {"model", o.model},
+       {"ranks", t.world_size},
+       {"owner_ranks", t.owner_ranks},
+       {"owners", o.owners},
+       {"stages", o.stages},
+       {"split", split},
+       {"schedule", o.schedule},
+       {"micro_batches", o.micro_batches},
+       {"batch", o.batch},
+       {"lr", o.lr},
+       {"momentum", o.momentum},
+       {"weight_decay", o.weight_decay},
+       {"rounds", o.rounds},
+       {"local_epochs", o.local_epochs},
+       {"partition", o.partition},
+       {"optimizer_state", o.optimizer_state},
+       {"seed", common.seed},
+       {"init_model", o.init_model.empty() ? nlohmann::json() : nlohmann::json(o.init_model)},
+       {"threads", common.threads},
+       {"train_images", train_images},
+       {"synthetic", o.synthetic}});
 }
 
 void write_run_end(obs::MetricsWriter& metrics, double seconds, int64_t steps, double ips,
@@ -253,7 +254,7 @@ void write_round_owners(obs::MetricsWriter& metrics, int round, double round_sec
 // What the cost model predicts for this run: per round, and per rank. Empty without a profile.
 struct Predictions {
   bool available = false;
-  std::string note;  // why not, when not
+  std::string note;             // why not, when not
   std::vector<double> round_s;  // per round (index round - 1)
   std::vector<double> train_s;  // the training part of each round (no aggregation, evaluation)
   std::vector<plan::RankPrediction> ranks;
@@ -269,8 +270,8 @@ int shared_cores(int world) {
   MPSL_MPI_CHECK(MPI_Allgather(name, MPI_MAX_PROCESSOR_NAME, MPI_CHAR, all.data(),
                                MPI_MAX_PROCESSOR_NAME, MPI_CHAR, MPI_COMM_WORLD));
   for (int r = 1; r < world; ++r)
-    if (std::strncmp(all.data(), all.data() + r * MPI_MAX_PROCESSOR_NAME,
-                     MPI_MAX_PROCESSOR_NAME) != 0)
+    if (std::strncmp(all.data(), all.data() + r * MPI_MAX_PROCESSOR_NAME, MPI_MAX_PROCESSOR_NAME) !=
+        0)
       return 0;
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
@@ -343,7 +344,8 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
         rp.model_bytes = fp.owners * p.copy_bytes(0, S);
         rp.peak_bytes = p.base_rss_bytes + rp.model_bytes + p.work_bytes(0, S) +
                         p.activation_bytes(0, S) + train_images * (image_bytes + 1) +
-                        test_images * (image_bytes + 1) + p.batch * (p.input_bytes / p.micro_batch() + 4);
+                        test_images * (image_bytes + 1) +
+                        p.batch * (p.input_bytes / p.micro_batch() + 4);
         out.ranks.push_back(rp);
       }
       continue;
@@ -418,8 +420,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   if (!pred.available && profile) MPSL_LOG(Warn, "no predictions: " << pred.note);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
-  train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed,
-                              o.init_model);
+  train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed, o.init_model);
   std::vector<nn::PartState> states;
   for (int k = 0; k < plan.owners; ++k) states.push_back(trainer.make_state());
   train::Evaluator evaluator(model, o.eval_batch);
@@ -607,8 +608,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     report_round(
         {round, images ? loss_sum / images : 0.0,
          images ? static_cast<double>(correct) / images : 0.0, images, seconds,
-         timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy,
-         -1, round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
+         timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy, -1,
+         round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
          pred.available ? pred.train_s[round - 1] : std::nan("")},
         o.rounds, progress, metrics);
     if (stragglers.active()) write_round_owners(metrics, round, seconds, owner_rounds, stragglers.carry);
@@ -749,7 +750,8 @@ class LiveProgress {
     t0_ = Clock::now();
     before_round_ = plan_steps_until(plan_, round - 1);
     int64_t done = 0;
-    for (int k = 0; k < plan_.owners; ++k) done += std::min(start_step, plan_.round_steps(k, round));
+    for (int k = 0; k < plan_.owners; ++k)
+      done += std::min(start_step, plan_.round_steps(k, round));
     steps_at_t0_ = before_round_ + done;
   }
 
@@ -869,9 +871,9 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   for (int round = start_round; round <= o.rounds; ++round) {
     int64_t round_batches = 0;
     for (int k = 0; k < plan.owners; ++k) round_batches += plan.round_steps(k, round);
-    obs::Progress progress("round " + std::to_string(round) + "/" + std::to_string(o.rounds) +
-                               ", batches",
-                           round_batches, reporter && !common.quiet);
+    obs::Progress progress(
+        "round " + std::to_string(round) + "/" + std::to_string(o.rounds) + ", batches",
+        round_batches, reporter && !common.quiet);
     obs::Tracer::instance().set_round(round);
     {
       obs::Span wait(obs::Activity::kWait);
@@ -941,8 +943,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                           owner_rank ? 0.0 : 1.0,
                           static_cast<double>(obs::tracked_peak_bytes())};
   std::vector<double> all(kFields * topo.world_size);
-  MPSL_MPI_CHECK(MPI_Gather(mine, kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0,
-                            MPI_COMM_WORLD));
+  MPSL_MPI_CHECK(
+      MPI_Gather(mine, kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD));
   if (reporter) {
     for (int r = 0; r < topo.world_size; ++r) {
       const double* v = &all[kFields * r];
@@ -996,8 +998,8 @@ void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model
     const train::FederationPlan fp = train::make_federation_plan(train, o, common.seed);
     int64_t test_images = 0;
     if (!o.test_data.empty()) test_images = data::read_dataset_h5(o.test_data).count;
-    pred = predict(profile, o, model, topo, fp, train.count, train.image_size(), test_images,
-                   cores, omp_get_max_threads());
+    pred = predict(profile, o, model, topo, fp, train.count, train.image_size(), test_images, cores,
+                   omp_get_max_threads());
   }
   for (size_t r = 0; r < roles.size(); ++r) {
     std::string line = roles[r];
@@ -1013,12 +1015,12 @@ void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model
     std::printf("%s\n", line.c_str());
   }
   if (pred.available) {
-    std::printf("predicted round time: %.3f s (round 1)%s\n", pred.round_s.front(),
-                cores > 0 ? (" with the ranks sharing " + std::to_string(cores) + " cores").c_str()
-                          : "");
+    std::printf(
+        "predicted round time: %.3f s (round 1)%s\n", pred.round_s.front(),
+        cores > 0 ? (" with the ranks sharing " + std::to_string(cores) + " cores").c_str() : "");
   } else {
-    std::printf("(%s)\n", profile ? pred.note.c_str()
-                                  : "no predictions: give --profile FILE or --plan FILE");
+    std::printf("(%s)\n",
+                profile ? pred.note.c_str() : "no predictions: give --profile FILE or --plan FILE");
   }
   std::fflush(stdout);
 }

@@ -138,8 +138,8 @@ TEST(CostModel, OneOwnerOneStageIsASumOfTasks) {
 TEST(CostModel, SharedCoresSlowBusyRanks) {
   // Two stages of equal work, many owners: on one core for three ranks the pipeline runs at the
   // speed of the shared core, with a node each it runs at the bottleneck stage's speed.
-  const Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},
-                                 {0, 0, 0, 0}, 1000);
+  const Profile p =
+      make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001}, {0, 0, 0, 0}, 1000);
   Scenario s;
   s.profile = &p;
   s.split = {1, 2, 3};

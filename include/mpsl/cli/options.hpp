@@ -99,7 +99,8 @@ struct ProfileOptions {
   std::string model;
   int batch = 128;
   int micro_batches = 1;
-  int repeats = 5;     // timed steps (medians); 0 = bytes only
+  int repeats = 5;  // timed steps (medians); 0 = bytes only
+  int concurrency = -1;  // measure placement with up to N processes (-1: cores + 2; 0: not)
   std::string output;
   std::string device;  // --device SPEC: describe another device (plan/profile.hpp)
   std::string from;    // --from PROFILE: rescale an existing profile instead of measuring
@@ -108,19 +109,19 @@ struct ProfileOptions {
 struct PlanOptions {
   std::string profile;
   int owners = 1;
-  int stages = 1;           // 0 = the smallest count that fits (and meets --target-round)
-  int owner_ranks = 1;      // ranks holding the owners (memory of their mailboxes, simulation)
+  int stages = 1;       // 0 = the smallest count that fits (and meets --target-round)
+  int owner_ranks = 1;  // ranks holding the owners (memory of their mailboxes, simulation)
   std::string output;
-  std::string node_memory;  // --node-memory: bytes per node, "a,b,..." (suffixes K/M/G allowed)
-  std::string node_speed;   // --node-speed: relative speed per node, "a,b,..."
-  std::string node_device;  // --node-device SPEC: every compute node
+  std::string node_memory;   // --node-memory: bytes per node, "a,b,..." (suffixes K/M/G allowed)
+  std::string node_speed;    // --node-speed: relative speed per node, "a,b,..."
+  std::string node_device;   // --node-device SPEC: every compute node
   std::string owner_device;  // --owner-device SPEC: every data owner
   std::string owner_cuts;    // "i,j" (end of part 1, start of part P) or "auto"
   std::string schedule = "mpsl";
-  int batches = 16;          // --batches-per-round: batches each owner trains per round
-  double target_round = 0;   // --target-round SECONDS (with --stages 0)
-  int cores = 0;             // --cores: all ranks share this many cores (0 = a node each)
-  int threads = 1;           // threads per rank (with --cores)
+  int batches = 16;         // --batches-per-round: batches each owner trains per round
+  double target_round = 0;  // --target-round SECONDS (with --stages 0)
+  int cores = 0;            // --cores: all ranks share this many cores (0 = a node each)
+  int threads = 1;          // threads per rank (with --cores)
 };
 
 }  // namespace mpsl::cli

@@ -32,15 +32,15 @@ struct Scenario {
   int owners = 1;          // K
   int owner_ranks = 1;     // O (owner k on rank k mod O)
   bool one_f_one_b = false;
-  int micro_batches = 1;   // must match the profile's micro-batch size (checked)
-  std::vector<int64_t> steps;  // optimiser steps of each owner in the round (size K)
-  Device owner_device;         // every owner rank
+  int micro_batches = 1;              // must match the profile's micro-batch size (checked)
+  std::vector<int64_t> steps;         // optimiser steps of each owner in the round (size K)
+  Device owner_device;                // every owner rank
   std::vector<Device> stage_devices;  // one per stage (size N); empty = all like `node_device`
   Device node_device;
   // All ranks share `cores` cores (0 = every rank has its own node). A rank uses `threads`.
   int cores = 0;
   int threads = 1;
-  int64_t test_samples = 0;  // evaluated after aggregation (0 = no test set)
+  int64_t test_samples = 0;   // evaluated after aggregation (0 = no test set)
   int64_t train_samples = 0;  // held by each owner rank (dataset bytes)
   int64_t image_bytes = 0;    // bytes of one stored image (uint8)
   int64_t eval_batch = 1000;
@@ -56,8 +56,8 @@ struct Scenario {
 void check_scenario(const Scenario& s);
 
 struct RankPrediction {
-  std::string role;  // owner | stage
-  int stage = 0;     // 1-based, 0 for owners
+  std::string role;                    // owner | stage
+  int stage = 0;                       // 1-based, 0 for owners
   int units_begin = 0, units_end = 0;  // stage part, or part 1 for owners
   int owners_served = 0;
   double busy_s = 0;        // compute per round (training + aggregation)
@@ -67,10 +67,10 @@ struct RankPrediction {
 };
 
 struct Prediction {
-  double train_s = 0;      // the round's training (barrier to the last step)
-  double aggregate_s = 0;  // FedAvg
-  double evaluate_s = 0;   // evaluation of the test set through the pipeline
-  double round_s = 0;      // train + aggregate + evaluate (round_end "seconds")
+  double train_s = 0;        // the round's training (barrier to the last step)
+  double aggregate_s = 0;    // FedAvg
+  double evaluate_s = 0;     // evaluation of the test set through the pipeline
+  double round_s = 0;        // train + aggregate + evaluate (round_end "seconds")
   double paper_round_s = 0;  // the paper's closed form (+ links, aggregation)
   std::vector<RankPrediction> ranks;
   int64_t max_stage_bytes() const;

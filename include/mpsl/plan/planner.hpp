@@ -61,14 +61,14 @@ struct PlanRequest {
 };
 
 struct PlanResult {
-  Scenario scenario;       // the chosen configuration (split, devices)
-  Split split;             // the stage cut points and the objective
-  Prediction prediction;   // simulate(scenario)
-  std::vector<int> even;   // an even split by unit count, for comparison
+  Scenario scenario;      // the chosen configuration (split, devices)
+  Split split;            // the stage cut points and the objective
+  Prediction prediction;  // simulate(scenario)
+  std::vector<int> even;  // an even split by unit count, for comparison
   Prediction even_prediction;
   double even_objective = 0;
   bool even_feasible = false;
-  std::vector<int> memory_split;  // the split with the smallest largest node memory
+  std::vector<int> memory_split;   // the split with the smallest largest node memory
   int64_t memory_split_bytes = 0;  // that memory
 };
 
@@ -96,5 +96,11 @@ struct PlanFile {
 };
 nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res);
 PlanFile read_plan(const std::string& path);  // InputError naming the file
+
+// `mpsl inspect` of a plan or profile file: whether `path` is one, and its summary on stdout.
+bool is_plan_or_profile(const std::string& path);
+int inspect_json(const std::string& path);
+// The per-unit table `mpsl profile` prints.
+void print_profile(const Profile& p);
 
 }  // namespace mpsl::plan

@@ -38,14 +38,14 @@ inline constexpr double kLocalLatency = 60e-6;
 struct UnitProfile {
   int index = 0;
   std::string type, description, output_shape;
-  double flops = 0;         // forward FLOPs of one micro-batch
-  double forward_s = 0;     // one micro-batch (median over repeats)
-  double backward_s = 0;    // one micro-batch, without the optimiser step
-  double step_s = 0;        // the optimiser step of the unit (once per batch)
+  double flops = 0;          // forward FLOPs of one micro-batch
+  double forward_s = 0;      // one micro-batch (median over repeats)
+  double backward_s = 0;     // one micro-batch, without the optimiser step
+  double step_s = 0;         // the optimiser step of the unit (once per batch)
   int64_t output_bytes = 0;  // activation of one micro-batch at the unit's output (a cut there)
   int64_t param_bytes = 0;
-  int64_t optimizer_bytes = 0;  // gradients + momentum
-  int64_t buffer_bytes = 0;     // BatchNorm statistics
+  int64_t optimizer_bytes = 0;   // gradients + momentum
+  int64_t buffer_bytes = 0;      // BatchNorm statistics
   int64_t activation_bytes = 0;  // one micro-batch in flight (what a slot holds)
   int64_t work_bytes = 0;        // primitives, scratchpads, reordered weight caches
   int64_t copy_bytes() const { return param_bytes + optimizer_bytes + buffer_bytes; }
@@ -54,12 +54,16 @@ struct UnitProfile {
 struct Profile {
   std::string model;
   int batch = 128, micro_batches = 1, threads = 1, repeats = 0;
-  Device device;                    // what the times describe (slowdown relative to measured)
-  int64_t input_bytes = 0;          // one micro-batch of model input (floats)
-  int64_t base_rss_bytes = 0;       // a process with oneDNN and no model
-  double loss_s = 0;                // softmax cross-entropy of one micro-batch
-  double average_s_per_byte = 0;    // FedAvg: seconds per byte of one copy averaged
+  Device device;                     // what the times describe (slowdown relative to measured)
+  int64_t input_bytes = 0;           // one micro-batch of model input (floats)
+  int64_t base_rss_bytes = 0;        // a process with oneDNN and no model
+  double loss_s = 0;                 // softmax cross-entropy of one micro-batch
+  double average_s_per_byte = 0;     // FedAvg: seconds per byte of one copy averaged
   double evaluate_s_per_sample = 0;  // inference through the whole model, per sample
+  // What crossing a cut costs the CPUs on both sides beyond the link: copying the activation
+  // (reorder to plain, MPI's shared-memory copy, copy into the part's input); seconds per byte.
+  double copy_s_per_byte = 0;
+  double assemble_s_per_sample = 0;  // an owner normalising its images into a batch
   // Placement on the profiled host: concurrency[n - 1] = how much longer a training step takes
   // while n processes (one thread each) train at the same time (concurrency[0] = 1). Empty when
   // not measured. Shared cores are rarely n/cores-fast: caches, memory bandwidth and the
