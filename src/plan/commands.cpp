@@ -271,9 +271,10 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
     s.repeats = o.repeats;
     s.seed = common.seed;
     // How ranks sharing this host's cores slow each other: up to cores + 2 processes.
-    s.concurrency = o.repeats <= 0     ? 0
-                    : o.concurrency >= 0 ? o.concurrency
-                                         : static_cast<int>(std::thread::hardware_concurrency()) + 2;
+    s.concurrency = o.repeats <= 0 ? 0
+                    : o.concurrency >= 0
+                        ? o.concurrency
+                        : static_cast<int>(std::thread::hardware_concurrency()) + 2;
     MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
                                 << " micro-batch(es)), " << o.repeats << " timed step(s)");
     p = plan::measure_profile(*model, s);

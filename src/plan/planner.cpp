@@ -215,16 +215,17 @@ PartCosts part_costs(const PlanRequest& r, int N, int a, int z) {
   c.end = z;
   const int M = r.micro_batches;
   const int inflight_window = window_of(r, N);
+  // As stage_forward_s / stage_backward_s (cost.cpp): a link between stages bounds the rate of
+  // the stage that sends over it; owner links are per owner and not a shared bottleneck.
   c.forward = [&r, &p, N, M](int i, int b, int e) {
     const Device& d = node_of(r, i);
-    const Device& next = i + 1 < N ? node_of(r, i + 1) : r.owner_device;
-    return M * (d.slowdown * p.forward(b, e) + transfer(d, next, p.cut_bytes(e)));
+    const double link = i + 1 < N ? transfer(d, node_of(r, i + 1), p.cut_bytes(e)) : 0.0;
+    return M * std::max(d.slowdown * p.forward(b, e), link);
   };
   c.backward = [&r, &p, M](int i, int b, int e) {
     const Device& d = node_of(r, i);
-    const Device& prev = i > 0 ? node_of(r, i - 1) : r.owner_device;
-    return M * (d.slowdown * p.backward(b, e) + transfer(d, prev, p.cut_bytes(b))) +
-           d.slowdown * p.step(b, e);
+    const double link = i > 0 ? transfer(d, node_of(r, i - 1), p.cut_bytes(b)) : 0.0;
+    return M * std::max(d.slowdown * p.backward(b, e), link) + d.slowdown * p.step(b, e);
   };
   const int K = r.owners, O = r.owner_ranks;
   const int inflight = planned_in_flight(K, N, inflight_window);

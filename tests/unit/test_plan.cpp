@@ -130,8 +130,10 @@ TEST(CostModel, OneOwnerOneStageIsASumOfTasks) {
   const double trip = 0.01 + 0.011 + 0.02 + 0.011 + (0.03 + 0.06) + 0.011 + 0.04 + 0.011 + 0.02;
   EXPECT_NEAR(pr.train_s, 5 * trip, 1e-9);
   // The paper's formula: start + fill + (n - 1) * (Lf + Lb) + end.
-  const double lf = 0.02 + 0.011, lb = 0.04 + 0.011;
-  const double paper = (0.01 + 0.011) + (lf + lb) + 4 * (lf + lb) + (0.03 + 0.06 + 0.02);
+  // (Links to the owners are latency, in startT and endT; a single stage has no stage link.)
+  const double lf = 0.02, lb = 0.04;
+  const double paper =
+      (0.01 + 0.011) + (lf + lb) + 4 * (lf + lb) + (0.03 + 0.06 + 0.02) + 3 * 0.011;
   EXPECT_NEAR(paper_round_seconds(s), paper, 1e-9);
 }
 

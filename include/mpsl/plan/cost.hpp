@@ -70,7 +70,10 @@ struct Prediction {
   double train_s = 0;        // the round's training (barrier to the last step)
   double aggregate_s = 0;    // FedAvg
   double evaluate_s = 0;     // evaluation of the test set through the pipeline
-  double round_s = 0;        // train + aggregate + evaluate (round_end "seconds")
+  // What round_end's "seconds" measures on rank 0: training, the owners' FedAvg and, with a
+  // test set, the stages' averaging and the evaluation (without one, rank 0 does not wait for
+  // the stages' averaging: it delays the next round's start instead).
+  double round_s = 0;
   double paper_round_s = 0;  // the paper's closed form (+ links, aggregation)
   std::vector<RankPrediction> ranks;
   int64_t max_stage_bytes() const;
