@@ -87,7 +87,10 @@ double stage_backward_s(const Scenario& s, int i) {
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight, int peers) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
   const int64_t depth = mailbox_depth(owners, 1);
-  return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) +
+  // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers
+  // for a moment at every round's end.
+  const int64_t sums = owners > 1 ? 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) : 0;
+  return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) + sums +
          in_flight * part_activation_bytes(p, b, e) + depth * (in_b + out_b) +
          2 * std::max(in_b, out_b);
 }

@@ -194,6 +194,11 @@ int64_t Profile::param_bytes(int b, int e) const {
   for (int u = b; u < e; ++u) s += units[u].param_bytes;
   return s;
 }
+int64_t Profile::buffer_bytes(int b, int e) const {
+  int64_t s = 0;
+  for (int u = b; u < e; ++u) s += units[u].buffer_bytes;
+  return s;
+}
 int64_t Profile::activation_bytes(int b, int e) const {
   int64_t s = 0;
   for (int u = b; u < e; ++u) s += units[u].activation_bytes;

@@ -79,6 +79,7 @@ struct Profile {
   double step(int b, int e) const;
   int64_t copy_bytes(int b, int e) const;
   int64_t param_bytes(int b, int e) const;
+  int64_t buffer_bytes(int b, int e) const;
   int64_t activation_bytes(int b, int e) const;
   int64_t work_bytes(int b, int e) const;
   // Bytes of one micro-batch crossing a cut before unit u (u = 0: the model input).
