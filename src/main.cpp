@@ -15,6 +15,7 @@
 #include "mpsl/cli/commands.hpp"
 #include "mpsl/cli/parse.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
+#include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
 
@@ -89,7 +90,9 @@ int run_train_under_mpi(int argc, char** argv, const cli::ParsedCommand& cmd) {
     print_line("mpsl: error: " + rank_tag(rank, size) + e.what());
     comm::abort_job(2, "");
   } catch (const std::exception& e) {
-    print_line("mpsl: " + rank_tag(rank, size) + e.what());
+    // The rank and its role (the role map is known once training has begun).
+    print_line("mpsl: " + (size > 1 ? "[" + comm::describe_rank(rank) + "] " : std::string()) +
+               e.what());
     if (size > 1) comm::abort_job(1, "");
     return 1;
   }

@@ -341,6 +341,25 @@ void parse_checkpoint_every(const std::string& text, TrainOptions& t, const Orig
   }
 }
 
+// --stall-warn / --stall-abort: "off" (or 0), or a duration: N or Ns (seconds), Nm, Nh.
+double parse_duration_or_off(const std::string& name, const std::string& text,
+                             const Origin& origin) {
+  const std::string expected = "off or a duration in seconds (N, Ns, Nm, Nh), e.g. 60 or 2m";
+  if (text == "off" || text == "0") return 0;
+  const size_t digits_end = text.find_first_not_of("0123456789.");
+  const std::string number = text.substr(0, digits_end);
+  const std::string unit = digits_end == std::string::npos ? "" : text.substr(digits_end);
+  double v = 0;
+  auto [ptr, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
+  if (number.empty() || ec != std::errc() || ptr != number.data() + number.size() || !(v > 0) ||
+      !std::isfinite(v))
+    bad_value(name, expected, text, origin);
+  if (unit.empty() || unit == "s") return v;
+  if (unit == "m" || unit == "min") return v * 60;
+  if (unit == "h") return v * 3600;
+  bad_value(name, expected, text, origin);
+}
+
 void add_train(SpecList& s, TrainOptions& t) {
   s.group("Model and data");
   s.text("model", t.model, "NAME",
@@ -422,6 +441,21 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.text("trace", t.trace, "FILE.json", "write a Chrome trace of all ranks");
   s.flag("dry-run", t.dry_run, "print the role map and the memory per rank, then stop");
   s.text("emulate", t.emulate, "FILE", "device speed factors and link bandwidths to emulate");
+  s.group("Reliability");
+  s.custom("stall-warn", "SECONDS|off",
+           "a rank that has waited this long says what it waits for and from whom (again "
+           "every SECONDS)",
+           "60", [&t](const std::string& text, const Origin& o) {
+             t.stall_warn_seconds = parse_duration_or_off("stall-warn", text, o);
+           });
+  s.custom("stall-abort", "SECONDS|off",
+           "a rank that has waited this long ends the whole job (MPI_Abort, exit code 1)", "off",
+           [&t](const std::string& text, const Origin& o) {
+             t.stall_abort_seconds = parse_duration_or_off("stall-abort", text, o);
+           });
+  s.choice("nan-policy", t.nan_policy, {"abort", "skip"},
+           "a non-finite loss, activation or gradient: end the job, or skip that owner's batch "
+           "(no update; counted)");
 }
 
 void add_eval(SpecList& s, EvalOptions& e) {

@@ -6,6 +6,7 @@
 #include <thread>
 #include <tuple>
 
+#include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/trace.hpp"
 
@@ -160,6 +161,7 @@ void Mailbox::post_send(Send* slot, int64_t floats, int dest, int tag) {
   const auto t = Clock::now();
   MPSL_MPI_CHECK(MPI_Isend(slot->buffer.data(), static_cast<int>(floats), MPI_FLOAT, dest, tag,
                            comm_, &slot->request));
+  slot->dest = dest;
   stats_.comm_seconds += since(t);
 }
 
@@ -243,10 +245,12 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   progress();
   if (!ready_.empty()) return take(preferred_sources);
   obs::Span span(obs::Activity::kWait);
+  StallClock stall([this] { return describe_ ? describe_() : std::string("any message"); });
   int idle = 0;
   while (true) {
     progress();
     if (!ready_.empty()) break;
+    stall.check();
     // Back off: spin briefly, then sleep, 20 us doubling up to the cap.
     if (++idle > spin_polls_) {
       const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - spin_polls_) / 20));
@@ -335,14 +339,32 @@ void Mailbox::flush() {
   for (auto& s : sends_) pending |= s->request != MPI_REQUEST_NULL;
   if (!pending) return;
   obs::Span span(obs::Activity::kWait);
+  StallClock stall([this] {
+    std::string to;
+    for (auto& s : sends_)
+      if (s->request != MPI_REQUEST_NULL) to += (to.empty() ? "" : ", ") + describe_rank(s->dest);
+    return "its sends to complete (received by " + to + ")";
+  });
   int idle = 0;
   while (true) {
     bool busy = !deferred_.empty();
     for (auto& s : sends_) busy |= s->request != MPI_REQUEST_NULL;
     if (!busy) break;
+    stall.check();
     if (!progress() && ++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
+}
+
+void wait_watched(MPI_Request& request, const std::function<std::string()>& describe) {
+  StallClock stall(describe);
+  int done = 0, idle = 0;
+  while (true) {
+    MPSL_MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    stall.check();
+    if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+  }
 }
 
 }  // namespace mpsl::comm

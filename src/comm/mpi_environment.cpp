@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <exception>
 
+#include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
 
@@ -110,8 +111,9 @@ void check_mpi(int rc, const char* call, const char* file, int line) {
 }
 
 void abort_job(int code, const std::string& why) {
+  disarm_termination_report();  // this rank ends the job; it was not ended by another
   if (!why.empty()) {
-    std::string line = "mpsl: [rank " + std::to_string(world_rank()) + "] " + why + "\n";
+    std::string line = "mpsl: [" + describe_rank(world_rank()) + "] " + why + "\n";
     std::fwrite(line.data(), 1, line.size(), stderr);
     std::fflush(stderr);
   }

@@ -2,14 +2,19 @@
 
 #include <chrono>
 #include <deque>
+#include <functional>
+#include <limits>
 #include <map>
 #include <thread>
 #include <tuple>
 
+#include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
+#include "mpsl/core/finite.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/loss.hpp"
 #include "mpsl/obs/memory.hpp"
+#include "mpsl/obs/log.hpp"
 #include "mpsl/obs/trace.hpp"
 #include "mpsl/train/local.hpp"
 
@@ -41,9 +46,12 @@ void wait_request(MPI_Request& req) {
 std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char* kind) {
   MPI_Status st;
   int flag = 0, idle = 0;
+  comm::StallClock stall(
+      [&] { return std::string("an ") + kind + " message from " + comm::describe_rank(source); });
   while (true) {
     MPSL_MPI_CHECK(MPI_Iprobe(source, tag, comm, &flag, &st));
     if (flag) break;
+    stall.check();
     if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
   int count = 0;
@@ -59,9 +67,13 @@ void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag,
   MPI_Request req;
   MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req));
   int done = 0, idle = 0;
+  comm::StallClock stall([&] {
+    return std::string("its ") + kind + " message to be received by " + comm::describe_rank(dest);
+  });
   while (true) {
     MPSL_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
     if (done) break;
+    stall.check();
     if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
   }
 }
@@ -77,6 +89,50 @@ std::vector<int> agree_on_late(std::vector<int> late, int owners, bool active) {
                       static_cast<int64_t>(owners * sizeof(int)), rank == 0);
   MPSL_MPI_CHECK(MPI_Bcast(late.data(), owners, MPI_INT, 0, MPI_COMM_WORLD));
   return late;
+}
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// "non-finite activation ... on rank 2 (stage 1/2, units 1-2): owner 3, round 1, step 4,
+// micro-batch 0 (element 17 = nan)".
+std::string fault_text(const std::string& what, int rank, int owner, int round, int64_t step,
+                       int micro, int64_t index, float value) {
+  std::string s = "non-finite " + what + " on " + comm::describe_rank(rank) + ": owner " +
+                  std::to_string(owner) + ", round " + std::to_string(round) + ", step " +
+                  std::to_string(step) + ", micro-batch " + std::to_string(micro);
+  if (index >= 0) s += " (element " + std::to_string(index) + " = " + std::to_string(value) + ")";
+  return s;
+}
+
+// The first non-finite value of a batch on this rank: ends the job (RuntimeFailure, exit 1)
+// under --nan-policy abort; a warning under skip where it appeared (`received` = it came from
+// another rank that has reported it already: a debug line).
+void report_fault(bool skip, bool received, const std::string& text) {
+  if (!skip) throw RuntimeFailure(text + " (--nan-policy abort)");
+  if (received)
+    MPSL_LOG(Debug, text << "; --nan-policy skip: this rank skips the batch too");
+  else
+    obs::log_warn(text + "; --nan-policy skip: this batch of the owner is skipped");
+}
+
+// Checks data[0, n) and, at the first non-finite value of a batch, reports it. Returns whether
+// the batch is poisoned now.
+bool check_values(bool& poisoned, bool skip, bool received, const float* data, int64_t n,
+                  const std::function<std::string(int64_t, float)>& text) {
+  const int64_t i = first_non_finite(data, n);
+  if (i >= 0 && !poisoned) {
+    report_fault(skip, received, text(i, data[i]));
+    poisoned = true;
+  }
+  return poisoned;
+}
+
+void save_buffers(const nn::PartState& p, std::vector<float>& out) {
+  out.assign(p.buffers.data(), p.buffers.data() + p.buffers.size());
+}
+void restore_buffers(nn::PartState& p, const std::vector<float>& saved) {
+  if (saved.size() == static_cast<size_t>(p.buffers.size()))
+    std::copy(saved.begin(), saved.end(), p.buffers.data());
 }
 
 int64_t eval_batches(int64_t count, int64_t eval_batch) {
@@ -183,6 +239,7 @@ class OwnerRuntime : public RankRuntime {
       preferred_.push_back(last_stage);
       preferred_.push_back(first_stage);
     }
+    mailbox_.set_describer([this] { return awaiting(); });
   }
 
   const char* role() const override { return "owner"; }
@@ -205,6 +262,7 @@ class OwnerRuntime : public RankRuntime {
       o->finished = o->late = false;
       o->finished_s = -1;
       o->busy_s = 0;
+      o->skipped = 0;
       if (o->steps_done < steps) start_epoch(*o);
     }
     round_start_ = Clock::now();
@@ -265,14 +323,15 @@ class OwnerRuntime : public RankRuntime {
       mine.loss_sum += o->loss_sum;
       mine.correct += o->correct;
       mine.images += o->seen;
+      mine.skipped += o->skipped;
     }
     double loss = mine.loss_sum;
-    int64_t counts[2] = {mine.correct, mine.images};
+    int64_t counts[3] = {mine.correct, mine.images, mine.skipped};
     RoundResult total = mine;
     MPSL_MPI_CHECK(
         MPI_Reduce(&loss, &total.loss_sum, 1, MPI_DOUBLE, MPI_SUM, 0, owner_comm_.get()));
-    int64_t sums[2] = {0, 0};
-    MPSL_MPI_CHECK(MPI_Reduce(counts, sums, 2, MPI_INT64_T, MPI_SUM, 0, owner_comm_.get()));
+    int64_t sums[3] = {0, 0, 0};
+    MPSL_MPI_CHECK(MPI_Reduce(counts, sums, 3, MPI_INT64_T, MPI_SUM, 0, owner_comm_.get()));
     total.correct = sums[0];
     total.images = sums[1];
     if (s_.stragglers.coordinated()) finish_coordination();
@@ -296,6 +355,7 @@ class OwnerRuntime : public RankRuntime {
         total.owners.push_back({k, static_cast<int64_t>(fig[k]), late_[k] != 0, fig[2 * K + k],
                                 fig[3 * K + k]});
     }
+    total.skipped = sums[2];
     return total;
   }
 
@@ -352,6 +412,13 @@ class OwnerRuntime : public RankRuntime {
       if (!late[k]) total += static_cast<double>(s_.plan.samples[k]);
     bool any_late = false;
     for (int l : late) any_late |= l != 0;
+    for (auto& o : owners_)
+      for (const nn::PartState* p : {&o->first, &o->last})
+        if (!all_finite(p->params.data(), p->params.size()))
+          throw RuntimeFailure("non-finite parameters in part " +
+                               std::string(p == &o->first ? "1" : "P") + " of owner " +
+                               std::to_string(o->id) + " on " + comm::describe_rank(rank_) +
+                               " at the end of round " + std::to_string(round_));
     for (int which = 0; which < 2; ++which) {
       std::vector<const nn::PartState*> copies;
       std::vector<nn::PartState*> targets;
@@ -478,6 +545,13 @@ class OwnerRuntime : public RankRuntime {
     bool finished = false;  // took all its steps of the round before the round ended
     bool late = false;      // the round ended before it finished
     double finished_s = -1, busy_s = 0;
+    // The current batch: a non-finite value was seen, its tallies (committed at its step), and
+    // the BatchNorm statistics before it (restored when it is skipped).
+    bool poisoned = false;
+    double batch_loss = 0;
+    int64_t batch_correct = 0, batch_seen = 0;
+    std::vector<float> saved_first, saved_last;
+    int64_t skipped = 0;  // batches skipped this round
     std::vector<std::unique_ptr<nn::PartSlot>> slots;  // part-1 activations per micro-batch
   };
 
@@ -515,6 +589,15 @@ class OwnerRuntime : public RankRuntime {
                            o.images.data(), o.labels.data());
       o.batch_active = true;
       o.next_micro = o.outputs_done = o.grads_done = 0;
+      o.poisoned = false;
+      check(o, 0, o.images.data(), static_cast<int64_t>(o.images.size()),
+            [](int64_t, float) { return std::string("input images (after normalisation)"); });
+      o.batch_loss = 0;
+      o.batch_correct = o.batch_seen = 0;
+      if (s_.nan_skip) {
+        save_buffers(o.first, o.saved_first);
+        save_buffers(o.last, o.saved_last);
+      }
     }
     const int m = o.next_micro++;
     obs::Span span(obs::Activity::kForward, o.id, m);
@@ -523,6 +606,11 @@ class OwnerRuntime : public RankRuntime {
     float* buf = mailbox_.send_buffer(floats);
     first_.forward(*o.slots[m], o.first, o.images.data() + m * micro_batch_ * train_.image_size(),
                    buf, info(o, m));
+    if (m == 0 && test_nan_due(rank_, o.id, round_, o.steps_done + 1)) buf[0] = kNaN;
+    check(o, m, buf, floats, [&] {
+      return "activation at cut 1 (output of part 1, to " + comm::describe_rank(t_.rank_of_stage(0, t_.replica_of_owner(o.id))) +
+             ")";
+    });
     span.end();
     send(buf, floats, emulate::stage_entity(0), comm::MessageKind::kActivation, o.id, m,
          span_end(o.id, t0));
@@ -536,29 +624,41 @@ class OwnerRuntime : public RankRuntime {
 
   void handle(const comm::Mailbox::Message& msg) {
     const auto t0 = Clock::now();
+    comm::test_message_hook(rank_);
     Owner& o = owner(msg.env.owner);
     const int m = msg.env.micro;
+    const int source = msg.env.source;
     if (msg.env.kind == comm::MessageKind::kActivation) {
       // The last stage's output: part P, the loss (labels never leave this rank), backward.
+      check(o, m, msg.data, msg.floats,
+            [&] { return "activation received from " + comm::describe_rank(source); }, true);
       obs::Span fwd(obs::Activity::kForward, o.id, m);
       last_.forward(*last_slot_, o.last, msg.data, logits_.data(), info(o, m));
       const nn::LossResult r = nn::softmax_cross_entropy(
           logits_.data(), o.labels.data() + m * micro_batch_, micro_batch_, model_.classes(),
           dlogits_.data(), 1.f / static_cast<float>(s_.plan.batch));
-      o.loss_sum += r.loss_sum;
-      o.correct += r.correct;
-      o.seen += micro_batch_;
+      const float loss = static_cast<float>(r.loss_sum);
+      check(o, m, &loss, 1, [&](int64_t, float) { return std::string("loss"); });
+      o.batch_loss += r.loss_sum;
+      o.batch_correct += r.correct;
+      o.batch_seen += micro_batch_;
       mailbox_.release(msg);
       fwd.end();
       obs::Span bwd(obs::Activity::kBackward, o.id, m);
       const int64_t floats = micro_batch_ * last_.input_shape().per_sample();
       float* buf = mailbox_.send_buffer(floats);
       last_.backward(*last_slot_, o.last, dlogits_.data(), buf, info(o, m), o.outputs_done > 0);
+      check(o, m, buf, floats, [&] {
+        return "gradient at cut P (input of part P, to " + comm::describe_rank(source) + ")";
+      });
+      if (o.poisoned) buf[0] = kNaN;  // so every stage on the way back skips the batch too
       ++o.outputs_done;
       bwd.end();
       send(buf, floats, emulate::stage_entity(t_.stages - 1), comm::MessageKind::kActivationGrad,
            o.id, m, span_end(o.id, t0));
     } else {
+      check(o, m, msg.data, msg.floats,
+            [&] { return "gradient received from " + comm::describe_rank(source); }, true);
       obs::Span bwd(obs::Activity::kBackward, o.id, m);
       first_.backward(*o.slots[m], o.first, msg.data, nullptr, info(o, m), o.grads_done > 0);
       mailbox_.release(msg);
@@ -567,9 +667,23 @@ class OwnerRuntime : public RankRuntime {
       ++o.grads_done;
       --o.in_flight;
       if (o.grads_done == s_.micro_batches) {
-        obs::Span opt(obs::Activity::kOptimizer, o.id);
-        optim::sgd_step(o.first, s_.sgd);
-        optim::sgd_step(o.last, s_.sgd);
+        check(o, m, o.first.grads.data(), o.first.grads.size(),
+              [](int64_t, float) { return std::string("parameter gradient of part 1"); });
+        check(o, m, o.last.grads.data(), o.last.grads.size(),
+              [](int64_t, float) { return std::string("parameter gradient of part P"); });
+        if (o.poisoned) {
+          // Skipped: no update, no tallies; the BatchNorm statistics as before the batch.
+          restore_buffers(o.first, o.saved_first);
+          restore_buffers(o.last, o.saved_last);
+          ++o.skipped;
+        } else {
+          obs::Span opt(obs::Activity::kOptimizer, o.id);
+          optim::sgd_step(o.first, s_.sgd);
+          optim::sgd_step(o.last, s_.sgd);
+          o.loss_sum += o.batch_loss;
+          o.correct += o.batch_correct;
+          o.seen += o.batch_seen;
+        }
         o.batch_active = false;
         ++o.step_in_epoch;
         ++o.steps_done;
@@ -691,6 +805,43 @@ class OwnerRuntime : public RankRuntime {
                      buf, floats, dest, kind, k, m);
   }
 
+  // Checks values produced or received for owner o's current batch (micro-batch m).
+  template <class Text>
+  void check(Owner& o, int m, const float* data, int64_t n, Text text, bool received = false) {
+    check_values(o.poisoned, s_.nan_skip, received, data, n, [&](int64_t i, float v) {
+      if constexpr (std::is_invocable_v<Text, int64_t, float>)
+        return fault_text(text(i, v), rank_, o.id, round_, o.steps_done + 1, m, -1, v);
+      else
+        return fault_text(text(), rank_, o.id, round_, o.steps_done + 1, m, i, v);
+    });
+  }
+
+  // What this rank waits for: the output of the last stage or the gradient from the first
+  // stage, for each micro-batch in flight.
+  std::string awaiting() const {
+    std::string s;
+    int n = 0, more = 0;
+    for (const auto& o : owners_) {
+      if (!o->batch_active) continue;
+      const int h = t_.replica_of_owner(o->id);
+      const int last_stage = t_.rank_of_stage(t_.stages - 1, h);
+      const int first_stage = t_.rank_of_stage(0, h);
+      for (int m = o->grads_done; m < o->next_micro; ++m) {
+        if (n == 4) {
+          ++more;
+          continue;
+        }
+        const bool output = m >= o->outputs_done;
+        s += std::string(n++ ? "; " : "") + (output ? "the activation" : "the gradient") +
+             " of owner " + std::to_string(o->id) + ", micro-batch " + std::to_string(m) +
+             " (round " + std::to_string(round_) + ", step " + std::to_string(o->steps_done + 1) +
+             ") from " + comm::describe_rank(output ? last_stage : first_stage);
+      }
+    }
+    if (more) s += "; and " + std::to_string(more) + " more";
+    return s.empty() ? std::string("any message") : s;
+  }
+
   const Settings& s_;
   const Topology& t_;
   const nn::Model& model_;
@@ -759,6 +910,11 @@ class StageRuntime : public RankRuntime {
       copies_.back().adopt_formats(program_);
     }
     grads_done_.assign(t_.owners, 0);
+    batches_done_.assign(t_.owners, 0);
+    window_end_.assign(t_.owners, 0);
+    poisoned_.assign(t_.owners, false);
+    saved_buffers_.resize(t_.owners);
+    mailbox_.set_describer([this] { return awaiting(); });
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
     const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
     const int window = s.one_f_one_b ? std::min(s.micro_batches, t_.stages + 2) : 1;
@@ -802,9 +958,12 @@ class StageRuntime : public RankRuntime {
   void begin_round(int round, int64_t start_step) override {
     round_ = round;
     grads_done_.assign(t_.owners, 0);
+    poisoned_.assign(t_.owners, false);
     fwd_ = bwd_ = 0;
-    for (int k : mine_)
-      fwd_ += std::min(start_step, s_.plan.round_steps(k, round)) * s_.micro_batches;
+    for (int k : mine_) {
+      batches_done_[k] = std::min(start_step, s_.plan.round_steps(k, round));
+      fwd_ += batches_done_[k] * s_.micro_batches;
+    }
     bwd_ = fwd_;
   }
 
@@ -812,7 +971,10 @@ class StageRuntime : public RankRuntime {
     // Counted over the round: when no collective separates two windows, work of the next one
     // may arrive (and is done) early.
     int64_t total = 0;
-    for (int k : mine_) total += std::min(to, s_.plan.round_steps(k, round_)) * s_.micro_batches;
+    for (int k : mine_) {
+      window_end_[k] = std::min(to, s_.plan.round_steps(k, round_));
+      total += window_end_[k] * s_.micro_batches;
+    }
     int64_t& fwd = fwd_;
     int64_t& bwd = bwd_;
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
@@ -833,16 +995,29 @@ class StageRuntime : public RankRuntime {
         if (done) break;
         continue;
       }
+      comm::test_message_hook(rank_);
       const auto t0 = Clock::now();
-      const int k = msg.env.owner, m = msg.env.micro;
+      const int k = msg.env.owner, m = msg.env.micro, source = msg.env.source;
       nn::PartState& copy = copies_[local_[k]];
       const nn::StepInfo info{s_.seed, copy.steps, m * micro_batch_, true,
                               static_cast<uint64_t>(k)};
+      const std::string stage_name = "stage " + std::to_string(stage_ + 1);
       if (msg.env.kind == comm::MessageKind::kActivation) {
+        if (m == 0) {  // a new batch of owner k
+          poisoned_[k] = false;
+          if (s_.nan_skip) save_buffers(copy, saved_buffers_[k]);
+        }
+        check(k, m, msg.data, msg.floats,
+              [&] { return "activation received from " + comm::describe_rank(source); }, true);
         obs::Span span(obs::Activity::kForward, k, m);
         auto slot = slots_.acquire();
         float* buf = mailbox_.send_buffer(out_floats);
         program_.forward(*slot, copy, msg.data, buf, info);
+        if (m == 0 && test_nan_due(rank_, k, round_, batches_done_[k] + 1)) buf[0] = kNaN;
+        check(k, m, buf, out_floats, [&] {
+          return "activation at the output of " + stage_name + " (to " +
+                 comm::describe_rank(next_rank(k)) + ")";
+        });
         mailbox_.release(msg);
         in_flight_[key(k, m)] = std::move(slot);
         span.end();
@@ -852,17 +1027,32 @@ class StageRuntime : public RankRuntime {
         obs::Span span(obs::Activity::kBackward, k, m);
         auto it = in_flight_.find(key(k, m));
         MPSL_CHECK(it != in_flight_.end(), "gradient for a micro-batch that was never forwarded");
+        check(k, m, msg.data, msg.floats,
+              [&] { return "gradient received from " + comm::describe_rank(source); }, true);
         float* buf = mailbox_.send_buffer(in_floats);
         program_.backward(*it->second, copy, msg.data, buf, info, grads_done_[k] > 0);
+        check(k, m, buf, in_floats, [&] {
+          return "gradient at the input of " + stage_name + " (to " +
+                 comm::describe_rank(prev_rank(k)) + ")";
+        });
         mailbox_.release(msg);
         slots_.release(std::move(it->second));
         in_flight_.erase(it);
         span.end();
         if (++grads_done_[k] == s_.micro_batches) {
-          obs::Span opt(obs::Activity::kOptimizer, k);
-          optim::sgd_step(copy, s_.sgd);
+          check(k, m, copy.grads.data(), copy.grads.size(),
+                [&](int64_t, float) { return "parameter gradient of " + stage_name; });
+          if (poisoned_[k])
+            restore_buffers(copy, saved_buffers_[k]);  // skipped: no update
+          else {
+            obs::Span opt(obs::Activity::kOptimizer, k);
+            optim::sgd_step(copy, s_.sgd);
+          }
           grads_done_[k] = 0;
+          ++batches_done_[k];
         }
+        // A poisoned batch stays poisoned on its way back, so every part on it skips.
+        if (poisoned_[k]) buf[0] = kNaN;
         send(buf, in_floats, /*forward=*/false, comm::MessageKind::kActivationGrad, k, m, t0);
         ++bwd;
       }
@@ -886,6 +1076,11 @@ class StageRuntime : public RankRuntime {
     const std::vector<int> late = agree_on_late({}, t_.owners, s_.stragglers.active());
     obs::Span span(obs::Activity::kAggregation);
     const auto t0 = Clock::now();
+    for (int k : mine_)
+      if (!all_finite(copies_[local_[k]].params.data(), copies_[local_[k]].params.size()))
+        throw RuntimeFailure("non-finite parameters in the copy of owner " + std::to_string(k) +
+                             " on " + comm::describe_rank(rank_) + " at the end of round " +
+                             std::to_string(round_));
     std::vector<const nn::PartState*> all;
     std::vector<nn::PartState*> targets;
     std::vector<double> weights;
@@ -980,6 +1175,49 @@ class StageRuntime : public RankRuntime {
                                    floats * static_cast<int64_t>(sizeof(float)), ready),
                      buf, floats, dest, kind, k, m);
   }
+
+  template <class Text>
+  void check(int k, int m, const float* data, int64_t n, Text text, bool received = false) {
+    bool poisoned = poisoned_[k];
+    check_values(poisoned, s_.nan_skip, received, data, n, [&](int64_t i, float v) {
+      if constexpr (std::is_invocable_v<Text, int64_t, float>)
+        return fault_text(text(i, v), rank_, k, round_, batches_done_[k] + 1, m, -1, v);
+      else
+        return fault_text(text(), rank_, k, round_, batches_done_[k] + 1, m, i, v);
+    });
+    poisoned_[k] = poisoned;
+  }
+
+  // What this stage waits for: gradients of the micro-batches it forwarded, and activations of
+  // owners with work left in the window.
+  std::string awaiting() const {
+    std::vector<std::string> items;
+    int more = 0;
+    auto add = [&](std::string item) {
+      if (items.size() < 4)
+        items.push_back(std::move(item));
+      else
+        ++more;
+    };
+    for (const auto& [key, slot] : in_flight_) {
+      const int k = static_cast<int>(key / 4096), m = static_cast<int>(key % 4096);
+      add("the gradient of owner " + std::to_string(k) + ", micro-batch " + std::to_string(m) +
+          " (round " + std::to_string(round_) + ", step " + std::to_string(batches_done_[k] + 1) +
+          ") from " + comm::describe_rank(next_rank(k)));
+    }
+    for (int k : mine_) {
+      bool busy = false;
+      for (const auto& [key, slot] : in_flight_) busy |= key / 4096 == k;
+      if (busy || grads_done_[k] > 0 || batches_done_[k] >= window_end_[k]) continue;
+      add("an activation of owner " + std::to_string(k) + " (round " + std::to_string(round_) +
+          ", step " + std::to_string(batches_done_[k] + 1) + ") from " +
+          comm::describe_rank(prev_rank(k)));
+    }
+    std::string s;
+    for (size_t i = 0; i < items.size(); ++i) s += (i ? "; " : "") + items[i];
+    if (more) s += "; and " + std::to_string(more) + " more";
+    return s.empty() ? std::string("any message") : s;
+  }
   int next_rank(int owner) const {
     return stage_ == t_.stages - 1 ? t_.rank_of_owner(owner)
                                    : t_.rank_of_stage(stage_ + 1, replica_);
@@ -1005,6 +1243,10 @@ class StageRuntime : public RankRuntime {
   std::vector<nn::PartState> copies_;  // per owner of this replica (mine_), in that order
   std::vector<int> mine_, local_;       // owners served; owner -> index in copies_ (-1: none)
   std::vector<int> grads_done_;
+  std::vector<int64_t> batches_done_;  // per owner, in the round
+  std::vector<int64_t> window_end_;    // per owner: batches it takes until the window ends
+  std::vector<bool> poisoned_;         // per owner: the current batch saw a non-finite value
+  std::vector<std::vector<float>> saved_buffers_;  // BatchNorm statistics before the batch
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
   std::vector<int> preferred_;
   int round_ = 1;

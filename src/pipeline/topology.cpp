@@ -215,4 +215,26 @@ std::vector<std::string> describe_roles(const Topology& t, const nn::Model& mode
   return lines;
 }
 
+std::vector<std::string> short_roles(const Topology& t) {
+  std::vector<std::string> out;
+  for (int r = 0; r < t.world_size; ++r) {
+    std::ostringstream o;
+    if (!t.multihop()) {
+      o << "single process";
+    } else if (t.is_owner_rank(r)) {
+      const auto ks = t.owners_of_rank(r);
+      o << "owner rank, owners {";
+      for (size_t i = 0; i < ks.size() && i < 8; ++i) o << (i ? "," : "") << ks[i];
+      if (ks.size() > 8) o << ",...";
+      o << "}";
+    } else {
+      const int s = t.stage_of_rank(r);
+      const auto [b, e] = t.stage_part(s);
+      o << "stage " << s + 1 << "/" << t.stages << ", units " << b << "-" << e - 1;
+    }
+    out.push_back(o.str());
+  }
+  return out;
+}
+
 }  // namespace mpsl::pipeline

@@ -44,6 +44,17 @@ nn::PartState LocalTrainer::make_state() const {
 
 nn::LossResult LocalTrainer::step(nn::PartState& state, const float* images, const int32_t* labels,
                                   int owner) {
+  const nn::LossResult r = compute(state, images, labels, owner);
+  apply(state);
+  return r;
+}
+
+void LocalTrainer::apply(nn::PartState& state) {
+  optim::sgd_step(state, sgd_);
+}
+
+nn::LossResult LocalTrainer::compute(nn::PartState& state, const float* images,
+                                     const int32_t* labels, int owner) {
   const int64_t mb = batch_ / micro_;
   const int64_t image_size = model_.input_shape(1).per_sample();
   const int classes = model_.classes();
@@ -58,7 +69,6 @@ nn::LossResult LocalTrainer::step(nn::PartState& state, const float* images, con
     total.loss_sum += r.loss_sum;
     total.correct += r.correct;
   }
-  optim::sgd_step(state, sgd_);
   return total;
 }
 

@@ -16,8 +16,11 @@
 
 #include "mpsl/cli/commands.hpp"
 #include "mpsl/comm/audit.hpp"
+#include "mpsl/comm/mailbox.hpp"
+#include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/emulate/emulate.hpp"
+#include "mpsl/core/finite.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/io/output_path.hpp"
 #include "mpsl/nn/zoo.hpp"
@@ -73,6 +76,7 @@ struct RoundReport {
   double train_seconds = std::nan("");      // the round's training alone (measured)
   double predicted_seconds = std::nan("");  // the cost model's round time
   double predicted_train_seconds = std::nan("");  // ... of which training
+  int64_t skipped = 0;  // batches skipped for non-finite values (--nan-policy skip)
 };
 
 std::string format_duration(double seconds) {
@@ -105,6 +109,8 @@ void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
                   static_cast<long long>(r.images), r.seconds, r.images_per_s);
   std::string text = line;
   if (r.eta_s >= 0 && r.round < rounds) text += ", about " + format_duration(r.eta_s) + " left";
+  if (r.skipped > 0)
+    text += ", " + std::to_string(r.skipped) + " batch(es) skipped (non-finite values)";
   progress.summary(text);
   nlohmann::json ev = {{"event", "round_end"},
                        {"round", r.round},
@@ -112,7 +118,8 @@ void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
                        {"train_accuracy", r.train_accuracy},
                        {"images", r.images},
                        {"seconds", r.seconds},
-                       {"images_per_s", r.images_per_s}};
+                       {"images_per_s", r.images_per_s},
+                       {"skipped_batches", r.skipped}};
   auto number_or_null = [](double v) {
     return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v);
   };
@@ -396,6 +403,7 @@ std::optional<plan::Profile> load_profile(const TrainOptions& o) {
 struct OwnerProgress {
   double loss_sum = 0;
   int64_t correct = 0, images = 0;
+  int64_t skipped = 0;  // batches skipped for non-finite values in the round
   uint64_t order_epoch = ~uint64_t{0};  // the global epoch `order` belongs to
   std::vector<int64_t> order;
 };
@@ -489,6 +497,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
 
   int64_t process_steps = 0, timed_images = 0;
   double timed_seconds = 0, last_accuracy = std::nan("");
+  const bool nan_skip = o.nan_policy == "skip";
+  std::vector<float> saved_buffers;  // BatchNorm statistics before a batch (skip policy)
   // Runs too short for the warm-up are timed from their first step.
   const int64_t planned =
       plan_steps_until(plan, o.rounds) - (resume.resumed() ? resume.manifest.total_steps : 0);
@@ -520,9 +530,27 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           }
           data::assemble_batch(train, op.order.data() + in_epoch * o.batch, o.batch,
                                buf.images.data(), buf.labels.data());
+          if (test_nan_due(0, k, round, s + 1))
+            buf.images[0] = std::numeric_limits<float>::quiet_NaN();
+          if (nan_skip) saved_buffers.assign(states[k].buffers.data(),
+                                             states[k].buffers.data() + states[k].buffers.size());
           const auto t0 = Clock::now();
           obs::Span span(obs::Activity::kStep, k);
-          const nn::LossResult r = trainer.step(states[k], buf.images.data(), buf.labels.data(), k);
+          const nn::LossResult r =
+              trainer.compute(states[k], buf.images.data(), buf.labels.data(), k);
+          // A non-finite loss or gradient: end the run, or skip the batch (no update).
+          std::string fault;
+          if (const int64_t i = first_non_finite(buf.images.data(),
+                                                 static_cast<int64_t>(buf.images.size()));
+              i >= 0)
+            fault = "input images (after normalisation; element " + std::to_string(i) + ")";
+          else if (!std::isfinite(r.loss_sum))
+            fault = "loss";
+          else if (const int64_t i =
+                       first_non_finite(states[k].grads.data(), states[k].grads.size());
+                   i >= 0)
+            fault = "parameter gradient (element " + std::to_string(i) + ")";
+          if (fault.empty()) trainer.apply(states[k]);
           span.end();
           const double dt = seconds_since(t0);
           obs::note_heap();
@@ -533,12 +561,19 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
             timed_seconds += dt;
             timed_images += o.batch;
           }
-          if (!std::isfinite(r.loss_sum))
-            throw RuntimeFailure("non-finite loss: owner " + std::to_string(k) + ", round " +
-                                 std::to_string(round) + ", step " + std::to_string(s));
-          op.loss_sum += r.loss_sum;
-          op.correct += r.correct;
-          op.images += o.batch;
+          if (!fault.empty()) {
+            const std::string text = "non-finite " + fault + " on rank 0 (single process): owner " +
+                                     std::to_string(k) + ", round " + std::to_string(round) +
+                                     ", step " + std::to_string(s + 1);
+            if (!nan_skip) throw RuntimeFailure(text + " (--nan-policy abort)");
+            obs::log_warn(text + "; --nan-policy skip: this batch of the owner is skipped");
+            std::copy(saved_buffers.begin(), saved_buffers.end(), states[k].buffers.data());
+            ++op.skipped;
+          } else {
+            op.loss_sum += r.loss_sum;
+            op.correct += r.correct;
+            op.images += o.batch;
+          }
           ++process_steps;
           if (++done % 10 == 0 || done == round_total) {
             double loss = 0;
@@ -560,6 +595,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         if (checkpoints.stop_requested()) return 0;
       }
     }
+    for (int k = 0; k < plan.owners; ++k)
+      if (!all_finite(states[k].params.data(), states[k].params.size()))
+        throw RuntimeFailure("non-finite parameters of owner " + std::to_string(k) +
+                             " at the end of round " + std::to_string(round));
     const double round_train_seconds = seconds_since(t_round);
     std::vector<pipeline::OwnerRound> owner_rounds;
     if (plan.owners > 1) {
@@ -599,18 +638,19 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
     }
     const double seconds = seconds_since(t_round);
     double loss_sum = 0;
-    int64_t images = 0, correct = 0;
+    int64_t images = 0, correct = 0, skipped = 0;
     for (const auto& p : progress_of) {
       loss_sum += p.loss_sum;
       images += p.images;
       correct += p.correct;
+      skipped += p.skipped;
     }
     report_round(
         {round, images ? loss_sum / images : 0.0,
          images ? static_cast<double>(correct) / images : 0.0, images, seconds,
          timed_seconds > 0 ? timed_images / timed_seconds : 0.0, has_test, ev.loss, ev.accuracy, -1,
          round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
-         pred.available ? pred.train_s[round - 1] : std::nan("")},
+         pred.available ? pred.train_s[round - 1] : std::nan(""), skipped},
         o.rounds, progress, metrics);
     if (stragglers.active()) write_round_owners(metrics, round, seconds, owner_rounds, stragglers.carry);
     step_now = length;
@@ -658,7 +698,11 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
   if (rank == 0)
     for (int k = 0; k < owners; ++k)
       v[k] = plan.samples[k], v[owners + k] = plan.steps_per_epoch[k];
-  MPSL_MPI_CHECK(MPI_Bcast(v.data(), 2 * owners, MPI_INT64_T, 0, MPI_COMM_WORLD));
+  MPI_Request req;
+  MPSL_MPI_CHECK(MPI_Ibcast(v.data(), 2 * owners, MPI_INT64_T, 0, MPI_COMM_WORLD, &req));
+  comm::wait_watched(req, [] {
+    return "the sample counts from " + comm::describe_rank(0) + " (it reads the training set)";
+  });
   comm::audit_message("plan-counts", 0, static_cast<int64_t>(v.size() * sizeof(int64_t)),
                       rank == 0);
   plan.samples.assign(v.begin(), v.begin() + owners);
@@ -779,6 +823,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   const auto t_start = Clock::now();
   const bool owner_rank = topo.is_owner_rank(rank);
   obs::set_log_rank(rank, topo.world_size);
+  comm::set_role_map(pipeline::short_roles(topo), rank);
   const bool reporter = rank == 0;
 
   // Owner ranks hold the training data (each uses only its owners' shards); rank 0 also holds
@@ -835,7 +880,14 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   LiveProgress live(plan, topo, o, rank,
                     reporter && !common.quiet && obs::Progress::stderr_is_tty());
   if (live.enabled()) settings.on_step = [&live] { live.step(); };
+  settings.nan_skip = o.nan_policy == "skip";
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
+  // From here on, a rank ended by the launcher (another rank died) says who it is and what it
+  // was waiting for.
+  comm::arm_termination_report();
+  // Reports a rank of this node whose process is gone (stopped before the run's end).
+  std::optional<comm::PeerWatch> peer_watch;
+  peer_watch.emplace();
 
   train::Checkpointer checkpoints(common, o, model, topo, plan, data_id, rank);
   int start_round = 1;
@@ -877,7 +929,11 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     obs::Tracer::instance().set_round(round);
     {
       obs::Span wait(obs::Activity::kWait);
-      MPSL_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
+      MPI_Request barrier;
+      MPSL_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &barrier));
+      comm::wait_watched(barrier, [round] {
+        return "every rank to start round " + std::to_string(round) + " (a barrier)";
+      });
     }
     const auto t_round = Clock::now();
     const int64_t length = plan.round_length(round);
@@ -910,7 +966,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     round_train_seconds > 0 ? r.images / round_train_seconds : 0.0, has_test,
                     test_loss, test_accuracy, live.eta_after_round(round), round_train_seconds,
                     pred.available ? pred.round_s[round - 1] : std::nan(""),
-                    pred.available ? pred.train_s[round - 1] : std::nan("")},
+                    pred.available ? pred.train_s[round - 1] : std::nan(""), r.skipped},
                    o.rounds, progress, metrics);
       write_round_owners(metrics, round, round_train_seconds, r.owners, o.late_policy == "carry");
     }
@@ -927,6 +983,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     }
   }
 
+  // From here ranks may end (normally) at different times.
+  peer_watch.reset();
   if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   if (!o.trace.empty()) {
     obs::Tracer::instance().write(MPI_COMM_WORLD, o.trace);
@@ -985,6 +1043,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                   std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
                   train_seconds > 0 ? total_images / train_seconds : 0.0, last_accuracy, o);
   }
+  comm::disarm_termination_report();
   return 0;
 }
 
@@ -1031,6 +1090,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   int world = 1, rank = 0;
   MPSL_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &world));
   MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+  comm::set_stall_settings({o.stall_warn_seconds, o.stall_abort_seconds});
   auto model = nn::make_model(o.model);
   // --plan: its split (and stage count) and the profile it carries.
   std::string split_text = o.split;

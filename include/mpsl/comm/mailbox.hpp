@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -100,8 +101,9 @@ class Mailbox {
   void flush();
 
   const MailboxStats& stats() const { return stats_; }
-  // What this rank waits for, for stall reports (set by the runtime).
-  void set_waiting_for(std::string what) { waiting_for_ = std::move(what); }
+  // Says what this rank waits for and from whom, for the stall watchdog and the termination
+  // report (comm/watchdog.hpp); called only when a wait has lasted a while.
+  void set_describer(std::function<std::string()> describe) { describe_ = std::move(describe); }
 
   static int encode_tag(MessageKind kind, int owner, int micro);
   static Envelope decode_tag(int tag, int source);
@@ -117,6 +119,7 @@ class Mailbox {
   };
   struct Send {
     std::vector<float> buffer;
+    int dest = -1;
     MPI_Request request = MPI_REQUEST_NULL;
     bool busy = false;
   };
@@ -144,7 +147,11 @@ class Mailbox {
   std::vector<std::unique_ptr<Send>> sends_;
   std::deque<int> ready_;  // receive indices in arrival order
   MailboxStats stats_;
-  std::string waiting_for_;
+  std::function<std::string()> describe_;
 };
+
+// Waits for a non-blocking MPI request (e.g. MPI_Ibarrier) the way the mailbox waits: polling
+// with short sleeps, under the stall watchdog (`describe` says what is awaited).
+void wait_watched(MPI_Request& request, const std::function<std::string()>& describe);
 
 }  // namespace mpsl::comm

@@ -43,6 +43,9 @@ struct Settings {
   std::function<void()> on_step;
   emulate::Emulation emulation;  // --emulate: devices and links (disabled by default)
   train::StragglerPolicy stragglers;
+  // A non-finite loss, activation or gradient: false = end the job (RuntimeFailure naming rank,
+  // owner, round, step), true = skip that owner's batch (no update anywhere it was seen).
+  bool nan_skip = false;
 };
 
 // One owner's round, for the metrics ("round_owners").
@@ -59,6 +62,7 @@ struct RoundResult {
   int64_t correct = 0;
   int64_t images = 0;
   std::vector<OwnerRound> owners;  // every owner, on rank 0
+  int64_t skipped = 0;  // batches skipped for non-finite values (--nan-policy skip)
 };
 
 struct RankTimes {

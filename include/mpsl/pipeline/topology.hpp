@@ -65,5 +65,8 @@ void spread_owners(Topology& t, const std::string& speeds_text);
 
 // The role map printed by --dry-run and at start-up: one line per rank.
 std::vector<std::string> describe_roles(const Topology& t, const nn::Model& model);
+// The same, short, for failure and stall messages: "owner rank, owners {0,2}",
+// "stage 1/2, units 1-2".
+std::vector<std::string> short_roles(const Topology& t);
 
 }  // namespace mpsl::pipeline

@@ -38,6 +38,11 @@ class LocalTrainer {
   // One optimiser step of `state` (owner `owner`) on a batch of exactly batch() samples.
   nn::LossResult step(nn::PartState& state, const float* images, const int32_t* labels,
                       int owner = 0);
+  // step() in two halves: forward, loss and backward (gradients in state.grads), then the
+  // optimiser update, so the caller can look at the loss and gradients in between.
+  nn::LossResult compute(nn::PartState& state, const float* images, const int32_t* labels,
+                         int owner = 0);
+  void apply(nn::PartState& state);
   int64_t batch() const { return batch_; }
   nn::PartState make_state() const;  // a whole-model copy with the starting weights
 
