@@ -13,6 +13,7 @@
 #include <new>
 #include <thread>
 
+#include "mpsl/comm/audit.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
@@ -204,6 +205,7 @@ PeerWatch::PeerWatch() {
   mine.pid = static_cast<int>(::getpid());
   ::gethostname(mine.host, sizeof mine.host - 1);
   std::vector<Entry> all(size);
+  audit_message("process-ids", -1, sizeof mine, true);  // this rank's PID and host name
   MPSL_MPI_CHECK(MPI_Allgather(&mine, sizeof mine, MPI_BYTE, all.data(), sizeof mine, MPI_BYTE,
                                MPI_COMM_WORLD));
   pids_.assign(size, 0);

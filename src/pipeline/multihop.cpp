@@ -331,6 +331,8 @@ class OwnerRuntime : public RankRuntime {
     MPSL_MPI_CHECK(
         MPI_Reduce(&loss, &total.loss_sum, 1, MPI_DOUBLE, MPI_SUM, 0, owner_comm_.get()));
     int64_t sums[3] = {0, 0, 0};
+    // The round's loss sum and counts (no per-sample values) go to rank 0.
+    if (rank_ != 0) comm::audit_message("round-tallies", 0, sizeof loss + sizeof counts, true);
     MPSL_MPI_CHECK(MPI_Reduce(counts, sums, 3, MPI_INT64_T, MPI_SUM, 0, owner_comm_.get()));
     total.correct = sums[0];
     total.images = sums[1];
@@ -460,6 +462,7 @@ class OwnerRuntime : public RankRuntime {
     obs::Span span(obs::Activity::kEval);
     int64_t count = test ? test->count : 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    comm::audit_message("eval-count", rank_ == 0 ? -1 : 0, sizeof count, rank_ == 0);
     if (rank_ != 0 || count == 0) return {0, 0};
     // All owners hold the same aggregated parts, except carried late owners: then the
     // aggregated parts are kept aside.
@@ -1127,6 +1130,7 @@ class StageRuntime : public RankRuntime {
     obs::Span span(obs::Activity::kEval);
     int64_t count = 0;
     MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    comm::audit_message("eval-count", 0, sizeof count, false);
     if (replica_ != 0) return {0, 0};  // replica 0 evaluates: every replica holds the average
     const int prev = stage_ == 0 ? 0 : t_.rank_of_stage(stage_ - 1);
     const int next = stage_ == t_.stages - 1 ? 0 : t_.rank_of_stage(stage_ + 1);

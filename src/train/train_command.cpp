@@ -985,13 +985,12 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   // From here ranks may end (normally) at different times.
   peer_watch.reset();
-  if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   if (!o.trace.empty()) {
     obs::Tracer::instance().write(MPI_COMM_WORLD, o.trace);
     if (reporter) MPSL_LOG(Info, "trace written to " << o.trace);
   }
 
-  // One rank_summary per rank, gathered on rank 0.
+  // One rank_summary per rank (memory and times), gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
   constexpr int kFields = 6;
   double mine[kFields] = {static_cast<double>(obs::peak_rss_bytes()),
@@ -1000,6 +999,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                           times.comm_s,
                           owner_rank ? 0.0 : 1.0,
                           static_cast<double>(obs::tracked_peak_bytes())};
+  if (rank != 0) comm::audit_message("rank-summary", 0, sizeof mine, true);
+  if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   std::vector<double> all(kFields * topo.world_size);
   MPSL_MPI_CHECK(
       MPI_Gather(mine, kFields, MPI_DOUBLE, all.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD));

@@ -102,7 +102,10 @@ with open("fm.h5", "rb") as f:
 with open("truncated.h5", "wb") as f:
     f.write(head)
 EOF
-mkdir -p a-folder out-folder
+# A real checkpoint (single process, --batch 8) for the resume cases.
+q train --model fmnist-cnn --synthetic --synthetic-count 16 --batch 8 --max-steps 2 \
+  --warmup-steps 0 --threads 1 --checkpoint-dir ckpt
+mkdir -p a-folder out-folder empty-folder
 echo '{"event":"run_end","exit":"ok"}' >old-metrics.jsonl
 rm -f "$logs"/fixture.*
 
@@ -272,12 +275,53 @@ check "train: --metrics under a file"      cifar.bin -- \
 check "train: --metrics is a folder"       a-folder -- \
   "$M" train --model fmnist-cnn --synthetic --metrics a-folder "${T[@]}"
 
+# Checkpoints: what --resume is given and what it must match.
+check "train: --resume of a missing folder"   no-such-ckpt -- \
+  "$M" train --model fmnist-cnn --synthetic --resume no-such-ckpt "${T[@]}"
+check "train: --resume of a plain file"       cifar.bin "not a checkpoint" -- \
+  "$M" train --model fmnist-cnn --synthetic --resume cifar.bin "${T[@]}"
+check "train: --resume of an empty folder"    empty-folder "not a checkpoint" -- \
+  "$M" train --model fmnist-cnn --synthetic --resume empty-folder "${T[@]}"
+check "train: --resume latest, no --checkpoint-dir" "--resume latest" --checkpoint-dir -- \
+  "$M" train --model fmnist-cnn --synthetic --resume latest "${T[@]}"
+check "train: --checkpoint-dir is a file"     --checkpoint-dir cifar.bin -- \
+  "$M" train --model fmnist-cnn --synthetic --checkpoint-dir cifar.bin "${T[@]}"
+check "train: --checkpoint-every 3weeks"      --checkpoint-every 3weeks -- \
+  "$M" train --model fmnist-cnn --synthetic --checkpoint-every 3weeks "${T[@]}"
+check "train: resume with another --batch"    ckpt/ckpt-r0001-s000002 "--batch 8" -- \
+  "$M" train --model fmnist-cnn --synthetic --synthetic-count 16 --checkpoint-dir ckpt \
+  --resume latest --max-steps 2 --warmup-steps 0 --batch 4 --threads 1
+check "train: resume with another model"      ckpt/ckpt-r0001-s000002 fmnist-cnn lenet5 -- \
+  "$M" train --model lenet5 --synthetic --synthetic-count 16 --checkpoint-dir ckpt \
+  --resume latest "${T[@]}"
+check "eval: --checkpoint of a missing folder" no-such-ckpt -- \
+  "$M" eval --checkpoint no-such-ckpt --test-data fm.h5
+check "inspect: an empty folder"              empty-folder -- "$M" inspect empty-folder
+
+# Reliability options.
+check "train: --stall-warn soon"              --stall-warn soon -- \
+  "$M" train --model fmnist-cnn --synthetic --stall-warn soon "${T[@]}"
+check "train: --stall-abort 10x"              --stall-abort 10x -- \
+  "$M" train --model fmnist-cnn --synthetic --stall-abort 10x "${T[@]}"
+check "train: --nan-policy ignore"            --nan-policy ignore -- \
+  "$M" train --model fmnist-cnn --synthetic --nan-policy ignore "${T[@]}"
+
 # Under mpirun a bad input is reported once (by rank 0) and the job exits with 2.
 if command -v mpirun >/dev/null 2>&1; then
   check "mpirun -n 2: missing dataset file" --mpi missing.h5 -- \
     mpirun -n 2 "$M" train --model fmnist-cnn --data missing.h5 --stages 1 "${T[@]}"
   check "mpirun -n 2: unknown option"      --mpi --bogus -- \
     mpirun -n 2 "$M" train --model fmnist-cnn --synthetic --stages 1 --bogus "${T[@]}"
+  # Rank counts against the topology, and against a checkpoint's.
+  check "mpirun -n 3: --split with too few cuts" --mpi --split 1,2 -- \
+    mpirun -n 3 "$M" train --model fmnist-cnn --synthetic --stages 2 --split 1,2 "${T[@]}"
+  check "mpirun -n 2: too few ranks for 3 stages" --mpi "--stages 3" "4 ranks" -- \
+    mpirun -n 2 "$M" train --model fmnist-cnn --synthetic --stages 3 "${T[@]}"
+  check "mpirun -n 4: 1 owner for 2 owner ranks" --mpi --owners -- \
+    mpirun -n 4 "$M" train --model fmnist-cnn --synthetic --stages 2 --owners 1 "${T[@]}"
+  check "mpirun -n 3: resume a 1-rank checkpoint" --mpi ckpt/ckpt-r0001-s000002 "3 ranks" -- \
+    mpirun -n 3 "$M" train --model fmnist-cnn --synthetic --synthetic-count 16 --stages 2 \
+    --checkpoint-dir ckpt --resume latest "${T[@]}"
 else
   echo "SKIP  mpirun cases (no mpirun on PATH)"
 fi
