@@ -263,8 +263,7 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
   return take(preferred_sources);
 }
 
-bool Mailbox::wait_for(Message& out, const std::vector<int>& preferred_sources,
-                       double timeout_s) {
+bool Mailbox::wait_for(Message& out, const std::vector<int>& preferred_sources, double timeout_s) {
   const auto t0 = Clock::now();
   const double comm_before = stats_.comm_seconds;
   int idle = 0;

@@ -32,9 +32,9 @@ int g_my_rank = 0;
 StallSettings g_settings;
 
 // ---- what the signal handler prints (static buffers: the handler may not allocate) ----------
-char g_self[256] = "mpsl: ";             // "mpsl: [rank 3 (stage 2/2, units 3-7)]"
-char g_wait[2][640];                     // double-buffered description of the current wait
-std::atomic<int> g_wait_index{-1};       // which g_wait is valid; -1: not waiting
+char g_self[256] = "mpsl: ";              // "mpsl: [rank 3 (stage 2/2, units 3-7)]"
+char g_wait[2][640];                      // double-buffered description of the current wait
+std::atomic<int> g_wait_index{-1};        // which g_wait is valid; -1: not waiting
 std::atomic<int64_t> g_wait_start_ns{0};  // CLOCK_MONOTONIC when the wait began
 std::atomic<bool> g_armed{false};
 std::atomic<int> g_gone_rank{-1};       // a peer whose process is gone (PeerWatch)
@@ -169,9 +169,9 @@ void StallClock::check() {
     next_warn_ += g_settings.warn_seconds;
   }
   if (g_settings.abort_seconds > 0 && s >= g_settings.abort_seconds) {
-    abort_job(1, "stall: " + describe_rank(g_my_rank) + " waited " + format_seconds(s) +
-                     " s for " + describe_() + "; --stall-abort " +
-                     format_seconds(g_settings.abort_seconds) + " s ends the job");
+    abort_job(1, "stall: " + describe_rank(g_my_rank) + " waited " + format_seconds(s) + " s for " +
+                     describe_() + "; --stall-abort " + format_seconds(g_settings.abort_seconds) +
+                     " s ends the job");
   }
 }
 
@@ -271,8 +271,8 @@ void test_message_hook(int rank) {
   double seconds = 0;
   if (stall && std::sscanf(stall, "%d:%lf:%d", &r, &seconds, &after) >= 2 && r == rank &&
       calls == after) {
-    obs::log_warn("MPSL_TEST_STALL: " + describe_rank(rank) + " sleeps " +
-                  format_seconds(seconds) + " s (test hook)");
+    obs::log_warn("MPSL_TEST_STALL: " + describe_rank(rank) + " sleeps " + format_seconds(seconds) +
+                  " s (test hook)");
     std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
   }
   char how[16] = {0};

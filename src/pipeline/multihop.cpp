@@ -13,8 +13,8 @@
 #include "mpsl/core/finite.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/loss.hpp"
-#include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/log.hpp"
+#include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/trace.hpp"
 #include "mpsl/train/local.hpp"
 
@@ -85,8 +85,8 @@ std::vector<int> agree_on_late(std::vector<int> late, int owners, bool active) {
   if (!active) return late;
   int rank = 0;
   MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
-  comm::audit_message("late-owners", rank == 0 ? -1 : 0,
-                      static_cast<int64_t>(owners * sizeof(int)), rank == 0);
+  comm::audit_message("late-owners", rank == 0 ? -1 : 0, static_cast<int64_t>(owners * sizeof(int)),
+                      rank == 0);
   MPSL_MPI_CHECK(MPI_Bcast(late.data(), owners, MPI_INT, 0, MPI_COMM_WORLD));
   return late;
 }
@@ -348,14 +348,14 @@ class OwnerRuntime : public RankRuntime {
       fig[2 * K + o->id] = o->finished ? o->finished_s : -1.0;
       fig[3 * K + o->id] = o->busy_s;
     }
-    MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, fig.data(), 4 * K, MPI_DOUBLE, MPI_SUM,
-                                 owner_comm_.get()));
+    MPSL_MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, fig.data(), 4 * K, MPI_DOUBLE, MPI_SUM, owner_comm_.get()));
     late_.assign(K, 0);
     for (int k = 0; k < K; ++k) {
       late_[k] = fig[K + k] > 0.5 ? 1 : 0;
       if (rank_ == 0)
-        total.owners.push_back({k, static_cast<int64_t>(fig[k]), late_[k] != 0, fig[2 * K + k],
-                                fig[3 * K + k]});
+        total.owners.push_back(
+            {k, static_cast<int64_t>(fig[k]), late_[k] != 0, fig[2 * K + k], fig[3 * K + k]});
     }
     total.skipped = sums[2];
     return total;
@@ -398,8 +398,9 @@ class OwnerRuntime : public RankRuntime {
       // this rank's owners do so in parallel.
       double longest = 0;
       for (const auto& o : owners_) {
-        const int64_t floats = static_cast<int64_t>(o->first.params.size() + o->first.buffers.size() +
-                                                    o->last.params.size() + o->last.buffers.size());
+        const int64_t floats =
+            static_cast<int64_t>(o->first.params.size() + o->first.buffers.size() +
+                                 o->last.params.size() + o->last.buffers.size());
         longest = std::max(longest, emu_.aggregation_seconds(o->id, floats * 4));
       }
       emu_.account_aggregation(longest);
@@ -554,7 +555,7 @@ class OwnerRuntime : public RankRuntime {
     double batch_loss = 0;
     int64_t batch_correct = 0, batch_seen = 0;
     std::vector<float> saved_first, saved_last;
-    int64_t skipped = 0;  // batches skipped this round
+    int64_t skipped = 0;                               // batches skipped this round
     std::vector<std::unique_ptr<nn::PartSlot>> slots;  // part-1 activations per micro-batch
   };
 
@@ -611,8 +612,8 @@ class OwnerRuntime : public RankRuntime {
                    buf, info(o, m));
     if (m == 0 && test_nan_due(rank_, o.id, round_, o.steps_done + 1)) buf[0] = kNaN;
     check(o, m, buf, floats, [&] {
-      return "activation at cut 1 (output of part 1, to " + comm::describe_rank(t_.rank_of_stage(0, t_.replica_of_owner(o.id))) +
-             ")";
+      return "activation at cut 1 (output of part 1, to " +
+             comm::describe_rank(t_.rank_of_stage(0, t_.replica_of_owner(o.id))) + ")";
     });
     span.end();
     send(buf, floats, emulate::stage_entity(0), comm::MessageKind::kActivation, o.id, m,
@@ -633,8 +634,9 @@ class OwnerRuntime : public RankRuntime {
     const int source = msg.env.source;
     if (msg.env.kind == comm::MessageKind::kActivation) {
       // The last stage's output: part P, the loss (labels never leave this rank), backward.
-      check(o, m, msg.data, msg.floats,
-            [&] { return "activation received from " + comm::describe_rank(source); }, true);
+      check(
+          o, m, msg.data, msg.floats,
+          [&] { return "activation received from " + comm::describe_rank(source); }, true);
       obs::Span fwd(obs::Activity::kForward, o.id, m);
       last_.forward(*last_slot_, o.last, msg.data, logits_.data(), info(o, m));
       const nn::LossResult r = nn::softmax_cross_entropy(
@@ -660,8 +662,9 @@ class OwnerRuntime : public RankRuntime {
       send(buf, floats, emulate::stage_entity(t_.stages - 1), comm::MessageKind::kActivationGrad,
            o.id, m, span_end(o.id, t0));
     } else {
-      check(o, m, msg.data, msg.floats,
-            [&] { return "gradient received from " + comm::describe_rank(source); }, true);
+      check(
+          o, m, msg.data, msg.floats,
+          [&] { return "gradient received from " + comm::describe_rank(source); }, true);
       obs::Span bwd(obs::Activity::kBackward, o.id, m);
       first_.backward(*o.slots[m], o.first, msg.data, nullptr, info(o, m), o.grads_done > 0);
       mailbox_.release(msg);
@@ -728,8 +731,8 @@ class OwnerRuntime : public RankRuntime {
     fin_payload_.push_back(o.id);
     fin_reqs_.emplace_back();
     comm::audit_message("straggler-finished", 0, sizeof(int), true);
-    MPSL_MPI_CHECK(MPI_Isend(&fin_payload_.back(), 1, MPI_INT, 0, kFinishedTag,
-                             ctrl_group_.get(), &fin_reqs_.back()));
+    MPSL_MPI_CHECK(MPI_Isend(&fin_payload_.back(), 1, MPI_INT, 0, kFinishedTag, ctrl_group_.get(),
+                             &fin_reqs_.back()));
   }
 
   // Rank 0 decides when the round ends (every owner finished, or the deadline / minimum
@@ -799,8 +802,8 @@ class OwnerRuntime : public RankRuntime {
   }
 
   // Sends owner k's message to a stage, through its emulated link when emulating.
-  void send(float* buf, int64_t floats, emulate::Entity stage, comm::MessageKind kind, int k,
-            int m, Clock::time_point ready) {
+  void send(float* buf, int64_t floats, emulate::Entity stage, comm::MessageKind kind, int k, int m,
+            Clock::time_point ready) {
     const int dest = t_.rank_of_stage(stage.index, t_.replica_of_owner(k));
     if (!emu_.active()) return mailbox_.send(buf, floats, dest, kind, k, m);
     mailbox_.send_at(emu_.transfer(emulate::owner_entity(k), stage,
@@ -873,7 +876,7 @@ class OwnerRuntime : public RankRuntime {
   MPI_Request stop_req_ = MPI_REQUEST_NULL;
   std::deque<int> fin_payload_;
   std::deque<MPI_Request> fin_reqs_;
-  std::vector<int> late_;  // per owner, agreed at the round's end
+  std::vector<int> late_;                                    // per owner, agreed at the round's end
   std::optional<nn::PartState> global_first_, global_last_;  // aggregate, when owners carry
 };
 
@@ -1010,8 +1013,9 @@ class StageRuntime : public RankRuntime {
           poisoned_[k] = false;
           if (s_.nan_skip) save_buffers(copy, saved_buffers_[k]);
         }
-        check(k, m, msg.data, msg.floats,
-              [&] { return "activation received from " + comm::describe_rank(source); }, true);
+        check(
+            k, m, msg.data, msg.floats,
+            [&] { return "activation received from " + comm::describe_rank(source); }, true);
         obs::Span span(obs::Activity::kForward, k, m);
         auto slot = slots_.acquire();
         float* buf = mailbox_.send_buffer(out_floats);
@@ -1030,8 +1034,9 @@ class StageRuntime : public RankRuntime {
         obs::Span span(obs::Activity::kBackward, k, m);
         auto it = in_flight_.find(key(k, m));
         MPSL_CHECK(it != in_flight_.end(), "gradient for a micro-batch that was never forwarded");
-        check(k, m, msg.data, msg.floats,
-              [&] { return "gradient received from " + comm::describe_rank(source); }, true);
+        check(
+            k, m, msg.data, msg.floats,
+            [&] { return "gradient received from " + comm::describe_rank(source); }, true);
         float* buf = mailbox_.send_buffer(in_floats);
         program_.backward(*it->second, copy, msg.data, buf, info, grads_done_[k] > 0);
         check(k, m, buf, in_floats, [&] {
@@ -1068,8 +1073,7 @@ class StageRuntime : public RankRuntime {
 
   RankState checkpoint_state() override {
     RankState st;
-    for (int k : mine_)
-      st.parts.push_back({"copies/" + std::to_string(k), k, &copies_[local_[k]]});
+    for (int k : mine_) st.parts.push_back({"copies/" + std::to_string(k), k, &copies_[local_[k]]});
     return st;
   }
 
@@ -1173,8 +1177,8 @@ class StageRuntime : public RankRuntime {
     const auto ready = emu_.compute(emulate::stage_entity(stage_), t0, dt);
     emulate::RankEmulator::sleep_until(ready);
     const bool to_owner = forward ? stage_ == t_.stages - 1 : stage_ == 0;
-    const emulate::Entity to = to_owner ? emulate::owner_entity(k)
-                                        : emulate::stage_entity(stage_ + (forward ? 1 : -1));
+    const emulate::Entity to =
+        to_owner ? emulate::owner_entity(k) : emulate::stage_entity(stage_ + (forward ? 1 : -1));
     mailbox_.send_at(emu_.transfer(emulate::stage_entity(stage_), to,
                                    floats * static_cast<int64_t>(sizeof(float)), ready),
                      buf, floats, dest, kind, k, m);
@@ -1245,7 +1249,7 @@ class StageRuntime : public RankRuntime {
   SlotPool slots_;
   InferencePrograms eval_;
   std::vector<nn::PartState> copies_;  // per owner of this replica (mine_), in that order
-  std::vector<int> mine_, local_;       // owners served; owner -> index in copies_ (-1: none)
+  std::vector<int> mine_, local_;      // owners served; owner -> index in copies_ (-1: none)
   std::vector<int> grads_done_;
   std::vector<int64_t> batches_done_;  // per owner, in the round
   std::vector<int64_t> window_end_;    // per owner: batches it takes until the window ends

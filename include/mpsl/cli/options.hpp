@@ -81,8 +81,8 @@ struct TrainOptions {
   std::string emulate;
   int eval_batch = 1000;
   // reliability
-  double stall_warn_seconds = 60;  // --stall-warn SECONDS|off (0 = off)
-  double stall_abort_seconds = 0;  // --stall-abort SECONDS|off (0 = off, the default)
+  double stall_warn_seconds = 60;    // --stall-warn SECONDS|off (0 = off)
+  double stall_abort_seconds = 0;    // --stall-abort SECONDS|off (0 = off, the default)
   std::string nan_policy = "abort";  // abort | skip (a batch with a non-finite value)
 };
 

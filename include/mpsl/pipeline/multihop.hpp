@@ -51,10 +51,10 @@ struct Settings {
 // One owner's round, for the metrics ("round_owners").
 struct OwnerRound {
   int owner = 0;
-  int64_t steps = 0;         // steps taken in the round
-  bool late = false;         // not finished when the round ended (or --late-owners)
-  double finished_s = -1;    // when it finished its steps, from the round's start (-1: never)
-  double busy_s = 0;         // its compute (emulated: scaled by its device's factor)
+  int64_t steps = 0;       // steps taken in the round
+  bool late = false;       // not finished when the round ended (or --late-owners)
+  double finished_s = -1;  // when it finished its steps, from the round's start (-1: never)
+  double busy_s = 0;       // its compute (emulated: scaled by its device's factor)
 };
 
 struct RoundResult {
@@ -62,7 +62,7 @@ struct RoundResult {
   int64_t correct = 0;
   int64_t images = 0;
   std::vector<OwnerRound> owners;  // every owner, on rank 0
-  int64_t skipped = 0;  // batches skipped for non-finite values (--nan-policy skip)
+  int64_t skipped = 0;             // batches skipped for non-finite values (--nan-policy skip)
 };
 
 struct RankTimes {
