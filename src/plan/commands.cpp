@@ -210,14 +210,6 @@ namespace mpsl::cli {
 
 namespace {
 
-std::string seconds_text(double s) {
-  char b[32];
-  if (s >= 1)
-    std::snprintf(b, sizeof b, "%.3f s", s);
-  else
-    std::snprintf(b, sizeof b, "%.2f ms", s * 1e3);
-  return b;
-}
 
 std::vector<plan::Device> node_devices(const PlanOptions& o) {
   plan::Device base;
@@ -341,22 +333,22 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
     std::printf("plan: %s, %d owners, %d stage(s): --split %s\n", profile.model.c_str(), r.owners,
                 res.scenario.stages(), cuts.c_str());
     std::printf("  slowest forward stage %s + slowest backward stage %s = %s per batch\n",
-                seconds_text(res.split.max_forward).c_str(),
-                seconds_text(res.split.max_backward).c_str(),
-                seconds_text(res.split.objective()).c_str());
+                plan::secs(res.split.max_forward).c_str(),
+                plan::secs(res.split.max_backward).c_str(),
+                plan::secs(res.split.objective()).c_str());
     std::printf("  predicted round: %s (simulated), %s (paper's formula)\n",
-                seconds_text(res.prediction.round_s).c_str(),
-                seconds_text(res.prediction.paper_round_s).c_str());
+                plan::secs(res.prediction.round_s).c_str(),
+                plan::secs(res.prediction.paper_round_s).c_str());
     for (size_t k = 0; k < res.prediction.ranks.size(); ++k) {
       const auto& x = res.prediction.ranks[k];
       std::printf("  rank %zu %-5s units %d-%d: peak %s (copies %s), busy %s per round\n", k,
                   x.role.c_str(), x.units_begin, x.units_end - 1,
                   obs::format_bytes(x.peak_bytes).c_str(), obs::format_bytes(x.model_bytes).c_str(),
-                  seconds_text(x.busy_s).c_str());
+                  plan::secs(x.busy_s).c_str());
     }
     std::printf("  even split by unit count (--split %s): objective %s, round %s%s\n", even.c_str(),
-                seconds_text(res.even_objective).c_str(),
-                seconds_text(res.even_prediction.round_s).c_str(),
+                plan::secs(res.even_objective).c_str(),
+                plan::secs(res.even_prediction.round_s).c_str(),
                 res.even_feasible ? "" : " (does not fit the memory)");
   }
   MPSL_LOG(Info, "plan written to " << o.output);
