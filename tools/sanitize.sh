@@ -29,7 +29,12 @@ run_asan() {
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMPSL_SANITIZE=address,undefined \
     -DMPSL_BUILD_BENCHMARKS=OFF > /dev/null
   cmake --build "$dir" -j"$(nproc)"
-  ctest --test-dir "$dir" --output-on-failure -j1 --timeout 1800 "$@"
+  # Unit tests with leak detection; the MPI and integration runs without it: Open MPI unloads
+  # its components at exit, so their leaks show up from "<unknown module>" and cannot be
+  # suppressed by name (AddressSanitizer's memory errors and UBSan stay on there).
+  ctest --test-dir "$dir" --output-on-failure -j1 --timeout 1800 -L unit "$@"
+  ASAN_OPTIONS="${ASAN_OPTIONS/detect_leaks=1/detect_leaks=0}" \
+    ctest --test-dir "$dir" --output-on-failure -j1 --timeout 1800 -L integration "$@"
 }
 
 run_valgrind() {
