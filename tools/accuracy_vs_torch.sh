@@ -47,11 +47,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || bc_die "--threads must be a positive integer, got '$threads'"
 [[ "$max_steps" =~ ^[0-9]+$ ]] || bc_die "--max-steps must be a non-negative integer, got '$max_steps'"
-read -r -a seed_list <<<"$seeds"
-[ ${#seed_list[@]} -gt 0 ] || bc_die "--seeds is empty"
-for s in "${seed_list[@]}"; do
-  [[ "$s" =~ ^[0-9]+$ ]] || bc_die "--seeds: '$s' is not a non-negative integer"
-done
+bc_seed_list "$seeds"
 if [ "$use_reference" = 1 ] && { [ "${seed_list[*]}" != "1 2 3" ] || [ "$max_steps" != 0 ]; }; then
   bc_die "--torch-reference holds for seeds 1 2 3 and a full epoch only"
 fi

@@ -37,11 +37,7 @@ while [ $# -gt 0 ]; do
 done
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || bc_die "--threads must be a positive integer, got '$threads'"
 case "$only" in "" | steps | epoch) ;; *) bc_die "--only takes steps or epoch, got '$only'" ;; esac
-read -r -a seed_list <<<"$seeds"
-[ ${#seed_list[@]} -gt 0 ] || bc_die "--seeds is empty"
-for s in "${seed_list[@]}"; do
-  [[ "$s" =~ ^[0-9]+$ ]] || bc_die "--seeds: '$s' is not a non-negative integer"
-done
+bc_seed_list "$seeds"
 
 if [ "$install" = 1 ]; then bc_install_torch; fi
 # shellcheck disable=SC2119

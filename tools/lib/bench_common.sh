@@ -133,6 +133,16 @@ bc_median() {
     if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# bc_seed_list "1 2 3": sets the array seed_list from a --seeds value, or dies naming the problem.
+bc_seed_list() {
+  local s
+  read -r -a seed_list <<<"$1"
+  [ ${#seed_list[@]} -gt 0 ] || bc_die "--seeds is empty"
+  for s in "${seed_list[@]}"; do
+    [[ "$s" =~ ^[0-9]+$ ]] || bc_die "--seeds: '$s' is not a non-negative integer"
+  done
+}
+
 # bc_load: the 1-minute load average.
 bc_load() { cut -d' ' -f1 /proc/loadavg; }
 
