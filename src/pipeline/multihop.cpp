@@ -965,24 +965,21 @@ class StageRuntime : public RankRuntime {
     round_ = round;
     grads_done_.assign(t_.owners, 0);
     poisoned_.assign(t_.owners, false);
-    fwd_ = bwd_ = 0;
-    for (int k : mine_) {
-      batches_done_[k] = std::min(start_step, s_.plan.round_steps(k, round));
-      fwd_ += batches_done_[k] * s_.micro_batches;
-    }
-    bwd_ = fwd_;
+    for (int k : mine_) batches_done_[k] = std::min(start_step, s_.plan.round_steps(k, round));
   }
 
   void run_steps(int64_t, int64_t to) override {
-    // Counted over the round: when no collective separates two windows, work of the next one
-    // may arrive (and is done) early.
-    int64_t total = 0;
-    for (int k : mine_) {
-      window_end_[k] = std::min(to, s_.plan.round_steps(k, round_));
-      total += window_end_[k] * s_.micro_batches;
-    }
-    int64_t& fwd = fwd_;
-    int64_t& bwd = bwd_;
+    for (int k : mine_) window_end_[k] = std::min(to, s_.plan.round_steps(k, round_));
+    // The window is over when every owner's batches up to its end are done, owner by owner.
+    // Work of the next window may arrive (and is done) early: the collective between windows
+    // (rank 0's MPI_Bcast of the checkpoint decision) does not synchronise, so an owner rank can
+    // be ahead. That work must not count for another owner's missing batch: this rank would
+    // then leave the window, and wait in the collective for a rank that waits for it.
+    auto window_open = [&] {
+      for (int k : mine_)
+        if (batches_done_[k] < window_end_[k]) return true;
+      return false;
+    };
     const int64_t in_floats = micro_batch_ * program_.input_shape().per_sample();
     const int64_t out_floats = micro_batch_ * program_.output_shape().per_sample();
     // With a deadline or a minimum fraction the owners' step counts are not known in advance:
@@ -991,7 +988,7 @@ class StageRuntime : public RankRuntime {
     const bool coordinated = s_.stragglers.coordinated();
     MPI_Request barrier = MPI_REQUEST_NULL;
     if (coordinated) MPSL_MPI_CHECK(MPI_Ibarrier(ctrl_world_.get(), &barrier));
-    while (coordinated || fwd < total || bwd < total) {
+    while (coordinated || window_open()) {
       comm::Mailbox::Message msg;
       if (!coordinated) {
         msg = mailbox_.wait(preferred_);
@@ -1029,7 +1026,6 @@ class StageRuntime : public RankRuntime {
         in_flight_[key(k, m)] = std::move(slot);
         span.end();
         send(buf, out_floats, /*forward=*/true, comm::MessageKind::kActivation, k, m, t0);
-        ++fwd;
       } else {
         obs::Span span(obs::Activity::kBackward, k, m);
         auto it = in_flight_.find(key(k, m));
@@ -1062,7 +1058,6 @@ class StageRuntime : public RankRuntime {
         // A poisoned batch stays poisoned on its way back, so every part on it skips.
         if (poisoned_[k]) buf[0] = kNaN;
         send(buf, in_floats, /*forward=*/false, comm::MessageKind::kActivationGrad, k, m, t0);
-        ++bwd;
       }
       obs::note_heap();
     }
@@ -1258,7 +1253,6 @@ class StageRuntime : public RankRuntime {
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
   std::vector<int> preferred_;
   int round_ = 1;
-  int64_t fwd_ = 0, bwd_ = 0;  // tasks done in the round
   double busy_ = 0;
   emulate::RankEmulator emu_;
   std::optional<nn::PartState> global_;  // the aggregate, when late owners carry their copies

@@ -74,6 +74,20 @@ mpsl_run 4 train $C --stages 2 --rounds 2 --optimizer-state keep --checkpoint-di
 same_model "--checkpoint-every 0.2s: stop at $(ls "$d" | head -1) + resume == straight" \
   "$T/mpsl/straight.h5" "$d.h5"
 
+# Wall-clock interval with one slow owner (emulated, on owner rank 1): rank 0 decides at each
+# look at the clock with a non-synchronising MPI_Bcast, so owner rank 0 runs ahead into the next
+# step window while rank 1 is still in this one. A stage must not count that early work as
+# this window's (it would leave the window and wait in the Bcast for a rank that waits for it).
+cat > "$T/slow.json" <<'EOF2'
+{"classes": {"fast": {}, "slow": {"compute_factor": 10, "latency_s": 0.05}},
+ "owners": {"default": "fast", "3": "slow"}}
+EOF2
+mpsl_run 4 train $C --stages 2 --rounds 2 --optimizer-state keep --checkpoint-dir "$T/ahead" \
+  --checkpoint-every 1000s --emulate "$T/slow.json" --save-model "$T/ahead.h5" > /dev/null \
+  || fail "wall-clock windows with a slow owner (exit $?: 124 is a deadlock)"
+same_model "--checkpoint-every 1000s, owner 3 slow: windows == straight" \
+  "$T/mpsl/straight.h5" "$T/ahead.h5"
+
 # Single process, K = 4 simulated owners, stopped at (round 1, step 2).
 d="$T/single"
 C="$C --rounds 2"
