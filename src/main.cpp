@@ -35,9 +35,14 @@ std::string rank_tag(int rank, int size) {
   return size > 1 ? "[rank " + std::to_string(rank) + "] " : "";
 }
 
-// A bad input, reported by rank 0 only (every rank parses the same command line).
+// A bad input met before MPI starts (every rank parses the same command line): rank 0 reports
+// it and exits at once, which makes the launcher end the other ranks. They wait a moment first:
+// one that exited first would have the launcher end rank 0 before its message is out. A problem
+// of this rank's own (rank 0 did not end the job meanwhile) is then reported by this rank.
 void report_input_error(const std::string& message) {
-  if (comm::world_rank() == 0) print_line("mpsl: error: " + message);
+  const int rank = comm::world_rank(), size = comm::world_size();
+  if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
+  print_line("mpsl: error: " + (rank != 0 ? rank_tag(rank, size) : std::string()) + message);
 }
 
 void report_failure(const std::string& message) {
