@@ -38,12 +38,25 @@ model = \"fmnist-cnn\"
 owners = 2
 stages = 1
 stage = 2"
-refuse emulate "emulation files are not supported" "$head
+refuse emulate "emulate = 'slow.json': no such file" "$head
 [grid]
 model = \"fmnist-cnn\"
 owners = 2
 stages = 1
-emulate = [\"slow.ini\"]"
+emulate = [\"slow.json\"]"
+refuse slow_owners "slow_owners needs \[study\] emulate" "$head
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = 1
+slow_owners = [0, 1]"
+refuse nodes "no stages x replicas equals it" "$head
+nodes = 5
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = [1, 2]
+replicas = [1, 2]"
 refuse bad_type "owners = 'four': expected int" "$head
 [grid]
 model = \"fmnist-cnn\"
@@ -146,5 +159,44 @@ assert float(r['median_train_seconds']) > 0, r
   pass "report: predicted round time and peak memory reach points.csv"
 else
   fail "predictions not in points.csv"
+fi
+
+# Emulated devices with slow owners and the cost model's predictions (profile = true): 2 points,
+# K = 2, owner 0 and then both owners of the slow class.
+cat > "$T/dev.json" << 'EOF'
+{"classes": {"owner": {"compute_factor": 2, "bandwidth_bps": 1e9},
+             "slow": {"class": "owner", "compute_factor": 5}},
+ "owners": {"default": "owner"}}
+EOF
+printf '%s\n' "$head" 'emulate = "dev.json"' 'slow_class = "slow"' 'profile = true' '[grid]' \
+  'model = "fmnist-cnn"' 'owners = 2' 'stages = 2' 'slow_owners = [1, 2]' 'batches = 1' \
+  > "$T/emu.toml"
+"$STUDY" run "$T/emu.toml" --mpsl "$MPSL" --out "$T/emu" > "$T/emu.txt" 2>&1
+rc=$?
+if [ "$rc" = 0 ] && out=$($PY - "$T/emu" << 'PY'
+import csv, json, os, sys
+d = sys.argv[1]
+rows = {r["point"]: r for r in csv.DictReader(open(d + "/points.csv"))}
+assert sorted(rows) == ["fmnist-cnn-k2-n2-mpsl-b1-slow1", "fmnist-cnn-k2-n2-mpsl-b1-slow2"], rows
+for name, r in rows.items():
+    assert r["status"] == "ok" and r["emulate"] == "dev.json", r
+    assert float(r["steady_predicted_round_seconds"]) > 0 and r["round_error"], r
+    em = json.load(open(f"{d}/points/{name}/emulation.json"))
+    want = {"slow1": "0", "slow2": "0-1"}[name.split("-")[-1]]
+    assert em["owners"] == {"default": "owner", want: "slow"}, em["owners"]
+    ini = open(f"{d}/points/{name}/point.ini").read()
+    assert f"emulate = {d}/points/{name}/emulation.json" in ini and "profile = " in ini, ini
+assert os.path.exists(d + "/profiles/fmnist-cnn-b32-m1-t1.json")
+table = open(d + "/table.md").read()
+assert table.count("| fmnist-cnn-k2-n2") == 2 and "median |predicted - measured|" in table, table
+for ext in ("png", "svg"):
+    assert os.path.getsize(f"{d}/plots/round_and_memory_vs_slow_owners.{ext}") > 1000
+print("2 emulated points with predictions; emulation files name the slow owners; table.md: "
+      + table.strip().splitlines()[-1])
+PY
+); then
+  pass "$out"
+else
+  fail "emulated study (exit $rc): ${out:-} $(tail -5 "$T/emu.txt")"
 fi
 summary
