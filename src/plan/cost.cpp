@@ -5,8 +5,8 @@
 #include <deque>
 #include <limits>
 #include <map>
-#include <tuple>
 #include <queue>
+#include <tuple>
 
 #include "mpsl/core/error.hpp"
 
@@ -79,9 +79,8 @@ void check_scenario(const Scenario& s) {
       "one device per stage expected");
   MPSL_INPUT_CHECK(s.owner_devices.empty() || static_cast<int>(s.owner_devices.size()) == s.owners,
                    "one device per owner expected");
-  MPSL_INPUT_CHECK(!s.emulated ||
-                       (static_cast<int>(s.emulated_owners.size()) == s.owners &&
-                        static_cast<int>(s.emulated_stages.size()) == s.stages()),
+  MPSL_INPUT_CHECK(!s.emulated || (static_cast<int>(s.emulated_owners.size()) == s.owners &&
+                                   static_cast<int>(s.emulated_stages.size()) == s.stages()),
                    "an emulated scenario needs a device per owner and per stage");
   MPSL_INPUT_CHECK(s.replicas >= 1 && s.owners >= s.replicas,
                    "every replica needs at least one owner");
@@ -255,9 +254,9 @@ struct RankSim {
   std::vector<int> owners;  // owner ranks: the owners it holds
   std::vector<Msg> inbox;   // arrived, in arrival order
   Task task = Task::kNone;
-  Msg current;           // the message the task serves (or owner/micro for forwards)
-  double remaining = 0;  // seconds of work at full speed
-  double started = 0;    // when the task began
+  Msg current;              // the message the task serves (or owner/micro for forwards)
+  double remaining = 0;     // seconds of work at full speed
+  double started = 0;       // when the task began
   double asleep_until = 0;  // --emulate: a stage sleeps until its device has finished
   std::vector<Msg> held;    // --emulate: messages waiting for their release, by release time
   double busy = 0;
@@ -561,8 +560,8 @@ Prediction simulate(const Scenario& s) {
     const int k = m.owner;
     switch (r.task) {
       case Task::kFirstForward: {
-        const Msg out = message(rank, stage_rank(0, s.replica_of(k)), Kind::kActivation, k,
-                                m.micro, p.cut_bytes(a));
+        const Msg out = message(rank, stage_rank(0, s.replica_of(k)), Kind::kActivation, k, m.micro,
+                                p.cut_bytes(a));
         end_span(rank, &out, K + 0);
         break;
       }
@@ -656,7 +655,8 @@ Prediction simulate(const Scenario& s) {
   out.evaluate_s = evaluate_seconds(s);
   // What rank 0 measures as a round: its own training and FedAvg; the stages average their
   // copies meanwhile and it waits for them only when it evaluates (through them).
-  out.round_s = out.train_s + (s.test_samples > 0 ? out.aggregate_s : agg.owners_s) + out.evaluate_s;
+  out.round_s =
+      out.train_s + (s.test_samples > 0 ? out.aggregate_s : agg.owners_s) + out.evaluate_s;
   out.paper_round_s = paper_round_seconds(s);
 
   // Memory per rank.

@@ -200,8 +200,8 @@ TEST(CostModel, EmulatedOwnerIsASumOfEmulatedSpansAndTransfers) {
   // A batch: owner forward (20 x 0.01), up, stage forward, down, owner's part P (20 x 0.09), up,
   // stage backward, down; then the owner's backward of part 1, whose emulated end (20 x 0.02)
   // holds back the next batch's forward on the owner's device clock.
-  const double trip = 20 * 0.01 + up + local + 0.02 + down + local + 20 * 0.09 + up + local +
-                      0.04 + down + local;
+  const double trip =
+      20 * 0.01 + up + local + 0.02 + down + local + 20 * 0.09 + up + local + 0.04 + down + local;
   // The runtime does not wait for the emulated end of the round's last span (its owner rank
   // ends the round when the real one ends): 0.02, not 20 x 0.02.
   EXPECT_NEAR(pr.train_s, trip + 20 * 0.02 + trip + 0.02, 1e-9);
@@ -212,8 +212,8 @@ TEST(CostModel, EmulatedOwnerIsASumOfEmulatedSpansAndTransfers) {
 }
 
 TEST(CostModel, EmulationWithIdentityDevicesChangesNothing) {
-  const Profile p = make_profile({0.01, 0.02, 0.02, 0.03}, {0.02, 0.04, 0.04, 0.06}, {0, 0, 0, 0},
-                                 1000000);
+  const Profile p =
+      make_profile({0.01, 0.02, 0.02, 0.03}, {0.02, 0.04, 0.04, 0.06}, {0, 0, 0, 0}, 1000000);
   Scenario s = emulated_scenario(p, 5, 2, {1, 2, 3}, EmulatedDevice{}, EmulatedDevice{});
   s.steps = {3, 2, 3, 1, 2};
   s.cores = 2;

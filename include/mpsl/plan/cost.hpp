@@ -109,9 +109,9 @@ struct RankPrediction {
 };
 
 struct Prediction {
-  double train_s = 0;        // the round's training (barrier to the last step)
-  double aggregate_s = 0;    // FedAvg
-  double evaluate_s = 0;     // evaluation of the test set through the pipeline
+  double train_s = 0;      // the round's training (barrier to the last step)
+  double aggregate_s = 0;  // FedAvg
+  double evaluate_s = 0;   // evaluation of the test set through the pipeline
   // What round_end's "seconds" measures on rank 0: training, the owners' FedAvg and, with a
   // test set, the stages' averaging and the evaluation (without one, rank 0 does not wait for
   // the stages' averaging: it delays the next round's start instead).
