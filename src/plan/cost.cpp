@@ -4,7 +4,9 @@
 #include <cmath>
 #include <deque>
 #include <limits>
+#include <map>
 #include <queue>
+#include <tuple>
 
 #include "mpsl/core/error.hpp"
 
@@ -39,6 +41,25 @@ int64_t mailbox_depth(int owners_behind, int window) {
 
 }  // namespace
 
+double emulated_wire_s(const EmulatedDevice& from, const EmulatedDevice& to, int64_t bytes) {
+  double bps = from.up.bps > 0 ? from.up.bps : 0;
+  if (to.down.bps > 0) bps = bps > 0 ? std::min(bps, to.down.bps) : to.down.bps;
+  return bps > 0 ? 8.0 * static_cast<double>(bytes) / bps : 0.0;
+}
+
+double emulated_aggregation_s(const EmulatedDevice& d, int64_t bytes) {
+  auto one = [&](const EmulatedLink& l) {
+    return (l.bps > 0 ? 8.0 * static_cast<double>(bytes) / l.bps : 0.0) + l.latency_s;
+  };
+  return one(d.up) + one(d.down);
+}
+
+int Scenario::owners_of_replica(int h) const {
+  int n = 0;
+  for (int k = 0; k < owners; ++k) n += replica_of(k) == h ? 1 : 0;
+  return n;
+}
+
 void check_scenario(const Scenario& s) {
   MPSL_CHECK(s.profile != nullptr, "scenario without a profile");
   const Profile& p = *s.profile;
@@ -56,6 +77,21 @@ void check_scenario(const Scenario& s) {
   MPSL_INPUT_CHECK(
       s.stage_devices.empty() || static_cast<int>(s.stage_devices.size()) == s.stages(),
       "one device per stage expected");
+  MPSL_INPUT_CHECK(s.owner_devices.empty() || static_cast<int>(s.owner_devices.size()) == s.owners,
+                   "one device per owner expected");
+  MPSL_INPUT_CHECK(!s.emulated || (static_cast<int>(s.emulated_owners.size()) == s.owners &&
+                                   static_cast<int>(s.emulated_stages.size()) == s.stages()),
+                   "an emulated scenario needs a device per owner and per stage");
+  MPSL_INPUT_CHECK(s.replicas >= 1 && s.owners >= s.replicas,
+                   "every replica needs at least one owner");
+  MPSL_INPUT_CHECK(s.owner_replica.empty() || static_cast<int>(s.owner_replica.size()) == s.owners,
+                   "one replica per owner expected");
+  for (int k = 0; k < s.owners; ++k)
+    MPSL_INPUT_CHECK(s.replica_of(k) >= 0 && s.replica_of(k) < s.replicas,
+                     "owner " + std::to_string(k) + " is given to a replica that does not exist");
+  for (int h = 0; h < s.replicas; ++h)
+    MPSL_INPUT_CHECK(s.owners_of_replica(h) > 0,
+                     "replica " + std::to_string(h) + " serves no owner");
   MPSL_INPUT_CHECK(s.micro_batches == p.micro_batches,
                    "the profile was taken with " + std::to_string(p.micro_batches) +
                        " micro-batch(es) of batch " + std::to_string(p.batch) + ", the run uses " +
@@ -110,29 +146,57 @@ double share_rate(const Scenario& s, int busy) {
   return std::min(1.0, static_cast<double>(s.cores) / (busy * std::max(1, s.threads)));
 }
 
-double aggregate_seconds(const Scenario& s, std::vector<double>* per_rank) {
+// FedAvg at the round's end. Owner ranks: the weighted sums of their owners' parts 1 and P and
+// the reduction over the owner ranks, after (--emulate) the slowest of their owners has
+// uploaded and downloaded its parts. Stage ranks: the weighted sums of their copies and, with
+// replicas, a reduction over the replicas of the stage (a ring, roughly).
+struct Aggregation {
+  std::vector<double> busy;  // per rank: compute
+  std::vector<double> wait;  // per rank: emulated link time (sleeping)
+  double seconds = 0;        // until every rank is done
+  double owners_s = 0;       // until the owner ranks are done
+};
+
+Aggregation aggregation(const Scenario& s) {
   const Profile& p = *s.profile;
-  const int S = p.num_units(), N = s.stages(), O = s.owner_ranks;
+  const int S = p.num_units(), N = s.stages(), O = s.owner_ranks, H = s.replicas;
   const int a = s.split.front(), z = s.split.back();
-  std::vector<double> w(O + N, 0.0);
-  for (int r = 0; r < O; ++r) {
-    const int mine = (s.owners - r + O - 1) / O;
-    const double bytes = static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S));
-    w[r] =
-        s.owner_device.slowdown * p.average_s_per_byte * bytes * mine +
-        (O > 1 ? transfer_s(s.owner_device, s.owner_device, static_cast<int64_t>(2 * bytes)) : 0);
+  Aggregation g;
+  g.busy.assign(O + H * N, 0.0);
+  g.wait.assign(O + H * N, 0.0);
+  const double bytes = static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S));
+  const int64_t emulated_bytes =
+      p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) + p.buffer_bytes(z, S);
+  for (int k = 0; k < s.owners; ++k) {
+    const int r = k % O;
+    g.busy[r] += s.owner_device_of(k).slowdown * p.average_s_per_byte * bytes;
+    if (s.emulated)
+      g.wait[r] = std::max(g.wait[r], emulated_aggregation_s(s.emulated_owners[k], emulated_bytes));
   }
-  for (int i = 0; i < N; ++i)
-    w[O + i] = s.stage_device(i).slowdown * p.average_s_per_byte *
-               static_cast<double>(p.param_bytes(s.split[i], s.split[i + 1])) * s.owners;
-  if (per_rank) *per_rank = w;
-  double longest = *std::max_element(w.begin(), w.end());
+  if (O > 1)
+    for (int r = 0; r < O; ++r)
+      g.busy[r] += transfer_s(s.owner_device, s.owner_device, static_cast<int64_t>(2 * bytes));
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < N; ++i) {
+      const Device& d = s.stage_device(i);
+      const int b = s.split[i], e = s.split[i + 1];
+      double w = d.slowdown * p.average_s_per_byte * static_cast<double>(p.param_bytes(b, e)) *
+                 s.owners_of_replica(h);
+      if (H > 1)  // sums in double: twice the part's parameters and buffers
+        w += 2.0 * (H - 1) * transfer_s(d, d, 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) / H);
+      g.busy[O + h * N + i] = w;
+    }
+  double rate = 1.0;
   if (s.cores > 0) {
     int busy = 0;
-    for (double x : w) busy += x > 0;
-    longest /= share_rate(s, busy);
+    for (double x : g.busy) busy += x > 0;
+    rate = share_rate(s, busy);
   }
-  return longest;
+  for (size_t r = 0; r < g.busy.size(); ++r) {
+    g.seconds = std::max(g.seconds, g.wait[r] + g.busy[r] / rate);
+    if (static_cast<int>(r) < O) g.owners_s = std::max(g.owners_s, g.wait[r] + g.busy[r]);
+  }
+  return g;
 }
 
 double evaluate_seconds(const Scenario& s) {
@@ -163,9 +227,10 @@ double evaluate_seconds(const Scenario& s) {
 enum class Kind { kActivation, kGrad };
 
 struct Msg {
-  double t = 0;  // arrival
+  double t = 0;  // arrival (in transit), release (held back by the emulation)
   uint64_t seq = 0;
   int src = 0, dest = 0, owner = 0, micro = 0;
+  int64_t bytes = 0;
   Kind kind = Kind::kActivation;
 };
 struct Later {
@@ -185,22 +250,77 @@ struct OwnerState {
 
 struct RankSim {
   bool owner = false;
-  int stage = -1;
+  int stage = -1, replica = 0;
   std::vector<int> owners;  // owner ranks: the owners it holds
   std::vector<Msg> inbox;   // arrived, in arrival order
   Task task = Task::kNone;
-  Msg current;           // the message the task serves (or owner/micro for forwards)
-  double remaining = 0;  // seconds of work at full speed
+  Msg current;              // the message the task serves (or owner/micro for forwards)
+  double remaining = 0;     // seconds of work at full speed
+  double started = 0;       // when the task began
+  double asleep_until = 0;  // --emulate: a stage sleeps until its device has finished
+  std::vector<Msg> held;    // --emulate: messages waiting for their release, by release time
   double busy = 0;
   int next = 0;  // round-robin position (owner ranks)
   int in_flight = 0, max_in_flight = 0;
   std::vector<int> preferred;
 };
 
+// The closed form's view of an emulated or replicated scenario (rough): compute factors folded
+// into the devices' slowdowns (the slowest owner's device for every owner), the slower
+// direction of each link with the sum of its latencies, and the replica with the most batches
+// as the one pipeline.
+Scenario flattened(const Scenario& s) {
+  Scenario f = s;
+  if (s.emulated) {
+    auto fold = [](Device d, const EmulatedDevice& e) {
+      d.slowdown *= e.factor;
+      double bps = e.up.bps;
+      if (e.down.bps > 0) bps = bps > 0 ? std::min(bps, e.down.bps) : e.down.bps;
+      if (bps > 0) d.bandwidth = d.bandwidth > 0 ? std::min(d.bandwidth, bps / 8) : bps / 8;
+      const double latency = e.up.latency_s + e.down.latency_s;
+      if (latency > 0) d.latency = latency;
+      return d;
+    };
+    int slowest = 0;
+    for (int k = 1; k < s.owners; ++k)
+      if (s.emulated_owners[k].factor > s.emulated_owners[slowest].factor) slowest = k;
+    f.owner_device = fold(s.owner_device_of(slowest), s.emulated_owners[slowest]);
+    f.owner_devices.clear();
+    f.stage_devices.clear();
+    for (int i = 0; i < s.stages(); ++i)
+      f.stage_devices.push_back(fold(s.stage_device(i), s.emulated_stages[i]));
+    f.emulated = false;
+    f.emulated_owners.clear();
+    f.emulated_stages.clear();
+  }
+  if (s.replicas > 1) {
+    int busiest = 0;
+    int64_t most = -1;
+    for (int h = 0; h < s.replicas; ++h) {
+      int64_t n = 0;
+      for (int k = 0; k < s.owners; ++k) n += s.replica_of(k) == h ? s.steps[k] : 0;
+      if (n > most) most = n, busiest = h;
+    }
+    f.steps.clear();
+    f.owner_devices.clear();
+    for (int k = 0; k < s.owners; ++k)
+      if (s.replica_of(k) == busiest) {
+        f.steps.push_back(s.steps[k]);
+        if (!s.owner_devices.empty() && !s.emulated) f.owner_devices.push_back(s.owner_devices[k]);
+      }
+    f.owners = static_cast<int>(f.steps.size());
+    f.owner_ranks = std::min(s.owner_ranks, f.owners);
+    f.replicas = 1;
+    f.owner_replica.clear();
+  }
+  return f;
+}
+
 }  // namespace
 
-double paper_round_seconds(const Scenario& s) {
-  check_scenario(s);
+double paper_round_seconds(const Scenario& scenario) {
+  check_scenario(scenario);
+  const Scenario s = flattened(scenario);
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages();
   const int a = s.split.front(), z = s.split.back();
@@ -224,27 +344,30 @@ double paper_round_seconds(const Scenario& s) {
   int64_t batches = 0;
   for (int64_t st : s.steps) batches += st;
   const double train = start + fill + std::max<int64_t>(batches - 1, 0) * (lf + lb) + end;
-  return train + aggregate_seconds(s, nullptr) + evaluate_seconds(s);
+  return train + aggregation(scenario).seconds + evaluate_seconds(scenario);
 }
 
 Prediction simulate(const Scenario& s) {
   check_scenario(s);
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages(), O = s.owner_ranks, K = s.owners;
+  const int H = s.replicas, R = O + H * N;
   const int M = s.micro_batches;
   const int a = s.split.front(), z = s.split.back();
   const int window = s.one_f_one_b ? std::min(M, N + 2) : 1;
-  const Device& od = s.owner_device;
 
   // Task lengths at full speed. Crossing a cut costs copies on both sides: the sender
   // reorders its output to plain, the receiver copies it out of MPI and into the part's input.
   const double cp = p.copy_s_per_byte;
-  const double t_first_fwd = od.slowdown * (p.forward(0, a) + p.cut_bytes(a) * cp +
-                                            p.micro_batch() * p.assemble_s_per_sample);
-  const double t_last =
-      od.slowdown * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp);
-  const double t_first_bwd = od.slowdown * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp);
-  const double t_owner_step = od.slowdown * (p.step(0, a) + p.step(z, S));
+  std::vector<double> t_first_fwd(K), t_last(K), t_first_bwd(K), t_owner_step(K);
+  for (int k = 0; k < K; ++k) {
+    const double f = s.owner_device_of(k).slowdown;
+    t_first_fwd[k] =
+        f * (p.forward(0, a) + p.cut_bytes(a) * cp + p.micro_batch() * p.assemble_s_per_sample);
+    t_last[k] = f * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp);
+    t_first_bwd[k] = f * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp);
+    t_owner_step[k] = f * (p.step(0, a) + p.step(z, S));
+  }
   std::vector<double> t_fwd(N), t_bwd(N), t_step(N);
   for (int i = 0; i < N; ++i) {
     const double f = s.stage_device(i).slowdown;
@@ -253,11 +376,13 @@ Prediction simulate(const Scenario& s) {
     t_bwd[i] = f * (p.backward(s.split[i], s.split[i + 1]) + (2 * out + in) * cp);
     t_step[i] = f * p.step(s.split[i], s.split[i + 1]);
   }
-  auto device_of = [&](int rank) -> const Device& {
-    return rank < O ? od : s.stage_device(rank - O);
+  auto stage_rank = [&](int i, int h) { return O + h * N + i; };
+  // The host device of a rank's end of a message about owner k (owner ranks: that owner's).
+  auto device_of = [&](int rank, int k) -> const Device& {
+    return rank < O ? s.owner_device_of(k) : s.stage_device((rank - O) % N);
   };
 
-  std::vector<RankSim> ranks(O + N);
+  std::vector<RankSim> ranks(R);
   std::vector<OwnerState> owners(K);
   for (int k = 0; k < K; ++k) {
     owners[k].id = k;
@@ -266,29 +391,67 @@ Prediction simulate(const Scenario& s) {
   }
   for (int r = 0; r < O; ++r) {
     ranks[r].owner = true;
-    ranks[r].preferred = {O + N - 1, O};
+    for (int h = 0; h < H; ++h) {
+      bool served = false;
+      for (int k : ranks[r].owners) served |= s.replica_of(k) == h;
+      if (!served) continue;
+      ranks[r].preferred.push_back(stage_rank(N - 1, h));
+      ranks[r].preferred.push_back(stage_rank(0, h));
+    }
   }
-  for (int i = 0; i < N; ++i) {
-    RankSim& r = ranks[O + i];
-    r.stage = i;
-    if (i > 0) r.preferred.push_back(O + i - 1);
-    if (i < N - 1) r.preferred.push_back(O + i + 1);
-  }
-  std::vector<std::vector<int>> grads_done(N, std::vector<int>(K, 0));
+  for (int h = 0; h < H; ++h)
+    for (int i = 0; i < N; ++i) {
+      RankSim& r = ranks[stage_rank(i, h)];
+      r.stage = i;
+      r.replica = h;
+      if (i > 0) r.preferred.push_back(stage_rank(i - 1, h));
+      if (i < N - 1) r.preferred.push_back(stage_rank(i + 1, h));
+    }
+  std::vector<std::vector<int>> grads_done(R, std::vector<int>(K, 0));
+
+  // --emulate: device clocks (when each device is free again) and links (when free again,
+  // keyed by the rank whose emulator holds them and the two devices; a device is an owner k or
+  // K + stage).
+  std::vector<double> owner_clock(K, 0.0), stage_clock(R, 0.0);
+  std::map<std::tuple<int, int, int>, double> link_free;
+  auto emulated_device = [&](int entity) -> const EmulatedDevice& {
+    return entity < K ? s.emulated_owners[entity] : s.emulated_stages[entity - K];
+  };
 
   std::priority_queue<Msg, std::vector<Msg>, Later> transit;
   uint64_t seq = 0;
   double now = 0;
-  auto send = [&](int src, int dest, Kind kind, int owner, int micro, int64_t bytes) {
+  auto message = [&](int src, int dest, Kind kind, int owner, int micro, int64_t bytes) {
     Msg m;
-    m.t = now + transfer_s(device_of(src), device_of(dest), bytes);
     m.seq = seq++;
     m.src = src;
     m.dest = dest;
     m.owner = owner;
     m.micro = micro;
+    m.bytes = bytes;
     m.kind = kind;
+    return m;
+  };
+  // Posts a message now: it crosses the (real) link between the two ranks' hosts.
+  auto post = [&](Msg m) {
+    m.t = now + transfer_s(device_of(m.src, m.owner), device_of(m.dest, m.owner), m.bytes);
     transit.push(m);
+  };
+  // A message ready at `ready` (its span's emulated end) from device `from` to device `to`:
+  // queued on their link, held back until it arrives there (RankEmulator::transfer).
+  auto send_emulated = [&](Msg m, int from, int to, double ready) {
+    const EmulatedDevice& x = emulated_device(from);
+    const EmulatedDevice& y = emulated_device(to);
+    double& free = link_free[{m.src, from, to}];
+    const double begin = std::max(ready, free);
+    free = begin + emulated_wire_s(x, y, m.bytes);
+    m.t = free + x.up.latency_s + y.down.latency_s;
+    auto& held = ranks[m.src].held;
+    held.insert(std::upper_bound(held.begin(), held.end(), m,
+                                 [](const Msg& u, const Msg& v) {
+                                   return u.t != v.t ? u.t < v.t : u.seq < v.seq;
+                                 }),
+                m);
   };
   // Mailbox::take: gradients first, then preferred sources in order, then arrival order.
   auto take = [](RankSim& r) {
@@ -308,20 +471,31 @@ Prediction simulate(const Scenario& s) {
     return !o.active || o.next_micro < M;
   };
 
+  const double eps = 1e-12;
+  // A rank in its mailbox (not computing, not asleep) posts the held messages that are due.
+  auto post_due = [&](RankSim& r) {
+    size_t n = 0;
+    while (n < r.held.size() && r.held[n].t <= now + eps) post(r.held[n++]);
+    r.held.erase(r.held.begin(), r.held.begin() + static_cast<long>(n));
+  };
+
   auto start_task = [&](int rank) {
     RankSim& r = ranks[rank];
-    if (r.task != Task::kNone) return;
+    if (r.task != Task::kNone || r.asleep_until > now + eps) return;
+    post_due(r);
+    r.started = now;
     if (r.owner) {
       if (!r.inbox.empty()) {
         Msg m = take(r);
         r.current = m;
+        const int k = m.owner;
         if (m.kind == Kind::kActivation) {
           r.task = Task::kLast;
-          r.remaining = t_last;
+          r.remaining = t_last[k];
         } else {
-          OwnerState& o = owners[m.owner];
+          OwnerState& o = owners[k];
           r.task = Task::kFirstBackward;
-          r.remaining = t_first_bwd + (o.grads_done + 1 == M ? t_owner_step : 0.0);
+          r.remaining = t_first_bwd[k] + (o.grads_done + 1 == M ? t_owner_step[k] : 0.0);
         }
         return;
       }
@@ -339,7 +513,7 @@ Prediction simulate(const Scenario& s) {
         r.current.micro = o.next_micro++;
         ++o.in_flight;
         r.task = Task::kFirstForward;
-        r.remaining = t_first_fwd;
+        r.remaining = t_first_fwd[o.id];
         r.next = (r.next + i + 1) % n;
         ++r.in_flight;
         r.max_in_flight = std::max(r.max_in_flight, r.in_flight);
@@ -358,42 +532,71 @@ Prediction simulate(const Scenario& s) {
       r.max_in_flight = std::max(r.max_in_flight, r.in_flight);
     } else {
       r.task = Task::kStageBackward;
-      r.remaining = t_bwd[i] + (grads_done[i][m.owner] + 1 == M ? t_step[i] : 0.0);
+      r.remaining = t_bwd[i] + (grads_done[rank][m.owner] + 1 == M ? t_step[i] : 0.0);
     }
+  };
+
+  // The span that ends now sends `out` (if any). Emulated: an owner's span ends on its
+  // device's clock and its message is held back; a stage sleeps until its device is done.
+  auto end_span = [&](int rank, const Msg* out, int to_entity) {
+    RankSim& r = ranks[rank];
+    if (!s.emulated) {
+      if (out) post(*out);
+      return;
+    }
+    const double measured = now - r.started;
+    const int k = r.current.owner;
+    const int from = r.owner ? k : K + r.stage;
+    double& clock = r.owner ? owner_clock[k] : stage_clock[rank];
+    const double begin = std::max(r.started, clock);
+    clock = begin + emulated_device(from).factor * measured;
+    if (!r.owner) r.asleep_until = clock;
+    if (out) send_emulated(*out, from, to_entity, clock);
   };
 
   auto finish_task = [&](int rank) {
     RankSim& r = ranks[rank];
     const Msg m = r.current;
+    const int k = m.owner;
     switch (r.task) {
-      case Task::kFirstForward:
-        send(rank, O, Kind::kActivation, m.owner, m.micro, p.cut_bytes(a));
+      case Task::kFirstForward: {
+        const Msg out = message(rank, stage_rank(0, s.replica_of(k)), Kind::kActivation, k, m.micro,
+                                p.cut_bytes(a));
+        end_span(rank, &out, K + 0);
         break;
-      case Task::kLast:
-        send(rank, O + N - 1, Kind::kGrad, m.owner, m.micro, p.cut_bytes(z));
+      }
+      case Task::kLast: {
+        const Msg out = message(rank, stage_rank(N - 1, s.replica_of(k)), Kind::kGrad, k, m.micro,
+                                p.cut_bytes(z));
+        end_span(rank, &out, K + N - 1);
         break;
+      }
       case Task::kFirstBackward: {
-        OwnerState& o = owners[m.owner];
+        OwnerState& o = owners[k];
         --r.in_flight;
         --o.in_flight;
         if (++o.grads_done == M) {
           o.active = false;
           --o.left;
         }
+        end_span(rank, nullptr, 0);
         break;
       }
       case Task::kStageForward: {
         const int i = r.stage;
-        const int dest = i == N - 1 ? m.owner % O : O + i + 1;
-        send(rank, dest, Kind::kActivation, m.owner, m.micro, p.cut_bytes(s.split[i + 1]));
+        const int dest = i == N - 1 ? k % O : stage_rank(i + 1, r.replica);
+        const Msg out =
+            message(rank, dest, Kind::kActivation, k, m.micro, p.cut_bytes(s.split[i + 1]));
+        end_span(rank, &out, i == N - 1 ? k : K + i + 1);
         break;
       }
       case Task::kStageBackward: {
         const int i = r.stage;
         --r.in_flight;
-        if (++grads_done[i][m.owner] == M) grads_done[i][m.owner] = 0;
-        const int dest = i == 0 ? m.owner % O : O + i - 1;
-        send(rank, dest, Kind::kGrad, m.owner, m.micro, p.cut_bytes(s.split[i]));
+        if (++grads_done[rank][k] == M) grads_done[rank][k] = 0;
+        const int dest = i == 0 ? k % O : stage_rank(i - 1, r.replica);
+        const Msg out = message(rank, dest, Kind::kGrad, k, m.micro, p.cut_bytes(s.split[i]));
+        end_span(rank, &out, i == 0 ? k : K + i - 1);
         break;
       }
       case Task::kNone:
@@ -408,22 +611,31 @@ Prediction simulate(const Scenario& s) {
     return true;
   };
 
-  const double eps = 1e-12;
   int64_t guard = 0;
   while (!all_done()) {
     MPSL_CHECK(++guard < 100000000, "cost simulation does not end");
-    for (int r = 0; r < O + N; ++r) start_task(r);
+    for (int r = 0; r < R; ++r) start_task(r);
+    // Processor sharing: only ranks computing count (a sleeping stage leaves its core free).
     int busy = 0;
     for (const auto& r : ranks) busy += r.task != Task::kNone;
     const double rate = share_rate(s, busy);
     double dt = std::numeric_limits<double>::infinity();
-    for (const auto& r : ranks)
-      if (r.task != Task::kNone) dt = std::min(dt, r.remaining / rate);
+    for (const auto& r : ranks) {
+      if (r.task != Task::kNone) {
+        dt = std::min(dt, r.remaining / rate);
+        continue;
+      }
+      if (r.asleep_until > now + eps) {
+        dt = std::min(dt, r.asleep_until - now);
+        continue;
+      }
+      if (!r.held.empty()) dt = std::min(dt, r.held.front().t - now);
+    }
     if (!transit.empty()) dt = std::min(dt, transit.top().t - now);
     MPSL_CHECK(std::isfinite(dt), "cost simulation stalled (nothing runs, nothing in transit)");
     dt = std::max(dt, 0.0);
     now += dt;
-    for (int r = 0; r < O + N; ++r) {
+    for (int r = 0; r < R; ++r) {
       RankSim& x = ranks[r];
       if (x.task == Task::kNone) continue;
       x.remaining -= dt * rate;
@@ -438,22 +650,21 @@ Prediction simulate(const Scenario& s) {
 
   Prediction out;
   out.train_s = now;
-  std::vector<double> agg;
-  out.aggregate_s = aggregate_seconds(s, &agg);
+  const Aggregation agg = aggregation(s);
+  out.aggregate_s = agg.seconds;
   out.evaluate_s = evaluate_seconds(s);
   // What rank 0 measures as a round: its own training and FedAvg; the stages average their
   // copies meanwhile and it waits for them only when it evaluates (through them).
-  double owner_agg = 0;
-  for (int r = 0; r < O; ++r) owner_agg = std::max(owner_agg, agg[r]);
-  out.round_s = out.train_s + (s.test_samples > 0 ? out.aggregate_s : owner_agg) + out.evaluate_s;
+  out.round_s =
+      out.train_s + (s.test_samples > 0 ? out.aggregate_s : agg.owners_s) + out.evaluate_s;
   out.paper_round_s = paper_round_seconds(s);
 
   // Memory per rank.
   const int64_t mb = p.micro_batch();
-  for (int r = 0; r < O + N; ++r) {
+  for (int r = 0; r < R; ++r) {
     RankPrediction rp;
     const RankSim& x = ranks[r];
-    rp.busy_s = x.busy + agg[r];
+    rp.busy_s = x.busy + agg.busy[r];
     rp.max_in_flight = std::max(1, x.max_in_flight);
     if (r < O) {
       rp.role = "owner";
@@ -464,11 +675,18 @@ Prediction simulate(const Scenario& s) {
       rp.model_bytes = mine * (p.copy_bytes(0, a) + p.copy_bytes(z, S));
       const int64_t image_floats = p.input_bytes / mb;  // bytes of one sample's floats
       const int64_t shard = mine * (s.train_samples / std::max(1, K));
+      // Receive buffers: from each replica serving some of its owners.
+      int64_t depth = 0;
+      for (int h = 0; h < H; ++h) {
+        int served = 0;
+        for (int k : x.owners) served += s.replica_of(k) == h ? 1 : 0;
+        if (served > 0) depth += mailbox_depth(served, window);
+      }
       rp.peak_bytes = p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes(0, a) +
                       p.work_bytes(z, S) + rp.max_in_flight * part_activation_bytes(p, 0, a) +
                       part_activation_bytes(p, z, S) + mine * (p.batch * (image_floats + 4)) +
                       s.train_samples * (s.image_bytes + 1) + 2 * 8 * shard +
-                      mailbox_depth(mine, window) * (p.cut_bytes(z) + p.cut_bytes(a)) +
+                      depth * (p.cut_bytes(z) + p.cut_bytes(a)) +
                       2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
       if (r == 0 && s.test_samples > 0) {
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
@@ -477,15 +695,19 @@ Prediction simulate(const Scenario& s) {
                                                        part_activation_bytes(p, z, S)));
       }
     } else {
-      const int i = r - O;
+      const int i = x.stage;
       rp.role = "stage";
       rp.stage = i + 1;
+      rp.replica = x.replica;
       rp.units_begin = s.split[i];
       rp.units_end = s.split[i + 1];
-      rp.owners_served = K;
-      rp.model_bytes = K * p.copy_bytes(s.split[i], s.split[i + 1]);
-      rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], K, rp.max_in_flight, O);
-      if (s.test_samples > 0) {
+      // A copy per owner of its replica.
+      const int served = s.owners_of_replica(x.replica);
+      rp.owners_served = served;
+      rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
+      rp.peak_bytes =
+          stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O);
+      if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
         rp.peak_bytes +=
             static_cast<int64_t>(scale * part_activation_bytes(p, s.split[i], s.split[i + 1]));

@@ -283,16 +283,12 @@ int shared_cores(int world) {
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-// The cost model's view of an emulated device (emulate/emulate.hpp): its compute factor, the
-// slower direction of its link (bytes/s) and the longer latency (none: the local link's).
-plan::Device emulated_device(const emulate::Device& d) {
-  plan::Device x;
-  x.slowdown = d.compute_factor;
-  double bps = d.up.bps;
-  if (d.down.bps > 0) bps = bps > 0 ? std::min(bps, d.down.bps) : d.down.bps;
-  x.bandwidth = bps / 8;
-  const double latency = std::max(d.up.latency_s, d.down.latency_s);
-  x.latency = latency > 0 ? latency : -1.0;
+// The cost model's view of an emulated device (emulate/emulate.hpp).
+plan::EmulatedDevice emulated_device(const emulate::Device& d) {
+  plan::EmulatedDevice x;
+  x.factor = d.compute_factor;
+  x.up = {d.up.bps, d.up.latency_s};
+  x.down = {d.down.bps, d.down.latency_s};
   return x;
 }
 
@@ -303,10 +299,6 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
   Predictions out;
   if (!profile) {
     out.note = "no --profile or --plan: no predictions";
-    return out;
-  }
-  if (t.replicas > 1) {
-    out.note = "the cost model does not model --replicas yet";
     return out;
   }
   if (profile->model != o.model) {
@@ -326,13 +318,18 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
   }
   const plan::Profile& p = *profile;
   const int S = p.num_units();
+  // --emulate: every owner's and every stage's device; the ranks themselves run on this host.
+  std::optional<emulate::Emulation> em;
+  if (!o.emulate.empty()) em = emulate::load_emulation(o.emulate, o.owners, t.stages);
   for (int round = 1; round <= o.rounds; ++round) {
     std::vector<int64_t> steps(fp.owners);
     for (int k = 0; k < fp.owners; ++k) steps[k] = fp.round_steps(k, round);
     if (!t.multihop()) {
-      // One process: every owner's steps one after another, then FedAvg, then evaluation.
-      int64_t total = 0;
-      for (auto st : steps) total += st;
+      // One process: every owner's steps one after another (emulated: each step sleeps until
+      // its owner's device would have finished it), then FedAvg, then evaluation.
+      double total = 0;
+      for (int k = 0; k < fp.owners; ++k)
+        total += static_cast<double>(steps[k]) * (em ? em->owners.at(k).compute_factor : 1.0);
       const double step_s =
           p.micro_batches * (p.forward(0, S) + p.loss_s + p.backward(0, S)) + p.step(0, S);
       double r = total * step_s;
@@ -358,13 +355,13 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
       continue;
     }
     plan::Scenario sc;
-    if (!o.emulate.empty()) {
-      // --emulate: predict for the devices the runtime emulates (the cost model has one owner
-      // device: owner 0's stands for all).
-      const emulate::Emulation em = emulate::load_emulation(o.emulate, o.owners, t.stages);
-      sc.owner_device = emulated_device(em.owners.at(0));
-      for (int i = 0; i < t.stages; ++i) sc.stage_devices.push_back(emulated_device(em.stages[i]));
+    if (em) {
+      sc.emulated = true;
+      for (const auto& d : em->owners) sc.emulated_owners.push_back(emulated_device(d));
+      for (const auto& d : em->stages) sc.emulated_stages.push_back(emulated_device(d));
     }
+    sc.replicas = t.replicas;
+    for (int k = 0; k < t.owners; ++k) sc.owner_replica.push_back(t.replica_of_owner(k));
     sc.profile = &p;
     sc.split = t.split;
     sc.owners = t.owners;

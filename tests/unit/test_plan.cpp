@@ -155,6 +155,177 @@ TEST(CostModel, SharedCoresSlowBusyRanks) {
   EXPECT_GT(shared, 1.8 * alone);
 }
 
+// --emulate: hosts with a 1 ms, 1 GB/s link between ranks (1 MB messages: 2 ms), the rest from
+// the emulation file.
+Device host_link() {
+  Device d;
+  d.bandwidth = 1e9;
+  d.latency = 0.001;
+  return d;
+}
+Device no_link() {
+  Device d;
+  d.bandwidth = 1e18;
+  d.latency = 0;
+  return d;
+}
+
+Scenario emulated_scenario(const Profile& p, int owners, int owner_ranks, std::vector<int> split,
+                           const EmulatedDevice& owner, const EmulatedDevice& stage) {
+  Scenario s;
+  s.profile = &p;
+  s.split = std::move(split);
+  s.owners = owners;
+  s.owner_ranks = owner_ranks;
+  s.steps.assign(owners, 1);
+  s.emulated = true;
+  s.emulated_owners.assign(owners, owner);
+  s.emulated_stages.assign(s.stages(), stage);
+  return s;
+}
+
+TEST(CostModel, EmulatedOwnerIsASumOfEmulatedSpansAndTransfers) {
+  // K = O = N = 1, owner factor 20, no sharing: every span and message in turn.
+  const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
+  EmulatedDevice owner;
+  owner.factor = 20;
+  owner.up = {8e8, 0.002};    // 1 MB: 10 ms on the wire, 2 ms latency
+  owner.down = {4e8, 0.003};  // 20 ms, 3 ms
+  Scenario s = emulated_scenario(p, 1, 1, {1, 2}, owner, EmulatedDevice{});
+  s.owner_device = s.node_device = host_link();
+  s.steps = {2};
+  const Prediction pr = simulate(s);
+  const double local = 0.002;                           // the hosts' link, after the emulated one
+  const double up = 0.01 + 0.002, down = 0.02 + 0.003;  // owner -> stage, stage -> owner
+  // A batch: owner forward (20 x 0.01), up, stage forward, down, owner's part P (20 x 0.09), up,
+  // stage backward, down; then the owner's backward of part 1, whose emulated end (20 x 0.02)
+  // holds back the next batch's forward on the owner's device clock.
+  const double trip =
+      20 * 0.01 + up + local + 0.02 + down + local + 20 * 0.09 + up + local + 0.04 + down + local;
+  // The runtime does not wait for the emulated end of the round's last span (its owner rank
+  // ends the round when the real one ends): 0.02, not 20 x 0.02.
+  EXPECT_NEAR(pr.train_s, trip + 20 * 0.02 + trip + 0.02, 1e-9);
+  // FedAvg: no parameters, so the owner's upload and download are the two latencies.
+  EXPECT_NEAR(pr.round_s, pr.train_s + 0.005, 1e-9);
+  EXPECT_NEAR(pr.ranks[0].busy_s, 2 * (0.01 + 0.09 + 0.02), 1e-9);  // real compute only
+  EXPECT_GT(pr.paper_round_s, 0);
+}
+
+TEST(CostModel, EmulationWithIdentityDevicesChangesNothing) {
+  const Profile p =
+      make_profile({0.01, 0.02, 0.02, 0.03}, {0.02, 0.04, 0.04, 0.06}, {0, 0, 0, 0}, 1000000);
+  Scenario s = emulated_scenario(p, 5, 2, {1, 2, 3}, EmulatedDevice{}, EmulatedDevice{});
+  s.steps = {3, 2, 3, 1, 2};
+  s.cores = 2;
+  const double emulated = simulate(s).train_s;
+  s.emulated = false;
+  EXPECT_NEAR(emulated, simulate(s).train_s, 1e-9);
+}
+
+TEST(CostModel, EmulatedOwnersOnOneRankOverlap) {
+  // Two owners on one owner rank, each a device 20x slower: their spans overlap, so the round
+  // takes about what one owner takes, half of what a 20x slower rank CPU would need.
+  const Profile p = make_profile({0.01, 0.002, 0.03}, {0.02, 0.004, 0.06}, {0, 0, 0}, 1000);
+  EmulatedDevice slow;
+  slow.factor = 20;
+  Scenario s = emulated_scenario(p, 2, 1, {1, 2}, slow, EmulatedDevice{});
+  s.steps = {4, 4};
+  const double two = simulate(s).train_s;
+  Scenario serial = s;  // the same owners on a rank whose CPU is 20x slower
+  serial.emulated = false;
+  serial.owner_device.slowdown = 20;
+  const double cpu = simulate(serial).train_s;
+  EXPECT_NEAR(cpu, 8 * 20 * (0.01 + 0.09 + 0.02), 0.1);
+  EXPECT_NEAR(two, 0.5 * cpu, 0.05 * cpu);
+  Scenario one = emulated_scenario(p, 1, 1, {1, 2}, slow, EmulatedDevice{});
+  one.steps = {4};
+  EXPECT_NEAR(two, simulate(one).train_s, 0.2);
+}
+
+TEST(CostModel, SlowLinkQueuesMicroBatches) {
+  // 1f1b with 4 micro-batches (window 3): the owner's forwards take 10 ms each, its link 100 ms
+  // per message, so the activations queue on the link and leave 100 ms apart.
+  Profile p = make_profile({0.01, 0.001, 0.001}, {0.001, 0.001, 0.001}, {0, 0, 0}, 1000000);
+  p.micro_batches = 4;
+  EmulatedDevice owner;
+  owner.up = {8e7, 0};
+  Scenario s = emulated_scenario(p, 1, 1, {1, 2}, owner, EmulatedDevice{});
+  s.owner_device = s.node_device = no_link();
+  s.one_f_one_b = true;
+  s.micro_batches = 4;
+  const Prediction pr = simulate(s);
+  // Eight messages cross the owner's uplink one at a time (FIFO): activations 1-3, gradients
+  // 1-3 at cut P, activation 4 (its forward waited for the window), then, after the stage's
+  // forward (1 ms) and the owner's part P (2 ms), gradient 4; then the stage's and the owner's
+  // backward (1 ms each). Without the queue the link would not be the bottleneck.
+  EXPECT_NEAR(pr.train_s, 0.01 + 7 * 0.1 + 0.003 + 0.1 + 0.002, 1e-6);
+}
+
+TEST(CostModel, SleepingStageLeavesItsCoreToOthers) {
+  // Two owner ranks (one owner each), one stage 3x slower, one core: while the stage sleeps
+  // the owner ranks compute at full speed. Spans: owner forward 0.1, stage forward 0.1, part P
+  // 0.2, stage backward 0.1, owner backward 0.1.
+  const Profile p = make_profile({0.1, 0.1, 0.1}, {0.1, 0.1, 0.1}, {0, 0, 0}, 1000);
+  EmulatedDevice stage;
+  stage.factor = 3;
+  Scenario s = emulated_scenario(p, 2, 2, {1, 2}, EmulatedDevice{}, stage);
+  s.owner_device = s.node_device = no_link();
+  s.cores = 1;
+  const Prediction pr = simulate(s);
+  // 0-0.2 both owners forward (half speed each); 0.2-0.3 stage forward of owner 0 alone,
+  // asleep to 0.5; 0.5-0.7 stage forward of owner 1 and owner 0's part P share the core, the
+  // stage sleeps to 1.1 (3 x 0.2 measured) while owner 0 finishes alone at 0.8; 1.1-1.3 stage
+  // backward of owner 0 and owner 1's part P share, owner 1 finishes alone at 1.4, the stage
+  // sleeps to 1.7; 1.7-1.9 stage backward of owner 1 and owner 0's backward share, the stage
+  // sleeps to 2.3; owner 1's backward alone: 2.4.
+  EXPECT_NEAR(pr.train_s, 2.4, 1e-6);
+  EXPECT_NEAR(pr.ranks[0].busy_s, 0.2 + 0.3 + 0.2, 1e-6);
+  EXPECT_NEAR(pr.ranks[2].busy_s, 4 * 0.2 - 0.1, 1e-6);  // the forward of owner 0 ran alone
+}
+
+TEST(CostModel, ReplicasRunSideBySide) {
+  // H = 2 replicas, 4 owners on 2 owner ranks (owner k on rank k mod 2, replica k mod 2): each
+  // replica serves one owner rank's 2 owners, as one pipeline with 2 owners would.
+  const Profile p = make_profile({0.01, 0.02, 0.02, 0.03}, {0.02, 0.04, 0.04, 0.06},
+                                 {0, 400000, 800000, 0}, 100000);
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 4;
+  s.owner_ranks = 2;
+  s.replicas = 2;
+  s.steps = {3, 5, 3, 5};
+  const Prediction two = simulate(s);
+  Scenario one = s;
+  one.owners = 2;
+  one.owner_ranks = 1;
+  one.replicas = 1;
+  one.steps = {3, 3};
+  const Prediction single = simulate(one);
+  ASSERT_EQ(two.ranks.size(), 6u);
+  one.steps = {5, 5};
+  EXPECT_NEAR(two.train_s, simulate(one).train_s, 1e-9);  // the replica with more steps
+  EXPECT_GT(two.train_s, single.train_s);
+  for (int r = 2; r < 6; ++r) {
+    const RankPrediction& x = two.ranks[r];
+    EXPECT_EQ(x.role, "stage");
+    EXPECT_EQ(x.replica, (r - 2) / 2);
+    EXPECT_EQ(x.owners_served, 2);  // copies for its replica's owners only
+    EXPECT_EQ(x.model_bytes, single.ranks[1 + (r - 2) % 2].model_bytes);
+  }
+  // The stages' FedAvg adds a reduction over the replicas.
+  EXPECT_GT(two.aggregate_s, single.aggregate_s);
+  // --replica-speed's assignment: replica 0 serves owners 0-2.
+  s.owner_replica = {0, 0, 0, 1};
+  const Prediction uneven = simulate(s);
+  EXPECT_EQ(uneven.ranks[2].owners_served, 3);
+  EXPECT_EQ(uneven.ranks[4].owners_served, 1);
+  EXPECT_GT(uneven.ranks[2].peak_bytes, uneven.ranks[4].peak_bytes);
+  EXPECT_GT(uneven.paper_round_s, 0);
+  s.owner_replica = {0, 0, 0, 0};  // replica 1 would serve nobody
+  EXPECT_THROW(simulate(s), InputError);
+}
+
 TEST(CostModel, StageMemoryGrowsByOneCopyPerOwner) {
   const Profile p = make_profile({1, 1, 1}, {1, 1, 1}, {0, 4000000, 0});
   // (Past 16 owners the receive buffers stop growing.)

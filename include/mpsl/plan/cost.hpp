@@ -5,13 +5,23 @@
 // - paper_round_seconds: the paper's closed form (PAPER.md) with link times added:
 //     T = startT + sum_i (F_i + B_i) + (r*B*K - 1) * (max_i F_i + max_i B_i) + endT + T_aggr
 //   where F_i, B_i are stage i's forward / backward(+step) time of one batch plus what it sends.
+//   With --emulate or --replicas it is a rough figure (the slowest owner's device stands for
+//   all, the busiest replica for the pipeline).
 // - simulate(): an event simulation of what the runtime does (pipeline/multihop.hpp): the same
 //   task order rules (owners handle arrivals first, then start forwards round-robin; stages take
 //   gradients first, then neighbours, then the earliest), micro-batches with the 1f1b window,
-//   K owners on O owner ranks, link times, and placement: ranks that share a node's cores
-//   (Device::cores) share them equally while busy (processor sharing), which is what happens on
-//   this 2-core machine and on oversubscribed nodes. It also gives each rank's busy time and
-//   the largest number of batches in flight per rank (activation memory).
+//   K owners on O owner ranks, H replicas of the stage pipeline (--replicas), link times, and
+//   placement: ranks that share a node's cores (Device::cores) share them equally while busy
+//   (processor sharing), which is what happens on this 2-core machine and on oversubscribed
+//   nodes. It also gives each rank's busy time and the largest number of batches in flight per
+//   rank (activation memory).
+//   With Scenario::emulated it follows emulate/emulate.hpp: device clocks per logical owner and
+//   per stage (a span measured at t ends factor * t after it began); a stage rank sleeps until
+//   then (not using its core), an owner rank goes on and holds the span's message back; each
+//   message then queues for its emulated link (one per sending rank, sender and receiver
+//   device), occupies it 8 b / min(up, down) and arrives the two latencies later, when the
+//   sender's mailbox posts it (between tasks); FedAvg first waits for the slowest owner's
+//   upload and download of its parts.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +36,22 @@ namespace mpsl::plan {
 // shared-memory transport.
 inline constexpr int64_t kMpiRssBytes = int64_t{24} << 20;
 
+// A device as --emulate describes it (emulate/emulate.hpp): compute factor and a link in each
+// direction ("up" = what the device sends, "down" = what it receives).
+struct EmulatedLink {
+  double bps = 0;  // bits per second; 0 = unlimited
+  double latency_s = 0;
+};
+struct EmulatedDevice {
+  double factor = 1;
+  EmulatedLink up, down;
+};
+
+// Seconds a message of `bytes` from `from` to `to` occupies their link: 8 b / min(up, down).
+double emulated_wire_s(const EmulatedDevice& from, const EmulatedDevice& to, int64_t bytes);
+// Seconds owner `d` needs to upload and then download `bytes` over its link (FedAvg).
+double emulated_aggregation_s(const EmulatedDevice& d, int64_t bytes);
+
 struct Scenario {
   const Profile* profile = nullptr;
   std::vector<int> split;  // N + 1 cut points (topology.hpp)
@@ -35,6 +61,7 @@ struct Scenario {
   int micro_batches = 1;              // must match the profile's micro-batch size (checked)
   std::vector<int64_t> steps;         // optimiser steps of each owner in the round (size K)
   Device owner_device;                // every owner rank
+  std::vector<Device> owner_devices;  // per logical owner (size K); empty = all `owner_device`
   std::vector<Device> stage_devices;  // one per stage (size N); empty = all like `node_device`
   Device node_device;
   // All ranks share `cores` cores (0 = every rank has its own node). A rank uses `threads`.
@@ -44,12 +71,26 @@ struct Scenario {
   int64_t train_samples = 0;  // held by each owner rank (dataset bytes)
   int64_t image_bytes = 0;    // bytes of one stored image (uint8)
   int64_t eval_batch = 1000;
+  // --emulate: the devices above are the hosts the ranks run on (normally the profiled
+  // machine); the emulation slows spans down by delays and sends messages over emulated links.
+  bool emulated = false;
+  std::vector<EmulatedDevice> emulated_owners;  // per logical owner (size K)
+  std::vector<EmulatedDevice> emulated_stages;  // per stage (size N), the same in every replica
+  // --replicas H: ranks O + h N .. O + h N + N - 1 are replica h's stages; owner k is served by
+  // replica owner_replica[k] (pipeline::spread_owners), or k mod H when empty.
+  int replicas = 1;
+  std::vector<int> owner_replica;
 
   int stages() const { return static_cast<int>(split.size()) - 1; }
-  int ranks() const { return owner_ranks + stages(); }
+  int ranks() const { return owner_ranks + replicas * stages(); }
   const Device& stage_device(int i) const {
     return stage_devices.empty() ? node_device : stage_devices.at(i);
   }
+  const Device& owner_device_of(int k) const {
+    return owner_devices.empty() ? owner_device : owner_devices.at(k);
+  }
+  int replica_of(int k) const { return owner_replica.empty() ? k % replicas : owner_replica.at(k); }
+  int owners_of_replica(int h) const;
 };
 
 // Checks a scenario against its profile (split in range, micro-batch size) -> InputError.
@@ -58,6 +99,7 @@ void check_scenario(const Scenario& s);
 struct RankPrediction {
   std::string role;                    // owner | stage
   int stage = 0;                       // 1-based, 0 for owners
+  int replica = 0;                     // 0-based (stages with --replicas)
   int units_begin = 0, units_end = 0;  // stage part, or part 1 for owners
   int owners_served = 0;
   double busy_s = 0;        // compute per round (training + aggregation)
@@ -67,9 +109,9 @@ struct RankPrediction {
 };
 
 struct Prediction {
-  double train_s = 0;        // the round's training (barrier to the last step)
-  double aggregate_s = 0;    // FedAvg
-  double evaluate_s = 0;     // evaluation of the test set through the pipeline
+  double train_s = 0;      // the round's training (barrier to the last step)
+  double aggregate_s = 0;  // FedAvg
+  double evaluate_s = 0;   // evaluation of the test set through the pipeline
   // What round_end's "seconds" measures on rank 0: training, the owners' FedAvg and, with a
   // test set, the stages' averaging and the evaluation (without one, rank 0 does not wait for
   // the stages' averaging: it delays the next round's start instead).
