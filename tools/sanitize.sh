@@ -54,14 +54,32 @@ run_valgrind() {
   export ONEDNN_MAX_CPU_ISA=AVX2
   local args=(train --model fmnist-cnn --synthetic --synthetic-count 64 --batch 8 --max-steps 2
     --warmup-steps 0 --threads 1 --quiet)
-  local rc=0
+  local rc=0 code=0
   echo "valgrind: one process"
-  "${vg[@]}" --log-file="$logs/single.%p.log" build/mpsl "${args[@]}" --owners 2 > /dev/null || rc=1
+  "${vg[@]}" --log-file="$logs/single.%p.log" build/mpsl "${args[@]}" --owners 2 > /dev/null ||
+    code=$?
+  echo "  exit code $code"
+  [ "$code" = 0 ] || rc=1
+  code=0
   echo "valgrind: 3 ranks (1 owner rank + 2 stages) under mpirun"
   mpirun -n 3 "${vg[@]}" --log-file="$logs/multihop.%p.log" build/mpsl "${args[@]}" --stages 2 \
-    --owners 2 > /dev/null || rc=1
+    --owners 2 > /dev/null || code=$?
+  echo "  exit code $code"
+  [ "$code" = 0 ] || rc=1
   local f
   for f in "$logs"/*.log; do
+    if ! grep -q "ERROR SUMMARY" "$f"; then
+      # A child the process forked that then exec'd another program (Open MPI's singleton
+      # start-up runs its launcher so): valgrind stops following it at the exec.
+      if grep -q "exec" "$f" || ! grep -q "build/mpsl" "$f"; then
+        echo "  $(basename "$f"): no summary (a forked child that exec'd another program)"
+        continue
+      fi
+      echo "  $(basename "$f"): no ERROR SUMMARY (the process did not end normally)"
+      rc=1
+      cat "$f"
+      continue
+    fi
     local summary
     summary=$(grep -h "ERROR SUMMARY" "$f" | tail -1)
     echo "  $(basename "$f"): ${summary#*== }"
