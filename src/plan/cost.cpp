@@ -358,23 +358,29 @@ Prediction simulate(const Scenario& s) {
 
   // Task lengths at full speed. Crossing a cut costs copies on both sides: the sender
   // reorders its output to plain, the receiver copies it out of MPI and into the part's input.
-  const double cp = p.copy_s_per_byte;
+  // The runtime also scans what it sends and receives, and each part's gradient before the
+  // step, for non-finite values (ck per byte).
+  const double cp = p.copy_s_per_byte, ck = p.check_s_per_byte;
   std::vector<double> t_first_fwd(K), t_last(K), t_first_bwd(K), t_owner_step(K);
   for (int k = 0; k < K; ++k) {
     const double f = s.owner_device_of(k).slowdown;
-    t_first_fwd[k] =
-        f * (p.forward(0, a) + p.cut_bytes(a) * cp + p.micro_batch() * p.assemble_s_per_sample);
-    t_last[k] = f * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp);
-    t_first_bwd[k] = f * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp);
-    t_owner_step[k] = f * (p.step(0, a) + p.step(z, S));
+    t_first_fwd[k] = f * (p.forward(0, a) + p.cut_bytes(a) * cp +
+                          p.micro_batch() * p.assemble_s_per_sample +
+                          (p.input_bytes + p.cut_bytes(a)) * ck);
+    t_last[k] = f * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp +
+                     2 * p.cut_bytes(z) * ck);
+    t_first_bwd[k] = f * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp + p.cut_bytes(a) * ck);
+    t_owner_step[k] = f * (p.step(0, a) + p.step(z, S) +
+                           static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S)) * ck);
   }
   std::vector<double> t_fwd(N), t_bwd(N), t_step(N);
   for (int i = 0; i < N; ++i) {
     const double f = s.stage_device(i).slowdown;
-    const int64_t in = p.cut_bytes(s.split[i]), out = p.cut_bytes(s.split[i + 1]);
-    t_fwd[i] = f * (p.forward(s.split[i], s.split[i + 1]) + (2 * in + out) * cp);
-    t_bwd[i] = f * (p.backward(s.split[i], s.split[i + 1]) + (2 * out + in) * cp);
-    t_step[i] = f * p.step(s.split[i], s.split[i + 1]);
+    const int b = s.split[i], e = s.split[i + 1];
+    const int64_t in = p.cut_bytes(b), out = p.cut_bytes(e);
+    t_fwd[i] = f * (p.forward(b, e) + (2 * in + out) * cp + (in + out) * ck);
+    t_bwd[i] = f * (p.backward(b, e) + (2 * out + in) * cp + (in + out) * ck);
+    t_step[i] = f * (p.step(b, e) + static_cast<double>(p.param_bytes(b, e)) * ck);
   }
   auto stage_rank = [&](int i, int h) { return O + h * N + i; };
   // The host device of a rank's end of a message about owner k (owner ranks: that owner's).

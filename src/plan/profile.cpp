@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "mpsl/core/error.hpp"
+#include "mpsl/core/finite.hpp"
 #include "mpsl/core/rng.hpp"
 #include "mpsl/data/dataset.hpp"
 #include "mpsl/io/hdf5.hpp"
@@ -221,6 +222,7 @@ Profile Profile::scaled(const Device& d) const {
   p.loss_s *= f;
   p.average_s_per_byte *= f;
   p.copy_s_per_byte *= f;
+  p.check_s_per_byte *= f;
   p.assemble_s_per_sample *= f;
   p.evaluate_s_per_sample *= f;
   p.device = d;
@@ -263,6 +265,7 @@ nlohmann::json Profile::to_json() const {
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
           {"copy_s_per_byte", copy_s_per_byte},
+          {"check_s_per_byte", check_s_per_byte},
           {"assemble_s_per_sample", assemble_s_per_sample},
           {"notes",
            "times in seconds of one micro-batch (forward_s, backward_s) or one batch (step_s: the "
@@ -293,6 +296,7 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.average_s_per_byte = j.value("average_s_per_byte", 0.0);
     p.evaluate_s_per_sample = j.value("evaluate_s_per_sample", 0.0);
     p.copy_s_per_byte = j.value("copy_s_per_byte", 0.0);
+    p.check_s_per_byte = j.value("check_s_per_byte", 0.0);
     p.assemble_s_per_sample = j.value("assemble_s_per_sample", 0.0);
     if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
@@ -500,6 +504,21 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
       a[it] = b[n - 1 - it];
     }
     p.copy_s_per_byte = median_of(t) / (n * 4.0);
+  }
+  // The non-finite check (read only), over more than the caches hold: what it mostly scans are
+  // parameter gradients, from memory.
+  {
+    const int64_t n = std::max<int64_t>(p.input_bytes / 4, int64_t{1} << 24);
+    std::vector<float> a(n, 1.f);
+    std::vector<double> t;
+    int64_t found = 0;
+    for (int it = 0; it < 5; ++it) {
+      const auto t0 = Clock::now();
+      found += first_non_finite(a.data(), n);
+      t.push_back(since(t0));
+    }
+    MPSL_CHECK(found == -5, "profile: the check array holds a non-finite value");
+    p.check_s_per_byte = median_of(t) / (n * 4.0);
   }
   // Batch assembly on an owner (normalising uint8 images into floats).
   {

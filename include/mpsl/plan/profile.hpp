@@ -63,6 +63,9 @@ struct Profile {
   // What crossing a cut costs the CPUs on both sides beyond the link: copying the activation
   // (reorder to plain, MPI's shared-memory copy, copy into the part's input); seconds per byte.
   double copy_s_per_byte = 0;
+  // The runtime's checks for non-finite values (core/finite.hpp): seconds per byte scanned.
+  // Every message is checked on both sides, and every part's gradient before each step.
+  double check_s_per_byte = 0;
   double assemble_s_per_sample = 0;  // an owner normalising its images into a batch
   // Placement on the profiled host: concurrency[n - 1] = how much longer a training step takes
   // while n processes (one thread each) train at the same time (concurrency[0] = 1). Empty when
