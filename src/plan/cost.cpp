@@ -364,9 +364,9 @@ Prediction simulate(const Scenario& s) {
   std::vector<double> t_first_fwd(K), t_last(K), t_first_bwd(K), t_owner_step(K);
   for (int k = 0; k < K; ++k) {
     const double f = s.owner_device_of(k).slowdown;
-    t_first_fwd[k] = f * (p.forward(0, a) + p.cut_bytes(a) * cp +
-                          p.micro_batch() * p.assemble_s_per_sample +
-                          (p.input_bytes + p.cut_bytes(a)) * ck);
+    t_first_fwd[k] =
+        f * (p.forward(0, a) + p.cut_bytes(a) * cp + p.micro_batch() * p.assemble_s_per_sample +
+             (p.input_bytes + p.cut_bytes(a)) * ck);
     t_last[k] = f * (p.forward(z, S) + p.loss_s + p.backward(z, S) + 3 * p.cut_bytes(z) * cp +
                      2 * p.cut_bytes(z) * ck);
     t_first_bwd[k] = f * (p.backward(0, a) + 2 * p.cut_bytes(a) * cp + p.cut_bytes(a) * ck);
