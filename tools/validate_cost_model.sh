@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the cost model against real runs on this machine and prints the tables of issue 6:
-#   grid      predicted vs measured round time (round 2 of 2; round 1 warms up), fmnist-cnn and
+#   grid      predicted vs measured round time (median of rounds 2..R, R = --rounds, default 5;
+#             round 1 warms up), fmnist-cnn and
 #             vgg19, N in {1,2,3}, K in {2,4,8}, schedules mpsl and 1f1b; and predicted vs
 #             measured peak memory (RSS) of every rank of those runs
 #   headline  largest per-node memory, multihop (N = 1..4) vs one hop, vgg19 and resnet101,
@@ -11,12 +12,12 @@
 # at a time, so other builds and tests wait only for short sections.
 #
 #   tools/validate_cost_model.sh [--sections "grid headline gain"] [--models "fmnist-cnn vgg19"]
-#       [--owners "2 4 8"] [--stages "1 2 3"] [--schedules "mpsl 1f1b"] [--out DIR]
+#       [--owners "2 4 8"] [--stages "1 2 3"] [--schedules "mpsl 1f1b"] [--rounds R] [--out DIR]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${MPSL_BUILD_DIR:-$REPO/build}
 SECTIONS="grid headline gain" MODELS="fmnist-cnn vgg19" OWNERS="2 4 8" STAGES="1 2 3"
-SCHEDULES="mpsl 1f1b" OUT=""
+SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5
 while [ $# -gt 0 ]; do
   case $1 in
     --sections) SECTIONS=$2; shift 2 ;;
@@ -24,8 +25,9 @@ while [ $# -gt 0 ]; do
     --owners) OWNERS=$2; shift 2 ;;
     --stages) STAGES=$2; shift 2 ;;
     --schedules) SCHEDULES=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
     *) echo "validate_cost_model.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,7 +83,7 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
           note "run $name"
           flock -x $LOCK mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic \
             --synthetic-count $((k * batch * steps)) --batch "$batch" --batches-per-epoch "$steps" \
-            --rounds 2 --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
+            --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
             --threads 1 --quiet --profile "$prof" --metrics "$m" > /dev/null
         done
       done
