@@ -6,7 +6,9 @@
 #include <omp.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <optional>
 #include <string>
@@ -41,7 +43,13 @@ std::string rank_tag(int rank, int size) {
 // of this rank's own (rank 0 did not end the job meanwhile) is then reported by this rank.
 void report_input_error(const std::string& message) {
   const int rank = comm::world_rank(), size = comm::world_size();
-  if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(3));
+  if (rank != 0) {
+    // Ended by the launcher meanwhile (rank 0 has reported): still exit code 2, the job's code
+    // under srun, which reports the highest of its tasks' codes.
+    std::signal(SIGTERM, [](int) { std::_Exit(2); });
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    std::signal(SIGTERM, SIG_DFL);
+  }
   print_line("mpsl: error: " + (rank != 0 ? rank_tag(rank, size) : std::string()) + message);
 }
 
