@@ -8,8 +8,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
+
+// AddressSanitizer replaces malloc, and glibc's mallinfo2 then sees nothing: ask the
+// sanitizer's allocator instead (GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address).
+// (GCC 12 ships no sanitizer/allocator_interface.h: the function is declared here; libasan
+// exports it.)
+#if defined(__SANITIZE_ADDRESS__)
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+#define MPSL_HEAP_FROM_SANITIZER 1
+#endif
 
 namespace mpsl::obs {
 
@@ -30,8 +40,12 @@ int64_t current_rss_bytes() {
 }
 
 int64_t heap_in_use_bytes() {
+#ifdef MPSL_HEAP_FROM_SANITIZER
+  return static_cast<int64_t>(__sanitizer_get_current_allocated_bytes());
+#else
   const struct mallinfo2 mi = mallinfo2();
   return static_cast<int64_t>(mi.uordblks + mi.hblkhd);
+#endif
 }
 
 namespace {
