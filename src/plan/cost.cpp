@@ -688,12 +688,12 @@ Prediction simulate(const Scenario& s) {
         for (int k : x.owners) served += s.replica_of(k) == h ? 1 : 0;
         if (served > 0) depth += mailbox_depth(served, window);
       }
-      rp.peak_bytes = p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes(0, a) +
-                      p.work_bytes(z, S) + rp.max_in_flight * part_activation_bytes(p, 0, a) +
-                      part_activation_bytes(p, z, S) + mine * (p.batch * (image_floats + 4)) +
-                      s.train_samples * (s.image_bytes + 1) + 2 * 8 * shard +
-                      depth * (p.cut_bytes(z) + p.cut_bytes(a)) +
-                      2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
+      rp.peak_bytes =
+          p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes({{0, a}, {z, S}}) +
+          rp.max_in_flight * part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
+          mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
+          2 * 8 * shard + depth * (p.cut_bytes(z) + p.cut_bytes(a)) +
+          2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
       if (r == 0 && s.test_samples > 0) {
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
         rp.peak_bytes += s.test_samples * (s.image_bytes + 1) +

@@ -355,10 +355,9 @@ PlanResult make_plan(const PlanRequest& r) {
   for (int a = 1; a <= S - 1 - N; ++a)
     for (int z = a + N; z <= S - 1; ++z) {
       if (owner_mem > 0) {
-        const int64_t need = p.base_rss_bytes +
-                             per_rank * (p.copy_bytes(0, a) + p.copy_bytes(z, S)) +
-                             p.work_bytes(0, a) + p.work_bytes(z, S) + p.activation_bytes(0, a) +
-                             p.activation_bytes(z, S);
+        const int64_t need =
+            p.base_rss_bytes + per_rank * (p.copy_bytes(0, a) + p.copy_bytes(z, S)) +
+            p.work_bytes({{0, a}, {z, S}}) + p.activation_bytes(0, a) + p.activation_bytes(z, S);
         if (need > owner_mem) continue;
       }
       const Split sp = solve_split(part_costs(r, N, a, z));

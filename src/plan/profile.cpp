@@ -206,9 +206,16 @@ int64_t Profile::activation_bytes(int b, int e) const {
   return s;
 }
 int64_t Profile::work_bytes(int b, int e) const {
-  int64_t s = 0;
-  for (int u = b; u < e; ++u) s += units[u].work_bytes;
-  return s;
+  return work_bytes({{b, e}});
+}
+int64_t Profile::work_bytes(const std::vector<std::pair<int, int>>& ranges) const {
+  int64_t own = 0, shared = 0;
+  for (const auto& [b, e] : ranges)
+    for (int u = b; u < e; ++u) {
+      own += units[u].work_bytes - units[u].shared_work_bytes;
+      shared = std::max(shared, units[u].shared_work_bytes);
+    }
+  return own + shared;
 }
 
 Profile Profile::scaled(const Device& d) const {
@@ -248,7 +255,8 @@ nlohmann::json Profile::to_json() const {
                   {"optimizer_bytes", u.optimizer_bytes},
                   {"buffer_bytes", u.buffer_bytes},
                   {"activation_bytes", u.activation_bytes},
-                  {"work_bytes", u.work_bytes}});
+                  {"work_bytes", u.work_bytes},
+                  {"shared_work_bytes", u.shared_work_bytes}});
   return {{"format", "mpsl-profile"},
           {"format_version", 1},
           {"mpsl_version", MPSL_VERSION},
@@ -315,9 +323,11 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
       x.buffer_bytes = u.value("buffer_bytes", int64_t{0});
       x.activation_bytes = u.value("activation_bytes", int64_t{0});
       x.work_bytes = u.value("work_bytes", int64_t{0});
-      MPSL_INPUT_CHECK(
-          x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 && x.param_bytes >= 0,
-          what + ": unit " + std::to_string(x.index) + " has negative figures");
+      x.shared_work_bytes = u.value("shared_work_bytes", int64_t{0});
+      MPSL_INPUT_CHECK(x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 &&
+                           x.param_bytes >= 0 && x.shared_work_bytes >= 0 &&
+                           x.shared_work_bytes <= x.work_bytes,
+                       what + ": unit " + std::to_string(x.index) + " has negative figures");
       p.units.push_back(x);
     }
     MPSL_INPUT_CHECK(p.units.size() >= 1, what + ": the profile has no units");
@@ -388,25 +398,43 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
     x.optimizer_bytes = 2 * l.param_count * 4;
     x.buffer_bytes = l.buffer_count * 4;
     {
-      nn::PartState state(model, u, u + 1);
-      state.initialise(model, s.seed);
-      const int64_t h0 = obs::heap_in_use_bytes();
-      nn::PartProgram prog(model, u, u + 1, mb, u > 0, true);
-      state.adopt_formats(prog);
-      const int64_t h1 = obs::heap_in_use_bytes();
-      auto slot = prog.make_slot();
-      const int64_t h2 = obs::heap_in_use_bytes();
       std::vector<float> input(in.elements()), output(out.elements(), 1e-3f),
           diff_in(in.elements());
       Rng rng(s.seed, 77);
       for (auto& v : input) v = rng.uniform() - 0.5f;
       const nn::StepInfo info{s.seed, 0, 0, true, 0};
-      const int64_t h3 = obs::heap_in_use_bytes();
-      prog.forward(*slot, state, input.data(), output.data(), info);
-      prog.backward(*slot, state, output.data(), u > 0 ? diff_in.data() : nullptr, info, false);
-      const int64_t h4 = obs::heap_in_use_bytes();
-      x.activation_bytes = std::max<int64_t>(0, h2 - h1);
-      x.work_bytes = std::max<int64_t>(0, (h1 - h0) + (h4 - h3));
+      // One instance of the unit: its program, a slot, one forward and backward. Returns the
+      // heap growth of the program and of the first step (work) and of the slot (activations).
+      struct Instance {
+        nn::PartState state;
+        std::unique_ptr<nn::PartProgram> prog;
+        std::unique_ptr<nn::PartSlot> slot;
+      };
+      auto instance = [&](Instance& i, int64_t& work, int64_t& activation) {
+        i.state.initialise(model, s.seed);
+        const int64_t h0 = obs::heap_in_use_bytes();
+        i.prog = std::make_unique<nn::PartProgram>(model, u, u + 1, mb, u > 0, true);
+        i.state.adopt_formats(*i.prog);
+        const int64_t h1 = obs::heap_in_use_bytes();
+        i.slot = i.prog->make_slot();
+        const int64_t h2 = obs::heap_in_use_bytes();
+        i.prog->forward(*i.slot, i.state, input.data(), output.data(), info);
+        i.prog->backward(*i.slot, i.state, output.data(), u > 0 ? diff_in.data() : nullptr, info,
+                         false);
+        const int64_t h3 = obs::heap_in_use_bytes();
+        activation = std::max<int64_t>(0, h2 - h1);
+        work = std::max<int64_t>(0, (h1 - h0) + (h3 - h2));
+      };
+      // A second instance built while the first lives grows the heap only by what it does not
+      // share with it: the difference is the shared scratchpad (zero where oneDNN gives every
+      // primitive its own).
+      Instance first{nn::PartState(model, u, u + 1), nullptr, nullptr};
+      Instance second{nn::PartState(model, u, u + 1), nullptr, nullptr};
+      int64_t first_work = 0, second_work = 0, second_activation = 0;
+      instance(first, first_work, x.activation_bytes);
+      instance(second, second_work, second_activation);
+      x.work_bytes = first_work;
+      x.shared_work_bytes = std::clamp<int64_t>(first_work - second_work, 0, first_work);
     }
     p.units.push_back(x);
     in = out;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -48,6 +49,9 @@ struct UnitProfile {
   int64_t buffer_bytes = 0;      // BatchNorm statistics
   int64_t activation_bytes = 0;  // one micro-batch in flight (what a slot holds)
   int64_t work_bytes = 0;        // primitives, scratchpads, reordered weight caches
+  // The part of work_bytes that every unit of a process shares rather than adds: oneDNN's
+  // library scratchpad is one buffer per thread, as large as the largest primitive needs.
+  int64_t shared_work_bytes = 0;
   int64_t copy_bytes() const { return param_bytes + optimizer_bytes + buffer_bytes; }
 };
 
@@ -84,7 +88,10 @@ struct Profile {
   int64_t param_bytes(int b, int e) const;
   int64_t buffer_bytes(int b, int e) const;
   int64_t activation_bytes(int b, int e) const;
+  // Working memory of a process holding units [b, e) (or several such ranges, as an owner
+  // holds parts 1 and P): the units' own work plus the largest shared scratchpad.
   int64_t work_bytes(int b, int e) const;
+  int64_t work_bytes(const std::vector<std::pair<int, int>>& ranges) const;
   // Bytes of one micro-batch crossing a cut before unit u (u = 0: the model input).
   int64_t cut_bytes(int u) const { return u == 0 ? input_bytes : units[u - 1].output_bytes; }
 
