@@ -3,7 +3,10 @@
 #   grid      predicted vs measured round time (median of rounds 2..R, R = --rounds, default 5;
 #             round 1 warms up), fmnist-cnn and
 #             vgg19, N in {1,2,3}, K in {2,4,8}, schedules mpsl and 1f1b; and predicted vs
-#             measured peak memory (RSS) of every rank of those runs
+#             measured peak memory (RSS) of every rank of those runs. A virtual machine's speed
+#             drifts by tens of percent within an hour, so a speed probe (one second of
+#             fmnist-cnn steps) runs beside every profile and before every run; the table also
+#             gives the prediction with the profile's times scaled by probe(run) / probe(profile)
 #   headline  largest per-node memory, multihop (N = 1..4) vs one hop, vgg19 and resnet101,
 #             K in {4,16,100}, batch 128 (predicted from bytes-only profiles)
 #   gain      planner vs an even split by unit count: predicted round-time gain for paper-like
@@ -51,6 +54,18 @@ profile() {  # model batch micro repeats out [concurrency]
   note "profiling $1 (batch $2, $3 micro-batch(es), $4 repeats)"
   flock -x $LOCK "$MPSL" profile --model "$1" --batch "$2" --micro-batches "$3" --repeats "$4" \
     --concurrency "${6:--1}" --threads 1 --quiet --output "$5"
+  [ "$4" -gt 0 ] && probe "${5%.json}.probe.json"
+  return 0
+}
+
+# The machine's speed now: fmnist-cnn training steps, alone, 20 timed (about a second).
+probe() {
+  flock -x $LOCK "$MPSL" profile --model fmnist-cnn --batch 64 --repeats 20 --concurrency 0 \
+    --threads 1 --quiet --output "$1"
+}
+probe_seconds() {
+  python3 -c "import json, sys
+print(sum(u['forward_s'] + u['backward_s'] for u in json.load(open(sys.argv[1]))['units']))" "$1"
 }
 
 available_bytes() { awk '/MemAvailable/ {printf "%.0f", $2 * 1024}' /proc/meminfo; }
@@ -81,6 +96,7 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
             continue
           fi
           note "run $name"
+          probe "$OUT/grid/$name.probe.json"
           flock -x $LOCK mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic \
             --synthetic-count $((k * batch * steps)) --batch "$batch" --batches-per-epoch "$steps" \
             --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
@@ -103,6 +119,18 @@ print(s['model'], s['stages'], s['owners'], s['schedule'], s['micro_batches'], s
       --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
       --schedule "$sched" --micro-batches "$micro" --threads 1 \
       --profile "$OUT/profile-$model-b$batch-m$micro.json" --dry-run > "${m%.jsonl}.pred"
+    # The same with the profile's times at the speed the probe saw just before the run.
+    prof=$OUT/profile-$model-b$batch-m$micro.json
+    if [ -s "${m%.jsonl}.probe.json" ] && [ -s "${prof%.json}.probe.json" ]; then
+      f=$(python3 -c "import sys; print(float(sys.argv[1]) / float(sys.argv[2]))" \
+        "$(probe_seconds "${m%.jsonl}.probe.json")" "$(probe_seconds "${prof%.json}.probe.json")")
+      "$MPSL" profile --from "$prof" --device "slow=$f" --quiet --output "${m%.jsonl}.now.json"
+      mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic --synthetic-count "$images" \
+        --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
+        --schedule "$sched" --micro-batches "$micro" --threads 1 \
+        --profile "${m%.jsonl}.now.json" --dry-run > "${m%.jsonl}.now.pred"
+      echo "$f" > "${m%.jsonl}.speed"
+    fi
   done
   $TABLES grid "$OUT"/grid/*.jsonl
 fi

@@ -2,10 +2,12 @@
 
 #include <omp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -574,33 +576,95 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
         prog.backward(*slot, state, dlogits.data(), nullptr, info, m > 0);
       }
     };
+    // Mean step time over a window of at least half a second (and `repeats` steps).
     auto timed = [&]() {
-      std::vector<double> t;
       one_step();
-      for (int it = 0; it < s.repeats; ++it) {
-        const auto t0 = Clock::now();
+      int steps = 0;
+      const auto start = Clock::now();
+      while (steps < std::max(s.repeats, 3) || since(start) < 0.5) {
         one_step();
-        t.push_back(since(t0));
+        ++steps;
       }
-      return median_of(t);
+      return since(start) / steps;
     };
-    const double alone = timed();
-    p.concurrency = {1.0};
-    for (int n = 2; n <= s.concurrency; ++n) {
-      std::vector<pid_t> kids;
-      for (int c = 1; c < n; ++c) {
-        const pid_t pid = fork();
-        if (pid == 0) {
-          while (true) one_step();  // until killed
+    // With n processes on fewer cores, each step runs either about alone or is time-sliced, and
+    // which process the scheduler favours changes by the second: one process's window is luck.
+    // So every process counts its steps and their time in shared memory, and the slowdown is
+    // the mean over all n processes of their mean step time in one window, over `alone`.
+    struct StepCounter {
+      std::atomic<int64_t> steps{0}, nanoseconds{0};
+    };
+    const int max_n = s.concurrency;
+    void* shared = mmap(nullptr, sizeof(StepCounter) * max_n, PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    MPSL_CHECK(shared != MAP_FAILED, "profile: mmap of the step counters failed");
+    auto* counters = static_cast<StepCounter*>(shared);
+    // Three sweeps, each timing alone first; per n the median of the sweeps (a virtual
+    // machine's neighbours come and go).
+    constexpr int kSweeps = 3;
+    std::vector<std::vector<double>> ratios(max_n + 1);
+    for (int sweep = 0; sweep < kSweeps; ++sweep) {
+      const double alone = timed();
+      for (int n = 2; n <= max_n; ++n) {
+        for (int c = 0; c < n; ++c) new (&counters[c]) StepCounter();
+        std::vector<pid_t> kids;
+        for (int c = 1; c < n; ++c) {
+          const pid_t pid = fork();
+          if (pid == 0) {
+            while (true) {  // until killed
+              const auto t0 = Clock::now();
+              one_step();
+              const auto ns =
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0);
+              counters[c].nanoseconds.fetch_add(ns.count());
+              counters[c].steps.fetch_add(1);
+            }
+          }
+          if (pid > 0) kids.push_back(pid);
         }
-        if (pid > 0) kids.push_back(pid);
+        double slowdown = 0;
+        if (kids.size() + 1 == static_cast<size_t>(n)) {
+          one_step();  // everyone warm
+          std::vector<int64_t> steps0(n), ns0(n);
+          for (int c = 1; c < n; ++c) {
+            steps0[c] = counters[c].steps.load();
+            ns0[c] = counters[c].nanoseconds.load();
+          }
+          // At least a second, and until every process has finished a step in the window.
+          int own_steps = 0;
+          double own_s = 0;
+          const auto start = Clock::now();
+          auto all_stepped = [&]() {
+            for (int c = 1; c < n; ++c)
+              if (counters[c].steps.load() == steps0[c]) return false;
+            return true;
+          };
+          while (own_steps < 3 || since(start) < 1.0 || (!all_stepped() && since(start) < 30.0)) {
+            const auto t0 = Clock::now();
+            one_step();
+            own_s += since(t0);
+            ++own_steps;
+          }
+          double sum = own_s / own_steps;
+          int counted = 1;
+          for (int c = 1; c < n; ++c) {
+            const int64_t k = counters[c].steps.load() - steps0[c];
+            if (k <= 0) continue;
+            sum += 1e-9 * static_cast<double>(counters[c].nanoseconds.load() - ns0[c]) / k;
+            ++counted;
+          }
+          slowdown = sum / counted / alone;
+        }
+        for (pid_t k : kids) kill(k, SIGKILL);
+        for (pid_t k : kids) waitpid(k, nullptr, 0);
+        if (slowdown <= 0) break;
+        ratios[n].push_back(slowdown);
       }
-      const double loaded = kids.size() + 1 == static_cast<size_t>(n) ? timed() : 0.0;
-      for (pid_t k : kids) kill(k, SIGKILL);
-      for (pid_t k : kids) waitpid(k, nullptr, 0);
-      if (loaded <= 0) break;
-      p.concurrency.push_back(loaded / alone);
     }
+    munmap(shared, sizeof(StepCounter) * max_n);
+    p.concurrency = {1.0};
+    for (int n = 2; n <= max_n && static_cast<int>(ratios[n].size()) == kSweeps; ++n)
+      p.concurrency.push_back(median_of(ratios[n]));
   }
   return p;
 }

@@ -56,8 +56,12 @@ def grid(paths):
         pred = fresh[0] if fresh else last.get("predicted_round_seconds")
         if pred is None:
             continue
+        # At the machine's speed just before the run (validate_cost_model.sh's probe), if known.
+        now = dry_run_predictions(p[: -len(".jsonl")] + ".now.pred")
+        speed_file = p[: -len(".jsonl")] + ".speed"
+        speed = float(open(speed_file).read()) if os.path.exists(speed_file) else None
         rows.append((start["model"], start["schedule"], start["stages"], start["owners"],
-                     meas, pred, (pred - meas) / meas))
+                     meas, pred, (pred - meas) / meas, now[0] if now else None, speed))
         for e in ev:
             if e["event"] != "rank_summary":
                 continue
@@ -68,17 +72,34 @@ def grid(paths):
                             peak))
     rows.sort()
     print("\n## Round time: predicted vs measured (median of rounds 2..R)\n")
-    print("| model | schedule | N | K | measured s | predicted s | error |")
-    print("|---|---|---|---|---|---|---|")
+    probed = all(r[7] is not None for r in rows)
+    if probed:
+        print("Speed: the probe's step time before the run over its time beside the profile; "
+              "'at run speed': the profile's times scaled by it.\n")
+        print("| model | schedule | N | K | measured s | predicted s | error | speed | "
+              "predicted at run speed s | error |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+    else:
+        print("| model | schedule | N | K | measured s | predicted s | error |")
+        print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} | {100 * r[6]:+.1f}% |")
-    if rows:
-        errs = [abs(r[6]) for r in rows]
-        print(f"\nmedian |error| {100 * statistics.median(errs):.1f}% over {len(rows)} runs "
-              f"(mean {100 * statistics.mean(errs):.1f}%, max {100 * max(errs):.1f}%)")
+        line = f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} | {100 * r[6]:+.1f}% |"
+        if probed:
+            line += f" {r[8]:.3f} | {r[7]:.3f} | {100 * (r[7] - r[4]) / r[4]:+.1f}% |"
+        print(line)
+
+    def summary(label, err):
+        errs = [abs(err(r)) for r in rows]
+        print(f"\n{label}: median |error| {100 * statistics.median(errs):.1f}% over {len(rows)} "
+              f"runs (mean {100 * statistics.mean(errs):.1f}%, max {100 * max(errs):.1f}%)")
         for model in sorted({r[0] for r in rows}):
-            e = [abs(r[6]) for r in rows if r[0] == model]
+            e = [abs(err(r)) for r in rows if r[0] == model]
             print(f"  {model}: median |error| {100 * statistics.median(e):.1f}% over {len(e)} runs")
+
+    if rows:
+        summary("profile as measured", lambda r: r[6])
+        if probed:
+            summary("at run speed", lambda r: (r[7] - r[4]) / r[4])
     mem.sort()
     print("\n## Peak memory per rank: predicted vs measured (peak RSS)\n")
     print("| model | schedule | N | K | rank | role | peak RSS MiB | tracked MiB | predicted MiB | error |")
