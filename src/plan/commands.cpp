@@ -69,6 +69,13 @@ nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res) {
             {"backward_bottleneck_s", res.split.max_backward},
             {"sum_s", res.split.objective()}}},
           {"predicted", prediction_json(res.prediction)},
+          {"objective_optimal",
+           {{"split", split_json(res.objective_split.cuts)},
+            {"objective_s", res.objective_split.objective()},
+            {"predicted_round_s", res.objective_prediction.round_s},
+            {"note",
+             "the split minimising the paper's objective exactly; the plan's split is refined "
+             "from it (or from the even split) by the simulated round time"}}},
           {"even_split",
            {{"split", split_json(res.even)},
             {"feasible", res.even_feasible},
@@ -210,7 +217,6 @@ namespace mpsl::cli {
 
 namespace {
 
-
 std::vector<plan::Device> node_devices(const PlanOptions& o) {
   plan::Device base;
   if (!o.node_device.empty()) base = plan::Device::parse(o.node_device, "--node-device");
@@ -345,6 +351,13 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
                   x.role.c_str(), x.units_begin, x.units_end - 1,
                   obs::format_bytes(x.peak_bytes).c_str(), obs::format_bytes(x.model_bytes).c_str(),
                   plan::secs(x.busy_s).c_str());
+    }
+    if (res.objective_split.cuts != res.split.cuts) {
+      std::string opt;
+      for (int c : res.objective_split.cuts) opt += (opt.empty() ? "" : ",") + std::to_string(c);
+      std::printf("  the paper objective's optimum (--split %s): objective %s, round %s\n",
+                  opt.c_str(), plan::secs(res.objective_split.objective()).c_str(),
+                  plan::secs(res.objective_prediction.round_s).c_str());
     }
     std::printf("  even split by unit count (--split %s): objective %s, round %s%s\n", even.c_str(),
                 plan::secs(res.even_objective).c_str(),

@@ -181,6 +181,9 @@ assert sorted(rows) == ["fmnist-cnn-k2-n2-mpsl-b1-slow1", "fmnist-cnn-k2-n2-mpsl
 for name, r in rows.items():
     assert r["status"] == "ok" and r["emulate"] == "dev.json", r
     assert float(r["steady_predicted_round_seconds"]) > 0 and r["round_error"], r
+    # The training part compared with the training part (no evaluation on either side).
+    assert 0 < float(r["steady_predicted_train_seconds"]) <= float(r["steady_predicted_round_seconds"]), r
+    assert r["train_error"] and 0 < float(r["steady_train_seconds"]) <= float(r["steady_round_seconds"]), r
     em = json.load(open(f"{d}/points/{name}/emulation.json"))
     want = {"slow1": "0", "slow2": "0-1"}[name.split("-")[-1]]
     assert em["owners"] == {"default": "owner", want: "slow"}, em["owners"]
@@ -189,6 +192,7 @@ for name, r in rows.items():
 assert os.path.exists(d + "/profiles/fmnist-cnn-b32-m1-t1.json")
 table = open(d + "/table.md").read()
 assert table.count("| fmnist-cnn-k2-n2") == 2 and "median |predicted - measured|" in table, table
+assert "training s (predicted)" in table and "training part: median" in table, table
 for ext in ("png", "svg"):
     assert os.path.getsize(f"{d}/plots/round_and_memory_vs_slow_owners.{ext}") > 1000
 print("2 emulated points with predictions; emulation files name the slow owners; table.md: "

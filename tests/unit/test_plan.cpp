@@ -88,6 +88,48 @@ TEST(Planner, EqualsBruteForceOnRandomInstances) {
   EXPECT_GT(infeasible, 10);
 }
 
+// make_plan starts from the paper objective's exact optimum and refines by the simulated
+// round time: the plan is never predicted slower than that optimum or than the even split
+// (when it fits), stays a valid split within memory, and on some instances differs from the
+// optimum (shared cores, pipeline fill and owners' turns are outside the paper's objective).
+TEST(Planner, PlanIsNeverPredictedSlowerThanTheObjectiveOptimumOrTheEvenSplit) {
+  std::mt19937 gen(777);
+  int planned = 0, refined = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    const int S = 5 + static_cast<int>(gen() % 8);  // 5..12 units
+    std::uniform_real_distribution<double> t(0.001, 0.05);
+    std::vector<double> fwd(S), bwd(S);
+    std::vector<int64_t> params(S);
+    for (int u = 0; u < S; ++u) {
+      fwd[u] = t(gen);
+      bwd[u] = t(gen) * 2;
+      params[u] = static_cast<int64_t>(gen() % 1000) * 1000;
+    }
+    const Profile p = make_profile(fwd, bwd, params, 1000 + gen() % 1000000);
+    PlanRequest r;
+    r.profile = &p;
+    r.owners = 1 + static_cast<int>(gen() % 6);
+    r.owner_ranks = 1 + static_cast<int>(gen() % r.owners);
+    r.stages = 2 + static_cast<int>(gen() % std::min(S - 3, 3));
+    r.steps_per_owner = 1 + static_cast<int>(gen() % 4);
+    r.cores = gen() % 2 ? 2 : 0;
+    const PlanResult res = make_plan(r);
+    ++planned;
+    const double eps = 1e-12;
+    EXPECT_LE(res.prediction.round_s, res.objective_prediction.round_s + eps) << trial;
+    if (res.even_feasible) EXPECT_LE(res.prediction.round_s, res.even_prediction.round_s + eps);
+    ASSERT_EQ(static_cast<int>(res.split.cuts.size()), r.stages + 1);
+    for (int i = 0; i < r.stages; ++i) EXPECT_LT(res.split.cuts[i], res.split.cuts[i + 1]);
+    EXPECT_EQ(res.split.cuts, res.scenario.split);
+    if (res.split.cuts != res.objective_split.cuts) {
+      ++refined;
+      EXPECT_LT(res.prediction.round_s, res.objective_prediction.round_s) << trial;
+    }
+  }
+  EXPECT_EQ(planned, 60);
+  EXPECT_GT(refined, 0);
+}
+
 TEST(Planner, MinMaxMemoryIsTheSmallestFeasibleLimit) {
   const Profile p = make_profile({1, 1, 1, 1, 1, 1}, {2, 2, 2, 2, 2, 2},
                                  {0, 5000000, 1000000, 3000000, 2000000, 0});

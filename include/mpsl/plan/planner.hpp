@@ -3,6 +3,9 @@
 // include what a stage sends), is smallest while every node holds K copies of its part, the
 // activations in flight and its working memory. Exact: contiguous parts make the search space
 // small enough for a dynamic programme (no solver). Nodes may differ in speed, link and memory.
+// make_plan then refines that split (or the even one, if better) by the cost simulation's
+// round time, one cut moved by one unit at a time, so that the plan is never predicted slower
+// than the paper's optimum or the even split.
 #pragma once
 
 #include <cstdint>
@@ -62,8 +65,12 @@ struct PlanRequest {
 
 struct PlanResult {
   Scenario scenario;      // the chosen configuration (split, devices)
-  Split split;            // the stage cut points and the objective
+  Split split;            // the stage cut points and their paper objective
   Prediction prediction;  // simulate(scenario)
+  // The split that minimises the paper's objective (exact), where the choice started; the
+  // chosen split is refined from it (or from the even split) by the simulated round time.
+  Split objective_split;
+  Prediction objective_prediction;
   std::vector<int> even;  // an even split by unit count, for comparison
   Prediction even_prediction;
   double even_objective = 0;
