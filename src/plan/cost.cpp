@@ -695,10 +695,16 @@ Prediction simulate(const Scenario& s) {
           2 * 8 * shard + depth * (p.cut_bytes(z) + p.cut_bytes(a)) +
           2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
       if (r == 0 && s.test_samples > 0) {
+        // Rank 0 evaluates: the test set, an evaluation batch of images, the activation it
+        // sends and the one it receives (multihop.cpp evaluate), and the inference programs'
+        // activations. (The scratchpad also grows with the evaluation batch, but not in
+        // proportion to it: not counted.)
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
-        rp.peak_bytes += s.test_samples * (s.image_bytes + 1) +
-                         static_cast<int64_t>(scale * (part_activation_bytes(p, 0, a) +
-                                                       part_activation_bytes(p, z, S)));
+        rp.peak_bytes +=
+            s.test_samples * (s.image_bytes + 1) +
+            static_cast<int64_t>(scale *
+                                 (part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
+                                  p.input_bytes + p.cut_bytes(a) + p.cut_bytes(z)));
       }
     } else {
       const int i = x.stage;
@@ -714,9 +720,12 @@ Prediction simulate(const Scenario& s) {
       rp.peak_bytes =
           stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O);
       if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates
+        // The received and the sent activation of an evaluation batch and the inference
+        // program's activations.
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
-        rp.peak_bytes +=
-            static_cast<int64_t>(scale * part_activation_bytes(p, s.split[i], s.split[i + 1]));
+        const int b = s.split[i], e = s.split[i + 1];
+        rp.peak_bytes += static_cast<int64_t>(
+            scale * (part_activation_bytes(p, b, e) + p.cut_bytes(b) + p.cut_bytes(e)));
       }
     }
     out.ranks.push_back(rp);
