@@ -42,8 +42,11 @@ void wait_request(MPI_Request& req) {
 }
 
 // Blocking receive of a message of unknown size that sleeps while it waits (a plain MPI_Recv
-// busy-polls a core, which slows everyone when ranks outnumber cores).
-std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char* kind) {
+// busy-polls a core, which slows everyone when ranks outnumber cores). Into `v`, resized to the
+// message: a buffer kept across calls is not allocated, page-faulted and zeroed again (an
+// evaluation batch's activation is 100 MB and more).
+void recv_any_size_into(std::vector<float>& v, MPI_Comm comm, int source, int tag,
+                        const char* kind) {
   MPI_Status st;
   int flag = 0, idle = 0;
   comm::StallClock stall(
@@ -56,9 +59,14 @@ std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char*
   }
   int count = 0;
   MPSL_MPI_CHECK(MPI_Get_count(&st, MPI_FLOAT, &count));
-  std::vector<float> v(count);
+  v.resize(count);
   MPSL_MPI_CHECK(MPI_Recv(v.data(), count, MPI_FLOAT, source, tag, comm, MPI_STATUS_IGNORE));
   comm::audit_message(kind, source, count * static_cast<int64_t>(sizeof(float)), false);
+}
+
+std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char* kind) {
+  std::vector<float> v;
+  recv_any_size_into(v, comm, source, tag, kind);
   return v;
 }
 
@@ -472,7 +480,7 @@ class OwnerRuntime : public RankRuntime {
     nn::PartState& last = global_last_ ? *global_last_ : o.last;
     const int64_t eb = s_.eval_batch;
     const int64_t in_floats = model_.input_shape(1).per_sample();
-    std::vector<float> images(eb * in_floats), act;
+    std::vector<float> images(eb * in_floats), act, out, logits;
     std::vector<int32_t> labels(eb);
     std::vector<int64_t> idx(eb);
     double loss = 0;
@@ -486,9 +494,8 @@ class OwnerRuntime : public RankRuntime {
       first_eval_.forward(first, b, images.data(), act.data());
       send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
                   kEvalTag, "eval-activation");
-      std::vector<float> out =
-          recv_any_size(eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
-      std::vector<float> logits(b * model_.classes());
+      recv_any_size_into(out, eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
+      logits.resize(b * model_.classes());
       last_eval_.forward(last, b, out.data(), logits.data());
       const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
                                                          model_.classes(), nullptr, 1.f);
@@ -1135,10 +1142,11 @@ class StageRuntime : public RankRuntime {
     const int next = stage_ == t_.stages - 1 ? 0 : t_.rank_of_stage(stage_ + 1);
     const int64_t in_per = program_.input_shape().per_sample();
     const int64_t out_per = program_.output_shape().per_sample();
+    std::vector<float> in, out;  // kept across the batches
     for (int64_t i = 0; i < eval_batches(count, s_.eval_batch); ++i) {
-      std::vector<float> in = recv_any_size(eval_comm_.get(), prev, kEvalTag, "eval-activation");
+      recv_any_size_into(in, eval_comm_.get(), prev, kEvalTag, "eval-activation");
       const int64_t b = static_cast<int64_t>(in.size()) / in_per;
-      std::vector<float> out(b * out_per);
+      out.resize(b * out_per);
       eval_.forward(global_ ? *global_ : copies_.front(), b, in.data(), out.data());
       send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag,
                   "eval-activation");
