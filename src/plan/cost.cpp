@@ -213,11 +213,14 @@ double evaluate_seconds(const Scenario& s) {
   for (int i = 0; i < N; ++i)
     t += s.stage_device(i).slowdown * per_sample * s.test_samples *
          share(s.split[i], s.split[i + 1]);
-  // One message per hop and batch.
+  // One message per hop and batch: the sender reorders its output to plain, MPI copies it,
+  // the receiver reorders it into its program's input (nothing overlaps: one batch at a time).
   for (int i = 0; i <= N; ++i) {
     const Device& from = i == 0 ? s.owner_device : s.stage_device(i - 1);
     const Device& to = i == N ? s.owner_device : s.stage_device(i);
-    t += batches * transfer_s(from, to, static_cast<int64_t>(p.cut_bytes(s.split[i]) * scale));
+    const auto bytes = static_cast<int64_t>(p.cut_bytes(s.split[i]) * scale);
+    t += batches * (transfer_s(from, to, bytes) +
+                    (from.slowdown + 2 * to.slowdown) * p.copy_s_per_byte * bytes);
   }
   return t;
 }
