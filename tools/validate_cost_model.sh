@@ -165,13 +165,14 @@ if [[ " $SECTIONS " == *" gain "* ]]; then
       done
     done
   done
-  # Measured on this machine: fmnist-cnn, K = 4, N = 3, planned split vs even split, 3 repeats.
+  # Measured on this machine: fmnist-cnn, K = 4, N = 3, planned split vs even split, 7 repeats
+  # (alternating; the median of each).
   prof=$OUT/profile-fmnist-cnn-b64-m1.json
   profile fmnist-cnn 64 1 7 "$prof"
   "$MPSL" plan --profile "$prof" --owners 4 --stages 3 --cores "$(nproc)" --batches-per-round 8 \
     --quiet --output "$OUT/gain/measured-plan.json"
   even=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['even_split']['split'])))" "$OUT/gain/measured-plan.json")
-  for rep in 1 2 3; do
+  for rep in 1 2 3 4 5 6 7; do
     for side in plan even; do
       m=$OUT/gain/measured-$side-$rep.jsonl
       [ -s "$m" ] && grep -q run_end "$m" && continue

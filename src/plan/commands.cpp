@@ -74,8 +74,9 @@ nlohmann::json plan_json(const PlanRequest& r, const PlanResult& res) {
             {"objective_s", res.objective_split.objective()},
             {"predicted_round_s", res.objective_prediction.round_s},
             {"note",
-             "the split minimising the paper's objective exactly; the plan's split is refined "
-             "from it (or from the even split) by the simulated round time"}}},
+             "the split minimising the paper's objective exactly; the plan's split has the "
+             "least simulated round time (every split when at most 500, else refined from this "
+             "or the even split)"}}},
           {"even_split",
            {{"split", split_json(res.even)},
             {"feasible", res.even_feasible},

@@ -176,6 +176,18 @@ int window_of(const PlanRequest& r, int stages) {
   return r.one_f_one_b ? std::min(r.micro_batches, stages + 2) : 1;
 }
 
+// Splits of `units` contiguous units into `parts` non-empty parts: C(units - 1, parts - 1),
+// capped (only compared with kExhaustiveSplits).
+constexpr int64_t kExhaustiveSplits = 500;
+int64_t split_count(int units, int parts) {
+  int64_t c = 1;
+  for (int k = 1; k < parts; ++k) {
+    c = c * (units - k) / k;
+    if (c > 1000000) return c;
+  }
+  return c;
+}
+
 std::vector<int> even_cuts(int a, int z, int n) {
   std::vector<int> cuts;
   for (int i = 0; i <= n; ++i)
@@ -290,12 +302,33 @@ PlanResult make_plan(const PlanRequest& r) {
     out.memory_split_bytes = min_max_memory(c, &out.memory_split);
     // The paper's objective ignores what the simulation sees (pipeline fill, owners' turns,
     // ranks sharing cores), so its optimum can predict a slower round than another split, the
-    // even one included. Refine: from the better of the two, move one cut by one unit while
-    // the predicted round time drops by more than 0.1% (within memory, parts non-empty).
+    // even one included. Choose by the simulated round time instead: among every split when
+    // there are few (exact), else from the better of the two by moving one cut by one unit
+    // while the predicted round time drops by more than 0.1% (within memory, parts non-empty).
     Split best = sp;
     double best_t = out.objective_prediction.round_s;
     if (ev.feasible && out.even_prediction.round_s < best_t)
       best = ev, best_t = out.even_prediction.round_s;
+    if (split_count(z - a, N) <= kExhaustiveSplits) {
+      std::vector<int> cuts(N + 1);
+      cuts.front() = a;
+      cuts.back() = z;
+      // Every increasing choice of the N - 1 inner cuts.
+      std::function<void(int, int)> choose = [&](int i, int from) {
+        if (i == N) {
+          const Split cand = evaluate(c, cuts);
+          if (!cand.feasible) return;
+          const double t = simulate(scenario_for(r, cuts)).round_s;
+          if (t < best_t) best = cand, best_t = t;
+          return;
+        }
+        for (int u = from; u <= z - (N - i); ++u) {
+          cuts[i] = u;
+          choose(i + 1, u + 1);
+        }
+      };
+      choose(1, a + 1);
+    }
     constexpr int kMaxMoves = 64;
     for (int move = 0; move < kMaxMoves; ++move) {
       Split step = best;

@@ -3,9 +3,10 @@
 // include what a stage sends), is smallest while every node holds K copies of its part, the
 // activations in flight and its working memory. Exact: contiguous parts make the search space
 // small enough for a dynamic programme (no solver). Nodes may differ in speed, link and memory.
-// make_plan then refines that split (or the even one, if better) by the cost simulation's
-// round time, one cut moved by one unit at a time, so that the plan is never predicted slower
-// than the paper's optimum or the even split.
+// make_plan then chooses by the cost simulation's round time: over every split when there are
+// at most 500 (exact), else from the better of that optimum and the even split, one cut moved
+// by one unit at a time; a plan is never predicted slower than the paper's optimum or the even
+// split.
 #pragma once
 
 #include <cstdint>
@@ -67,8 +68,9 @@ struct PlanResult {
   Scenario scenario;      // the chosen configuration (split, devices)
   Split split;            // the stage cut points and their paper objective
   Prediction prediction;  // simulate(scenario)
-  // The split that minimises the paper's objective (exact), where the choice started; the
-  // chosen split is refined from it (or from the even split) by the simulated round time.
+  // The split that minimises the paper's objective (exact); the chosen split has the least
+  // simulated round time (exact over at most 500 splits, else refined from this or the even
+  // split).
   Split objective_split;
   Prediction objective_prediction;
   std::vector<int> even;  // an even split by unit count, for comparison
