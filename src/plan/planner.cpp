@@ -309,7 +309,8 @@ PlanResult make_plan(const PlanRequest& r) {
     double best_t = out.objective_prediction.round_s;
     if (ev.feasible && out.even_prediction.round_s < best_t)
       best = ev, best_t = out.even_prediction.round_s;
-    if (split_count(z - a, N) <= kExhaustiveSplits) {
+    const bool exhaustive = split_count(z - a, N) <= kExhaustiveSplits;
+    if (exhaustive) {
       std::vector<int> cuts(N + 1);
       cuts.front() = a;
       cuts.back() = z;
@@ -330,7 +331,7 @@ PlanResult make_plan(const PlanRequest& r) {
       choose(1, a + 1);
     }
     constexpr int kMaxMoves = 64;
-    for (int move = 0; move < kMaxMoves; ++move) {
+    for (int move = 0; !exhaustive && move < kMaxMoves; ++move) {
       Split step = best;
       double step_t = best_t;
       for (int i = 1; i < N; ++i)
