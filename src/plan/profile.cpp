@@ -405,8 +405,8 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
       Rng rng(s.seed, 77);
       for (auto& v : input) v = rng.uniform() - 0.5f;
       const nn::StepInfo info{s.seed, 0, 0, true, 0};
-      // One instance of the unit: its program, a slot, one forward and backward. Returns the
-      // heap growth of the program and of the first step (work) and of the slot (activations).
+      // One instance of the unit: its program, a slot, one forward and backward. Measures the
+      // heap growth of the program and of the first step (work) and of the slot (activation).
       struct Instance {
         nn::PartState state;
         std::unique_ptr<nn::PartProgram> prog;
