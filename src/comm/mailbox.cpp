@@ -116,6 +116,7 @@ void Mailbox::listen(int source, int64_t max_floats, int depth) {
 void Mailbox::post(int i) {
   Recv& r = *recvs_[i];
   r.ready = false;
+  r.completed = false;
   r.posted = post_counter_++;
   const auto t = Clock::now();
   MPSL_MPI_CHECK(MPI_Irecv(r.buffer.data(), static_cast<int>(r.buffer.size()), MPI_FLOAT, r.source,
@@ -212,20 +213,38 @@ bool Mailbox::progress() {
   std::vector<int> arrived;
   for (size_t i = 0; i < recvs_.size(); ++i) {
     Recv& r = *recvs_[i];
-    if (r.ready || r.request == MPI_REQUEST_NULL) continue;
+    if (r.completed || r.request == MPI_REQUEST_NULL) continue;
     int done = 0;
     MPSL_MPI_CHECK(MPI_Test(&r.request, &done, &r.status));
     if (done) {
-      r.ready = true;
+      r.completed = true;
       arrived.push_back(static_cast<int>(i));
+    }
+  }
+  // MPI matches a peer's messages to its receives in posting order, but may report them
+  // complete in another: a large message can still be in transfer when the next one, matched
+  // to a later receive, is seen complete. A receive is ready only once every earlier-posted
+  // receive from the same peer is, so each owner's micro-batches are handled in sequence (and
+  // their gradients summed in the same order in every run).
+  if (!arrived.empty()) {
+    std::vector<int> order;
+    for (size_t i = 0; i < recvs_.size(); ++i)
+      if (recvs_[i]->completed && !recvs_[i]->ready) order.push_back(static_cast<int>(i));
+    std::sort(order.begin(), order.end(),
+              [&](int a, int b) { return recvs_[a]->posted < recvs_[b]->posted; });
+    for (int i : order) {
+      Recv& r = *recvs_[i];
+      bool earlier_pending = false;
+      for (const auto& o : recvs_)
+        if (o->source == r.source && !o->completed && o->request != MPI_REQUEST_NULL &&
+            o->posted < r.posted)
+          earlier_pending = true;
+      if (earlier_pending) continue;
+      r.ready = true;
+      ready_.push_back(i);
       any = true;
     }
   }
-  // Receives from one peer complete in the order they were posted; keep that order, so each
-  // owner's micro-batches are handled in sequence.
-  std::sort(arrived.begin(), arrived.end(),
-            [&](int a, int b) { return recvs_[a]->posted < recvs_[b]->posted; });
-  ready_.insert(ready_.end(), arrived.begin(), arrived.end());
   for (auto& s : sends_) {
     if (s->request == MPI_REQUEST_NULL) continue;
     int done = 0;

@@ -2,7 +2,8 @@
 # Multihop == single process: the backbone equivalence tests of the multihop runtime.
 #  - K = 1 owner, N = 1, 2, 3 stages, mpsl schedule and 1f1b with M = 1: bitwise equal weights.
 #  - 1f1b with M = 2, 4 micro-batches vs whole-batch training: max relative difference <= 1e-5
-#    (micro-batches sum gradients in another order, so bitwise equality is not possible).
+#    (micro-batches sum gradients in another order, so bitwise equality is not possible); and
+#    with M = 4, N = 2, 3, three times each, bitwise equal to the single process with M = 4.
 #  - K = 4 owners (non-IID), N = 2, two rounds with FedAvg vs the single-process simulation of the
 #    same per-owner training plus FedAvg: bitwise equal.
 set -uo pipefail
@@ -40,6 +41,21 @@ for m in 2 4; do
   mpsl_run 1 train $C --max-steps 3 --schedule 1f1b --micro-batches "$m" --save-model "$T/s$m.h5" \
     > /dev/null && same "single process M=$m == whole batch (rel <= 1e-5)" "$T/ref3.h5" "$T/s$m.h5" \
     --tolerance 1e-5 || fail "single process M=$m run"
+done
+
+# Every rank sums a batch's micro-batch gradients in micro-batch order, so a micro-batched
+# pipeline equals the single process with the same micro-batches bitwise, run after run. (Before
+# the mailbox kept each peer's messages in posting order, a large message still in transfer
+# could be overtaken by the next, and runs differed in the last bits.)
+mpsl_run 1 train $C --max-steps 12 --schedule 1f1b --micro-batches 4 --save-model "$T/s4x12.h5" \
+  > /dev/null || fail "single process M=4 run (12 steps)"
+for rep in 1 2 3; do
+  for n in 2 3; do
+    mpsl_run $((n + 1)) train $C --max-steps 12 --stages "$n" --schedule 1f1b --micro-batches 4 \
+      --save-model "$T/r$rep$n.h5" > /dev/null \
+      && same "K=1 N=$n 1f1b M=4 == single process M=4 (bitwise, run $rep)" "$T/s4x12.h5" \
+        "$T/r$rep$n.h5" || fail "1f1b M=4 N=$n run $rep"
+  done
 done
 
 C4="--model fmnist-cnn --synthetic --synthetic-count 2048 --batch 32 --batches-per-epoch 6 --rounds 2"

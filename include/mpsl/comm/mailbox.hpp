@@ -113,8 +113,9 @@ class Mailbox {
     int source;
     std::vector<float> buffer;
     MPI_Request request = MPI_REQUEST_NULL;
-    bool ready = false;
-    uint64_t posted = 0;  // posting order: MPI matches a peer's messages in this order
+    bool completed = false;  // MPI reported it complete
+    bool ready = false;      // complete, and so is every earlier receive from the same peer
+    uint64_t posted = 0;     // posting order: MPI matches a peer's messages in this order
     MPI_Status status{};
   };
   struct Send {
