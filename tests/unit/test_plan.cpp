@@ -39,20 +39,26 @@ Profile make_profile(const std::vector<double>& fwd, const std::vector<double>& 
   return p;
 }
 
+// A random profile of S units: forward times in [0.001, max_t) s, backward twice such a draw,
+// parameters in thousands, cut bytes out_min + [0, out_range).
+Profile random_profile(std::mt19937& gen, int S, double max_t, int64_t out_min, int64_t out_range) {
+  std::uniform_real_distribution<double> t(0.001, max_t);
+  std::vector<double> fwd(S), bwd(S);
+  std::vector<int64_t> params(S);
+  for (int u = 0; u < S; ++u) {
+    fwd[u] = t(gen);
+    bwd[u] = t(gen) * 2;
+    params[u] = static_cast<int64_t>(gen() % 1000) * 1000;
+  }
+  return make_profile(fwd, bwd, params, out_min + static_cast<int64_t>(gen() % out_range));
+}
+
 TEST(Planner, EqualsBruteForceOnRandomInstances) {
   std::mt19937 gen(12345);
   int feasible = 0, infeasible = 0;
   for (int trial = 0; trial < 400; ++trial) {
     const int S = 3 + static_cast<int>(gen() % 8);  // 3..10 units
-    std::uniform_real_distribution<double> t(0.001, 0.1);
-    std::vector<double> fwd(S), bwd(S);
-    std::vector<int64_t> params(S);
-    for (int u = 0; u < S; ++u) {
-      fwd[u] = t(gen);
-      bwd[u] = t(gen) * 2;
-      params[u] = static_cast<int64_t>(gen() % 1000) * 1000;
-    }
-    const Profile p = make_profile(fwd, bwd, params, 100 + gen() % 100000);
+    const Profile p = random_profile(gen, S, 0.1, 100, 100000);
     PlanRequest r;
     r.profile = &p;
     r.owners = 1 + static_cast<int>(gen() % 8);
@@ -116,15 +122,7 @@ TEST(Planner, ChoosesTheShortestSimulatedRoundAsBruteForceDoes) {
   int planned = 0, differs = 0;
   for (int trial = 0; trial < 60; ++trial) {
     const int S = 5 + static_cast<int>(gen() % 8);  // 5..12 units
-    std::uniform_real_distribution<double> t(0.001, 0.05);
-    std::vector<double> fwd(S), bwd(S);
-    std::vector<int64_t> params(S);
-    for (int u = 0; u < S; ++u) {
-      fwd[u] = t(gen);
-      bwd[u] = t(gen) * 2;
-      params[u] = static_cast<int64_t>(gen() % 1000) * 1000;
-    }
-    const Profile p = make_profile(fwd, bwd, params, 1000 + gen() % 1000000);
+    const Profile p = random_profile(gen, S, 0.05, 1000, 1000000);
     PlanRequest r;
     r.profile = &p;
     r.owners = 1 + static_cast<int>(gen() % 6);
