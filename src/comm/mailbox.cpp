@@ -124,6 +124,18 @@ void Mailbox::post(int i) {
   stats_.comm_seconds += since(t);
 }
 
+int64_t Mailbox::receive_buffer_bytes() const {
+  int64_t n = 0;
+  for (const auto& r : recvs_) n += static_cast<int64_t>(r->buffer.size() * sizeof(float));
+  return n;
+}
+
+int64_t Mailbox::send_pool_bytes() const {
+  int64_t n = 0;
+  for (const auto& s : sends_) n += static_cast<int64_t>(s->buffer.size() * sizeof(float));
+  return n;
+}
+
 float* Mailbox::send_buffer(int64_t floats) {
   for (auto& s : sends_) {
     if (!s->busy && static_cast<int64_t>(s->buffer.size()) >= floats) {

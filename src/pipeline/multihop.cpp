@@ -173,15 +173,21 @@ class SlotPool {
  public:
   explicit SlotPool(const nn::PartProgram& p) : program_(p) {}
   std::unique_ptr<nn::PartSlot> acquire() {
-    if (free_.empty()) return program_.make_slot();
+    if (free_.empty()) {
+      ++created_;
+      return program_.make_slot();
+    }
     auto s = std::move(free_.back());
     free_.pop_back();
     return s;
   }
   void release(std::unique_ptr<nn::PartSlot> s) { free_.push_back(std::move(s)); }
+  // The most slots in use at once (the pool never shrinks).
+  int created() const { return created_; }
 
  private:
   const nn::PartProgram& program_;
+  int created_ = 0;
   std::vector<std::unique_ptr<nn::PartSlot>> free_;
 };
 
@@ -251,6 +257,7 @@ class OwnerRuntime : public RankRuntime {
   }
 
   const char* role() const override { return "owner"; }
+  int max_in_flight() const override { return first_slots_.created(); }
   emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {
@@ -962,6 +969,7 @@ class StageRuntime : public RankRuntime {
   }
 
   const char* role() const override { return "stage"; }
+  int max_in_flight() const override { return slots_.created(); }
   emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {

@@ -31,7 +31,7 @@ double transfer_s(const Device& a, const Device& b, int64_t bytes) {
 int64_t part_activation_bytes(const Profile& p, int b, int e) {
   int64_t s = p.activation_bytes(b, e);
   for (int u = b + 1; u < e; ++u) s -= p.cut_bytes(u);
-  return std::max<int64_t>(s, 0);
+  return std::max<int64_t>(s, 0) + p.slot_first_use_bytes(b, e);
 }
 
 // Receive buffers a rank posts for a peer (multihop.cpp: depth min(owners * window, 16) + 1).
@@ -120,14 +120,37 @@ double stage_backward_s(const Scenario& s, int i) {
          d.slowdown * p.step(b, e);
 }
 
-int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight, int peers) {
+int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_ranks, int stage,
+                            int stages, int window) {
+  // As StageRuntime (multihop.cpp) posts them: per peer, max(owners behind it * window, 16) + 1
+  // buffers, as large as the largest message from it. The owners are spread over the owner
+  // ranks as evenly as the runtime spreads them.
+  const int ranks = std::max(1, std::min(owner_ranks, owners));
+  int64_t bytes = 0;
+  for (int r = 0; r < ranks; ++r) {
+    const int on_rank = owners / ranks + (r < owners % ranks ? 1 : 0);
+    const int64_t d = mailbox_depth(on_rank, window);
+    if (stages == 1)
+      bytes += 2 * d * std::max(in_b, out_b);  // the owner rank is both neighbours
+    else
+      bytes += d * ((stage == 0 ? in_b : 0) + (stage == stages - 1 ? out_b : 0));
+  }
+  const int64_t d = mailbox_depth(owners, window);
+  if (stage > 0) bytes += d * in_b;
+  if (stage < stages - 1) bytes += d * out_b;
+  return bytes;
+}
+
+int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
+                           int owner_ranks, int stage, int stages, int window) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
-  const int64_t depth = mailbox_depth(owners, 1);
   // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers
   // for a moment at every round's end.
   const int64_t sums = owners > 1 ? 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) : 0;
+  // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
   return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) + sums +
-         in_flight * part_activation_bytes(p, b, e) + depth * (in_b + out_b) +
+         in_flight * part_activation_bytes(p, b, e) +
+         stage_receive_bytes(in_b, out_b, owners, owner_ranks, stage, stages, window) +
          2 * std::max(in_b, out_b);
 }
 
@@ -691,12 +714,22 @@ Prediction simulate(const Scenario& s) {
         for (int k : x.owners) served += s.replica_of(k) == h ? 1 : 0;
         if (served > 0) depth += mailbox_depth(served, window);
       }
+      // With one stage it sends both the activations and the gradients, so each buffer is as
+      // large as the larger (multihop.cpp OwnerRuntime).
+      const int64_t owner_receive = N == 1 ? 2 * depth * std::max(p.cut_bytes(z), p.cut_bytes(a))
+                                           : depth * (p.cut_bytes(z) + p.cut_bytes(a));
+      rp.receive_bytes = owner_receive;
+      // The send pool grows to the sends in transfer at once. A large send completes only once
+      // the first stage has matched it to a posted receive and copied it, so every forward in
+      // flight can still hold its buffer, up to the receives posted for this rank (measured:
+      // 60-100% of that bound), at least two.
+      const int64_t owner_sends = std::max<int64_t>(2, std::min<int64_t>(rp.max_in_flight, depth)) *
+                                  std::max(p.cut_bytes(a), p.cut_bytes(z));
       rp.peak_bytes =
           p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes({{0, a}, {z, S}}) +
           rp.max_in_flight * part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
           mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
-          2 * 8 * shard + depth * (p.cut_bytes(z) + p.cut_bytes(a)) +
-          2 * std::max(p.cut_bytes(a), p.cut_bytes(z));
+          2 * 8 * shard + owner_receive + owner_sends;
       if (r == 0 && s.test_samples > 0) {
         // Rank 0 evaluates: the test set, an evaluation batch of images, the activation it
         // sends and the one it receives (multihop.cpp evaluate), and the inference programs'
@@ -720,8 +753,10 @@ Prediction simulate(const Scenario& s) {
       const int served = s.owners_of_replica(x.replica);
       rp.owners_served = served;
       rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
-      rp.peak_bytes =
-          stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O);
+      rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O,
+                                         i, N, window);
+      rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),
+                                             served, O, i, N, window);
       if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates
         // The received and the sent activation of an evaluation batch and the inference
         // program's activations.

@@ -241,8 +241,8 @@ PartCosts part_costs(const PlanRequest& r, int N, int a, int z) {
   };
   const int K = r.owners, O = r.owner_ranks;
   const int inflight = planned_in_flight(K, N, inflight_window);
-  c.memory = [&p, K, O, inflight](int, int b, int e) {
-    return stage_memory_bytes(p, b, e, K, inflight, O);
+  c.memory = [&p, K, O, N, inflight, inflight_window](int i, int b, int e) {
+    return stage_memory_bytes(p, b, e, K, inflight, O, i, N, inflight_window);
   };
   for (int i = 0; i < N; ++i) c.limit.push_back(node_of(r, i).memory);
   return c;

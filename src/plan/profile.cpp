@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "mpsl/core/error.hpp"
@@ -207,6 +208,11 @@ int64_t Profile::activation_bytes(int b, int e) const {
   for (int u = b; u < e; ++u) s += units[u].activation_bytes;
   return s;
 }
+int64_t Profile::slot_first_use_bytes(int b, int e) const {
+  int64_t s = units[b].slot_input_bytes;
+  for (int u = b + 1; u < e; ++u) s += units[u].joined_slot_bytes;
+  return std::max<int64_t>(s, 0);
+}
 int64_t Profile::work_bytes(int b, int e) const {
   return work_bytes({{b, e}});
 }
@@ -215,9 +221,10 @@ int64_t Profile::work_bytes(const std::vector<std::pair<int, int>>& ranges) cons
   for (const auto& [b, e] : ranges)
     for (int u = b; u < e; ++u) {
       own += units[u].work_bytes - units[u].shared_work_bytes;
+      if (u > b) own -= units[u].joined_work_saving_bytes;
       shared = std::max(shared, units[u].shared_work_bytes);
     }
-  return own + shared;
+  return std::max<int64_t>(own, 0) + shared;
 }
 
 Profile Profile::scaled(const Device& d) const {
@@ -258,7 +265,10 @@ nlohmann::json Profile::to_json() const {
                   {"buffer_bytes", u.buffer_bytes},
                   {"activation_bytes", u.activation_bytes},
                   {"work_bytes", u.work_bytes},
-                  {"shared_work_bytes", u.shared_work_bytes}});
+                  {"shared_work_bytes", u.shared_work_bytes},
+                  {"joined_work_saving_bytes", u.joined_work_saving_bytes},
+                  {"slot_input_bytes", u.slot_input_bytes},
+                  {"joined_slot_bytes", u.joined_slot_bytes}});
   return {{"format", "mpsl-profile"},
           {"format_version", 1},
           {"mpsl_version", MPSL_VERSION},
@@ -326,6 +336,9 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
       x.activation_bytes = u.value("activation_bytes", int64_t{0});
       x.work_bytes = u.value("work_bytes", int64_t{0});
       x.shared_work_bytes = u.value("shared_work_bytes", int64_t{0});
+      x.joined_work_saving_bytes = u.value("joined_work_saving_bytes", int64_t{0});
+      x.slot_input_bytes = u.value("slot_input_bytes", int64_t{0});
+      x.joined_slot_bytes = u.value("joined_slot_bytes", int64_t{0});
       MPSL_INPUT_CHECK(x.forward_s >= 0 && x.backward_s >= 0 && x.output_bytes >= 0 &&
                            x.param_bytes >= 0 && x.shared_work_bytes >= 0 &&
                            x.shared_work_bytes <= x.work_bytes,
@@ -363,6 +376,52 @@ void Profile::write(const std::string& path) const {
   });
 }
 
+namespace {
+
+// One instance of units [b, e) as a part, as a stage would hold it: its program, a slot, and
+// one forward and backward. build() returns the heap growth of the program and of the first
+// step (work) and sets `activation` to the slot's.
+struct PartInstance {
+  std::optional<nn::PartState> state;
+  std::unique_ptr<nn::PartProgram> prog;
+  std::unique_ptr<nn::PartSlot> slot;
+
+  int64_t build(const nn::Model& model, int b, int e, int64_t mb, uint64_t seed,
+                int64_t& activation, int64_t& slot_lazy) {
+    nn::Shape in = model.input_shape(mb);
+    for (int u = 0; u < b; ++u) in = model.unit(u).output_shape(in);
+    nn::Shape out = in;
+    for (int u = b; u < e; ++u) out = model.unit(u).output_shape(out);
+    std::vector<float> input(in.elements()), output(out.elements(), 1e-3f), diff_in(in.elements());
+    Rng rng(seed, 77);
+    for (auto& v : input) v = rng.uniform() - 0.5f;
+    const nn::StepInfo info{seed, 0, 0, true, 0};
+    state.emplace(model, b, e);
+    state->initialise(model, seed);
+    const int64_t h0 = obs::heap_in_use_bytes();
+    prog = std::make_unique<nn::PartProgram>(model, b, e, mb, b > 0, true);
+    state->adopt_formats(*prog);
+    const int64_t h1 = obs::heap_in_use_bytes();
+    slot = prog->make_slot();
+    const int64_t h2 = obs::heap_in_use_bytes();
+    prog->forward(*slot, *state, input.data(), output.data(), info);
+    prog->backward(*slot, *state, output.data(), b > 0 ? diff_in.data() : nullptr, info, false);
+    const int64_t h3 = obs::heap_in_use_bytes();
+    // A slot also allocates on its first use (a layer's copy of its input in the layout it
+    // wants): a second slot's first step shows that part, which every slot in flight holds.
+    auto second = prog->make_slot();
+    const int64_t h4 = obs::heap_in_use_bytes();
+    prog->forward(*second, *state, input.data(), output.data(), info);
+    prog->backward(*second, *state, output.data(), b > 0 ? diff_in.data() : nullptr, info, false);
+    const int64_t h5 = obs::heap_in_use_bytes();
+    activation = std::max<int64_t>(0, h2 - h1);
+    slot_lazy = std::max<int64_t>(0, h5 - h4);
+    return std::max<int64_t>(0, (h1 - h0) + (h3 - h2) - slot_lazy);
+  }
+};
+
+}  // namespace
+
 // ---- measuring ------------------------------------------------------------------------------
 
 Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
@@ -399,44 +458,29 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
     x.param_bytes = l.param_count * 4;
     x.optimizer_bytes = 2 * l.param_count * 4;
     x.buffer_bytes = l.buffer_count * 4;
+    // A second instance built while the first lives grows the heap only by what it does not
+    // share with it: the difference is the shared scratchpad (zero where oneDNN gives every
+    // primitive its own).
     {
-      std::vector<float> input(in.elements()), output(out.elements(), 1e-3f),
-          diff_in(in.elements());
-      Rng rng(s.seed, 77);
-      for (auto& v : input) v = rng.uniform() - 0.5f;
-      const nn::StepInfo info{s.seed, 0, 0, true, 0};
-      // One instance of the unit: its program, a slot, one forward and backward. Measures the
-      // heap growth of the program and of the first step (work) and of the slot (activation).
-      struct Instance {
-        nn::PartState state;
-        std::unique_ptr<nn::PartProgram> prog;
-        std::unique_ptr<nn::PartSlot> slot;
-      };
-      auto instance = [&](Instance& i, int64_t& work, int64_t& activation) {
-        i.state.initialise(model, s.seed);
-        const int64_t h0 = obs::heap_in_use_bytes();
-        i.prog = std::make_unique<nn::PartProgram>(model, u, u + 1, mb, u > 0, true);
-        i.state.adopt_formats(*i.prog);
-        const int64_t h1 = obs::heap_in_use_bytes();
-        i.slot = i.prog->make_slot();
-        const int64_t h2 = obs::heap_in_use_bytes();
-        i.prog->forward(*i.slot, i.state, input.data(), output.data(), info);
-        i.prog->backward(*i.slot, i.state, output.data(), u > 0 ? diff_in.data() : nullptr, info,
-                         false);
-        const int64_t h3 = obs::heap_in_use_bytes();
-        activation = std::max<int64_t>(0, h2 - h1);
-        work = std::max<int64_t>(0, (h1 - h0) + (h3 - h2));
-      };
-      // A second instance built while the first lives grows the heap only by what it does not
-      // share with it: the difference is the shared scratchpad (zero where oneDNN gives every
-      // primitive its own).
-      Instance first{nn::PartState(model, u, u + 1), nullptr, nullptr};
-      Instance second{nn::PartState(model, u, u + 1), nullptr, nullptr};
-      int64_t first_work = 0, second_work = 0, second_activation = 0;
-      instance(first, first_work, x.activation_bytes);
-      instance(second, second_work, second_activation);
+      PartInstance first, second;
+      int64_t second_activation = 0, second_lazy = 0;
+      const int64_t first_work =
+          first.build(model, u, u + 1, mb, s.seed, x.activation_bytes, x.slot_input_bytes);
+      const int64_t second_work =
+          second.build(model, u, u + 1, mb, s.seed, second_activation, second_lazy);
       x.work_bytes = first_work;
       x.shared_work_bytes = std::clamp<int64_t>(first_work - second_work, 0, first_work);
+    }
+    if (u > 0) {
+      // Units u-1 and u as one part: what joining them saves (conversions at the cut).
+      const UnitProfile& prev = p.units.back();
+      PartInstance pair;
+      int64_t activation = 0, lazy = 0;
+      const int64_t pair_work = pair.build(model, u - 1, u + 1, mb, s.seed, activation, lazy);
+      x.joined_slot_bytes = lazy - prev.slot_input_bytes;
+      const int64_t shared = std::max(prev.shared_work_bytes, x.shared_work_bytes);
+      x.joined_work_saving_bytes = (prev.work_bytes - prev.shared_work_bytes) +
+                                   (x.work_bytes - x.shared_work_bytes) - (pair_work - shared);
     }
     p.units.push_back(x);
     in = out;

@@ -989,13 +989,16 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   // One rank_summary per rank (memory and times), gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
-  constexpr int kFields = 6;
+  constexpr int kFields = 9;
   double mine[kFields] = {static_cast<double>(obs::peak_rss_bytes()),
                           times.busy_s,
                           times.wait_s,
                           times.comm_s,
                           owner_rank ? 0.0 : 1.0,
-                          static_cast<double>(obs::tracked_peak_bytes())};
+                          static_cast<double>(obs::tracked_peak_bytes()),
+                          static_cast<double>(runtime->mailbox().receive_buffer_bytes()),
+                          static_cast<double>(runtime->mailbox().send_pool_bytes()),
+                          static_cast<double>(runtime->max_in_flight())};
   if (rank != 0) comm::audit_message("rank-summary", 0, sizeof mine, true);
   if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   std::vector<double> all(kFields * topo.world_size);
@@ -1011,13 +1014,20 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                      {"stage", v[4] > 0.5 ? topo.stage_of_rank(r) + 1 : 0},
                      {"peak_rss_bytes", static_cast<int64_t>(v[0])},
                      {"tracked_peak_bytes", static_cast<int64_t>(v[5])},
+                     {"receive_buffer_bytes", static_cast<int64_t>(v[6])},
+                     {"send_pool_bytes", static_cast<int64_t>(v[7])},
+                     {"max_in_flight", static_cast<int>(v[8])},
                      {"busy_s", v[1]},
                      {"wait_s", v[2]},
                      {"comm_s", v[3]},
                      {"predicted_peak_bytes",
                       has ? nlohmann::json(pred.ranks[r].peak_bytes) : nlohmann::json(nullptr)},
                      {"predicted_busy_s",
-                      has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)}});
+                      has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)},
+                     {"predicted_receive_buffer_bytes",
+                      has ? nlohmann::json(pred.ranks[r].receive_bytes) : nlohmann::json(nullptr)},
+                     {"predicted_max_in_flight",
+                      has ? nlohmann::json(pred.ranks[r].max_in_flight) : nlohmann::json(nullptr)}});
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }

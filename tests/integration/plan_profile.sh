@@ -16,6 +16,9 @@ assert p['format'] == 'mpsl-profile' and len(p['units']) == 9, p.keys()
 u = p['units'][1]
 assert u['forward_s'] > 0 and u['backward_s'] > 0 and u['output_bytes'] == 16 * 32 * 28 * 28 * 4
 assert u['param_bytes'] == (32 * 9 * 32 + 32) * 4 and u['optimizer_bytes'] == 2 * u['param_bytes']
+# A convolution starting a part copies its plain input into its own layout in every slot.
+assert u['slot_input_bytes'] >= 16 * 32 * 28 * 28 * 4, u
+assert all('joined_work_saving_bytes' in x and 'joined_slot_bytes' in x for x in p['units'])
 " "$T/p.json"; then
   pass "profile writes per-unit times and bytes"
 else
@@ -95,11 +98,39 @@ assert len(ranks) == 3
 for r in ranks:
     assert r['predicted_peak_bytes'] > 0 and r['peak_rss_bytes'] > 0, r
     assert 0 < r['tracked_peak_bytes'] <= 2 * r['peak_rss_bytes'], r
+    # The cost model posts the same receive buffers as the runtime.
+    assert r['predicted_receive_buffer_bytes'] == r['receive_buffer_bytes'] > 0, r
+    assert r['max_in_flight'] >= 1 and r['predicted_max_in_flight'] >= 1, r
 " "$T/m.jsonl" "$SPLIT"; then
   pass "train --plan uses the plan's split; metrics carry predictions next to measurements"
 else
   fail "train --plan metrics"
 fi
+
+# The receive buffers of other layouts: one stage (the owner rank is both neighbours), and
+# 1F1B with 3 owners on 2 owner ranks (depth per owner rank), each as the runtime posts them.
+timeout 120 "$MPSL" profile --model fmnist-cnn --batch 16 --micro-batches 2 --repeats 1 --threads 1 \
+  --quiet --output "$T/p2.json" || fail "profile with 2 micro-batches"
+check_receive() {
+  local name=$1 ranks=$2
+  shift 2
+  if mpsl_run "$ranks" train --model fmnist-cnn --synthetic --synthetic-count 256 --batch 16 \
+    --batches-per-epoch 2 --threads 1 --rounds 1 --quiet --metrics "$T/r.jsonl" "$@" > /dev/null &&
+    $PY -c "
+import json, sys
+ranks = [json.loads(l) for l in open(sys.argv[1]) if '\"rank_summary\"' in l]
+assert len(ranks) == int(sys.argv[2]), ranks
+for r in ranks:
+    assert r['predicted_receive_buffer_bytes'] == r['receive_buffer_bytes'] > 0, r
+" "$T/r.jsonl" "$ranks"; then
+    pass "predicted receive buffers == the runtime's: $name"
+  else
+    fail "receive buffers: $name"
+  fi
+}
+check_receive "1 stage, 4 owners" 2 --owners 4 --stages 1 --profile "$T/p.json"
+check_receive "1F1B M=2, 3 owners on 2 owner ranks, 2 stages" 4 --owners 3 --stages 2 \
+  --schedule 1f1b --micro-batches 2 --profile "$T/p2.json"
 
 mpsl_run 3 train --model lenet5 --synthetic --synthetic-count 256 --batch 16 --threads 1 \
   --plan "$T/plan.json" --max-steps 1 > /dev/null 2> "$T/err"

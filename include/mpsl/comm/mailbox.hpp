@@ -101,6 +101,10 @@ class Mailbox {
   void flush();
 
   const MailboxStats& stats() const { return stats_; }
+  // Bytes held in receive buffers and in the send pool (which grows to the most sends in
+  // transfer at once): what the mailbox adds to the rank's memory.
+  int64_t receive_buffer_bytes() const;
+  int64_t send_pool_bytes() const;
   // Says what this rank waits for and from whom, for the stall watchdog and the termination
   // report (comm/watchdog.hpp); called only when a wait has lasted a while.
   void set_describer(std::function<std::string()> describe) { describe_ = std::move(describe); }

@@ -111,6 +111,8 @@ class RankRuntime {
   virtual emulate::EmulationStats emulation_stats() const = 0;
   virtual const comm::Mailbox& mailbox() const = 0;
   virtual const char* role() const = 0;
+  // The most micro-batches this rank held activations for at once (its slots).
+  virtual int max_in_flight() const = 0;
 };
 
 // Builds the runtime for this rank. `train` is the training set (owner ranks only).

@@ -52,6 +52,17 @@ struct UnitProfile {
   // The part of work_bytes that every unit of a process shares rather than adds: oneDNN's
   // library scratchpad is one buffer per thread, as large as the largest primitive needs.
   int64_t shared_work_bytes = 0;
+  // What a part saves when this unit runs inside it after the previous unit instead of
+  // starting it: the layout conversions and gradient buffers at a cut that a part does not
+  // have. Measured as work(u-1) + work(u) - work(both as one part), shared scratchpad aside;
+  // 0 for unit 0 and in profiles written before it existed.
+  int64_t joined_work_saving_bytes = 0;
+  // What each slot allocates on its first step when this unit starts a part (a copy of the
+  // part's input in the layout the unit wants), and what joining it after the previous unit
+  // adds to a part's slots (a conversion at a layout change inside the part). Both 0 in
+  // profiles written before they existed (their work_bytes counted them once).
+  int64_t slot_input_bytes = 0;
+  int64_t joined_slot_bytes = 0;
   int64_t copy_bytes() const { return param_bytes + optimizer_bytes + buffer_bytes; }
 };
 
@@ -91,6 +102,8 @@ struct Profile {
   // Working memory of a process holding units [b, e) (or several such ranges, as an owner
   // holds parts 1 and P): the units' own work plus the largest shared scratchpad.
   int64_t work_bytes(int b, int e) const;
+  // What a slot of part [b, e) allocates on its first step, beyond activation_bytes.
+  int64_t slot_first_use_bytes(int b, int e) const;
   int64_t work_bytes(const std::vector<std::pair<int, int>>& ranges) const;
   // Bytes of one micro-batch crossing a cut before unit u (u = 0: the model input).
   int64_t cut_bytes(int u) const { return u == 0 ? input_bytes : units[u - 1].output_bytes; }
