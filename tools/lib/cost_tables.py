@@ -69,7 +69,7 @@ def grid(paths):
             if peak:
                 mem.append((start["model"], start["schedule"], start["stages"], start["owners"],
                             e["rank"], e["role"], e["peak_rss_bytes"], e["tracked_peak_bytes"],
-                            peak))
+                            peak, e.get("max_in_flight"), e.get("predicted_max_in_flight")))
     rows.sort()
     print("\n## Round time: predicted vs measured (median of rounds 2..R)\n")
     probed = all(r[7] is not None for r in rows)
@@ -102,12 +102,16 @@ def grid(paths):
             summary("at run speed", lambda r: (r[7] - r[4]) / r[4])
     mem.sort()
     print("\n## Peak memory per rank: predicted vs measured (peak RSS)\n")
-    print("| model | schedule | N | K | rank | role | peak RSS MiB | tracked MiB | predicted MiB | error |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    # In flight: the most batches (micro-batches with 1f1b) the rank held activations for at
+    # once, measured / simulated (metrics from before they were reported show '-').
+    print("| model | schedule | N | K | rank | role | peak RSS MiB | tracked MiB | predicted MiB | "
+          "error | in flight |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for m in mem:
         err = (m[8] - m[6]) / m[6]
+        flight = f"{m[9]}/{m[10]}" if m[9] is not None and m[10] is not None else "-"
         print(f"| {m[0]} | {m[1]} | {m[2]} | {m[3]} | {m[4]} | {m[5]} | {mib(m[6]):.0f} | "
-              f"{mib(m[7]):.0f} | {mib(m[8]):.0f} | {100 * err:+.1f}% |")
+              f"{mib(m[7]):.0f} | {mib(m[8]):.0f} | {100 * err:+.1f}% | {flight} |")
     if mem:
         errs = [abs((m[8] - m[6]) / m[6]) for m in mem]
         within = sum(e <= 0.10 for e in errs)
