@@ -122,7 +122,7 @@ double stage_backward_s(const Scenario& s, int i) {
 
 int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_ranks, int stage,
                             int stages, int window) {
-  // As StageRuntime (multihop.cpp) posts them: per peer, max(owners behind it * window, 16) + 1
+  // As StageRuntime (multihop.cpp) posts them: per peer, min(owners behind it * window, 16) + 1
   // buffers, as large as the largest message from it. The owners are spread over the owner
   // ranks as evenly as the runtime spreads them.
   const int ranks = std::max(1, std::min(owner_ranks, owners));

@@ -380,7 +380,8 @@ namespace {
 
 // One instance of units [b, e) as a part, as a stage would hold it: its program, a slot, and
 // one forward and backward. build() returns the heap growth of the program and of the first
-// step (work) and sets `activation` to the slot's.
+// step (work), sets `activation` to what making a slot allocates and `slot_lazy` to what a
+// slot allocates on its first step (measured on a second slot, and left out of the work).
 struct PartInstance {
   std::optional<nn::PartState> state;
   std::unique_ptr<nn::PartProgram> prog;
