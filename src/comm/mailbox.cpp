@@ -222,15 +222,36 @@ bool Mailbox::progress() {
   post_due_sends();
   const auto t = Clock::now();
   bool any = false;
-  std::vector<int> arrived;
-  for (size_t i = 0; i < recvs_.size(); ++i) {
-    Recv& r = *recvs_[i];
-    if (r.completed || r.request == MPI_REQUEST_NULL) continue;
-    int done = 0;
-    MPSL_MPI_CHECK(MPI_Test(&r.request, &done, &r.status));
-    if (done) {
-      r.completed = true;
-      arrived.push_back(static_cast<int>(i));
+  // One MPI_Testsome per kind rather than an MPI_Test per request: every MPI call drives
+  // Open MPI's progress engine, which on an oversubscribed host (more ranks than cores) yields
+  // the core whenever it finds nothing to do, so testing 40 requests one by one gave the core
+  // away 40 times per poll (0.2 s per round of a 4-rank 1F1B job on 2 cores).
+  std::vector<int>& arrived = t_arrived_;
+  arrived.clear();
+  {
+    std::vector<int>& index = t_index_;
+    index.clear();
+    for (size_t i = 0; i < recvs_.size(); ++i)
+      if (!recvs_[i]->completed && recvs_[i]->request != MPI_REQUEST_NULL)
+        index.push_back(static_cast<int>(i));
+    if (!index.empty()) {
+      std::vector<MPI_Request>& requests = t_requests_;
+      requests.resize(index.size());
+      for (size_t j = 0; j < index.size(); ++j) requests[j] = recvs_[index[j]]->request;
+      std::vector<int>& done = t_done_;
+      done.resize(index.size());
+      std::vector<MPI_Status>& statuses = t_statuses_;
+      statuses.resize(index.size());
+      int count = 0;
+      MPSL_MPI_CHECK(MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count,
+                                  done.data(), statuses.data()));
+      for (int c = 0; c < (count == MPI_UNDEFINED ? 0 : count); ++c) {
+        Recv& r = *recvs_[index[done[c]]];
+        r.request = MPI_REQUEST_NULL;
+        r.status = statuses[c];
+        r.completed = true;
+        arrived.push_back(index[done[c]]);
+      }
     }
   }
   // MPI matches a peer's messages to its receives in posting order, but may report them
@@ -257,13 +278,26 @@ bool Mailbox::progress() {
       any = true;
     }
   }
-  for (auto& s : sends_) {
-    if (s->request == MPI_REQUEST_NULL) continue;
-    int done = 0;
-    MPSL_MPI_CHECK(MPI_Test(&s->request, &done, MPI_STATUS_IGNORE));
-    if (done) {
-      s->busy = false;
-      any = true;
+  {
+    std::vector<Send*>& pending = t_sends_;
+    pending.clear();
+    for (auto& s : sends_)
+      if (s->request != MPI_REQUEST_NULL) pending.push_back(s.get());
+    if (!pending.empty()) {
+      std::vector<MPI_Request>& requests = t_requests_;
+      requests.resize(pending.size());
+      for (size_t j = 0; j < pending.size(); ++j) requests[j] = pending[j]->request;
+      std::vector<int>& done = t_done_;
+      done.resize(pending.size());
+      int count = 0;
+      MPSL_MPI_CHECK(MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count,
+                                  done.data(), MPI_STATUSES_IGNORE));
+      for (int c = 0; c < (count == MPI_UNDEFINED ? 0 : count); ++c) {
+        Send& s = *pending[done[c]];
+        s.request = MPI_REQUEST_NULL;
+        s.busy = false;
+        any = true;
+      }
     }
   }
   stats_.comm_seconds += since(t);

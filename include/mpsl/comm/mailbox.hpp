@@ -146,6 +146,11 @@ class Mailbox {
   int max_sleep_us_ = 200;  // MPSL_POLL_SLEEP_US overrides
   int spin_polls_ = 5;      // polls before the first sleep (spinning steals cores); MPSL_POLL_SPIN
   bool progress();          // tests all requests; true when something completed
+  // progress()'s scratch, kept to allocate nothing per poll.
+  std::vector<int> t_arrived_, t_index_, t_done_;
+  std::vector<MPI_Request> t_requests_;
+  std::vector<MPI_Status> t_statuses_;
+  std::vector<Send*> t_sends_;
 
   MPI_Comm comm_;
   std::vector<std::unique_ptr<Recv>> recvs_;
