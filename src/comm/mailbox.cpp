@@ -225,7 +225,8 @@ bool Mailbox::progress() {
   // One MPI_Testsome per kind rather than an MPI_Test per request: every MPI call drives
   // Open MPI's progress engine, which on an oversubscribed host (more ranks than cores) yields
   // the core whenever it finds nothing to do, so testing 40 requests one by one gave the core
-  // away 40 times per poll (0.2 s per round of a 4-rank 1F1B job on 2 cores).
+  // away up to 40 times per poll (4 ranks on 2 cores, 1F1B: the owner rank's time in MPI fell
+  // from 0.24 to 0.21 s per round, stage 1's from 0.11 to 0.08 s).
   std::vector<int>& arrived = t_arrived_;
   arrived.clear();
   {
