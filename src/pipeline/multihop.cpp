@@ -243,7 +243,7 @@ class OwnerRuntime : public RankRuntime {
       if (served == 0) continue;
       const int last_stage = t_.rank_of_stage(t_.stages - 1, h);
       const int first_stage = t_.rank_of_stage(0, h);
-      const int depth = std::min<int>(served * window_, 16) + 1;
+      const int depth = comm::receive_depth(served, window_);
       if (first_stage == last_stage) {
         mailbox_.listen(first_stage, std::max(out_floats, grad_floats), 2 * depth);
       } else {
@@ -957,7 +957,7 @@ class StageRuntime : public RankRuntime {
     auto depth_for = [&](int peer) {
       const int owners_behind =
           peer < t_.owner_ranks ? mine_on(peer) : static_cast<int>(mine_.size());
-      return std::min(owners_behind * window, 16) + 1;
+      return comm::receive_depth(owners_behind, window);
     };
     std::map<int, int64_t> size;
     std::map<int, int> depth;

@@ -8,6 +8,7 @@
 #include <queue>
 #include <tuple>
 
+#include "mpsl/comm/mailbox.hpp"
 #include "mpsl/core/error.hpp"
 
 namespace mpsl::plan {
@@ -32,11 +33,6 @@ int64_t part_activation_bytes(const Profile& p, int b, int e) {
   int64_t s = p.activation_bytes(b, e);
   for (int u = b + 1; u < e; ++u) s -= p.cut_bytes(u);
   return std::max<int64_t>(s, 0) + p.slot_first_use_bytes(b, e);
-}
-
-// Receive buffers a rank posts for a peer (multihop.cpp: depth min(owners * window, 16) + 1).
-int64_t mailbox_depth(int owners_behind, int window) {
-  return std::min(owners_behind * window, 16) + 1;
 }
 
 }  // namespace
@@ -129,13 +125,13 @@ int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_r
   int64_t bytes = 0;
   for (int r = 0; r < ranks; ++r) {
     const int on_rank = owners / ranks + (r < owners % ranks ? 1 : 0);
-    const int64_t d = mailbox_depth(on_rank, window);
+    const int64_t d = comm::receive_depth(on_rank, window);
     if (stages == 1)
       bytes += 2 * d * std::max(in_b, out_b);  // the owner rank is both neighbours
     else
       bytes += d * ((stage == 0 ? in_b : 0) + (stage == stages - 1 ? out_b : 0));
   }
-  const int64_t d = mailbox_depth(owners, window);
+  const int64_t d = comm::receive_depth(owners, window);
   if (stage > 0) bytes += d * in_b;
   if (stage < stages - 1) bytes += d * out_b;
   return bytes;
@@ -712,7 +708,7 @@ Prediction simulate(const Scenario& s) {
       for (int h = 0; h < H; ++h) {
         int served = 0;
         for (int k : x.owners) served += s.replica_of(k) == h ? 1 : 0;
-        if (served > 0) depth += mailbox_depth(served, window);
+        if (served > 0) depth += comm::receive_depth(served, window);
       }
       // With one stage it sends both the activations and the gradients, so each buffer is as
       // large as the larger (multihop.cpp OwnerRuntime).

@@ -7,6 +7,7 @@
 // of spinning a core, which matters when ranks outnumber cores.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -56,6 +57,14 @@ struct Envelope {
   int micro = 0;   // micro-batch index within the owner's batch
   int source = 0;  // sending rank
 };
+
+// How many receives a rank posts for a peer that carries the traffic of `owners_behind` owners
+// with up to `window` micro-batches each in flight: one per message that can be on its way, at
+// most 16, plus one. The runtimes (pipeline/multihop.cpp) post this many and the cost model
+// (plan/cost.cpp) counts them.
+inline int receive_depth(int owners_behind, int window) {
+  return std::min(owners_behind * window, 16) + 1;
+}
 
 struct MailboxStats {
   double wait_seconds = 0;  // blocked in wait() with nothing to do
