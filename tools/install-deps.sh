@@ -14,6 +14,7 @@ packages=(
   zlib1g-dev nlohmann-json3-dev
   dataset-fashion-mnist
   python3-h5py python3-numpy python3-matplotlib
+  clang-format
   slurmctld slurmd slurm-client munge
 )
 

@@ -20,7 +20,9 @@ void audit_message(const char* kind, int peer, int64_t bytes, bool outgoing) {
   records().push_back({kind, peer, bytes, outgoing});
 }
 
-const std::vector<AuditRecord>& audit_records() { return records(); }
+const std::vector<AuditRecord>& audit_records() {
+  return records();
+}
 
 void write_audit(const std::string& dir, int rank, const std::string& role) {
   std::error_code ec;
@@ -29,9 +31,9 @@ void write_audit(const std::string& dir, int rank, const std::string& role) {
   std::ofstream out(path);
   if (!out) throw InputError("--audit-dir: cannot write " + path);
   for (const auto& r : records()) {
-    out << nlohmann::json{{"rank", rank},         {"role", role},
-                          {"kind", r.kind},       {"peer", r.peer},
-                          {"bytes", r.bytes},     {"direction", r.outgoing ? "out" : "in"}}
+    out << nlohmann::json{{"rank", rank},     {"role", role},
+                          {"kind", r.kind},   {"peer", r.peer},
+                          {"bytes", r.bytes}, {"direction", r.outgoing ? "out" : "in"}}
                .dump()
         << "\n";
   }

@@ -100,8 +100,8 @@ std::pair<int, int> index_range(const std::string& key, int count, const std::st
 }
 
 std::vector<Device> section(const json& root, const char* name, int count,
-                            const std::map<std::string, Device>& classes,
-                            const std::string& path, const std::string& what) {
+                            const std::map<std::string, Device>& classes, const std::string& path,
+                            const std::string& what) {
   std::vector<Device> out(static_cast<size_t>(count));
   if (!root.contains(name)) return out;
   const json& s = root.at(name);

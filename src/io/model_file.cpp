@@ -121,7 +121,6 @@ LoadedModel load_model(const std::string& path) {
   return m;
 }
 
-
 void check_initial_model(const std::string& path, const nn::Model& model) {
   std::string name;
   try {

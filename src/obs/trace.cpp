@@ -235,9 +235,9 @@ void Tracer::write(MPI_Comm world, const std::string& path) {
     }
     all.resize(static_cast<size_t>(total) / sizeof(TraceEvent));
   }
-  MPSL_MPI_CHECK(MPI_Gatherv(events_.data(),
-                             static_cast<int>(events_.size() * sizeof(TraceEvent)), MPI_BYTE,
-                             all.data(), bytes.data(), displs.data(), MPI_BYTE, 0, dc.comm));
+  MPSL_MPI_CHECK(MPI_Gatherv(events_.data(), static_cast<int>(events_.size() * sizeof(TraceEvent)),
+                             MPI_BYTE, all.data(), bytes.data(), displs.data(), MPI_BYTE, 0,
+                             dc.comm));
   events_.clear();
   events_.shrink_to_fit();
   if (rank != 0) return;

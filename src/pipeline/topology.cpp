@@ -167,8 +167,8 @@ Topology make_topology(const nn::Model& model, int world_size, int stages, int o
   if (world_size < compute + 1)
     throw InputError("--stages " + std::to_string(stages) +
                      (replicas > 1 ? " x --replicas " + std::to_string(replicas) : std::string()) +
-                     " needs at least " + std::to_string(compute + 1) +
-                     " ranks (one per stage" + (replicas > 1 ? " and replica" : "") +
+                     " needs at least " + std::to_string(compute + 1) + " ranks (one per stage" +
+                     (replicas > 1 ? " and replica" : "") +
                      " plus at least one owner rank), but the job has " +
                      std::to_string(world_size));
   t.owner_ranks = world_size - compute;

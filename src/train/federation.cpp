@@ -85,9 +85,10 @@ StragglerPolicy make_straggler_policy(const cli::TrainOptions& o, bool multihop)
                          "' lists every owner: at least one must finish each round");
   }
   if (p.coordinated()) {
-    MPSL_INPUT_CHECK(multihop, std::string(p.deadline_s > 0 ? "--round-deadline" : "--min-owners-fraction") +
-                                   " needs a multihop run (--stages N); the single-process "
-                                   "simulation takes --late-owners instead");
+    MPSL_INPUT_CHECK(multihop,
+                     std::string(p.deadline_s > 0 ? "--round-deadline" : "--min-owners-fraction") +
+                         " needs a multihop run (--stages N); the single-process "
+                         "simulation takes --late-owners instead");
     MPSL_INPUT_CHECK(o.checkpoint_every_steps == 0 && o.checkpoint_every_seconds == 0,
                      "--checkpoint-every " + o.checkpoint_every_text +
                          " (mid-round checkpoints) cannot be combined with --round-deadline or "

@@ -19,8 +19,8 @@
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
-#include "mpsl/emulate/emulate.hpp"
 #include "mpsl/core/finite.hpp"
+#include "mpsl/emulate/emulate.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/io/output_path.hpp"
 #include "mpsl/nn/zoo.hpp"
@@ -235,11 +235,11 @@ void write_round_owners(obs::MetricsWriter& metrics, int round, double round_sec
                  late = nlohmann::json::array();
   for (const auto& o : owners) {
     (o.late ? late : aggregated).push_back(o.owner);
-    nlohmann::json e = {{"owner", o.owner}, {"steps", o.steps}, {"late", o.late},
-                        {"busy_s", o.busy_s}};
+    nlohmann::json e = {
+        {"owner", o.owner}, {"steps", o.steps}, {"late", o.late}, {"busy_s", o.busy_s}};
     if (o.finished_s >= 0) {
       e["finished_s"] = o.finished_s;
-      e["wait_s"] = std::max(0.0, o.finished_s - o.busy_s);  // waiting for the pipeline
+      e["wait_s"] = std::max(0.0, o.finished_s - o.busy_s);       // waiting for the pipeline
       e["idle_s"] = std::max(0.0, round_seconds - o.finished_s);  // waiting for the others
     } else {
       e["finished_s"] = nullptr;
@@ -400,7 +400,7 @@ std::optional<plan::Profile> load_profile(const TrainOptions& o) {
 struct OwnerProgress {
   double loss_sum = 0;
   int64_t correct = 0, images = 0;
-  int64_t skipped = 0;  // batches skipped for non-finite values in the round
+  int64_t skipped = 0;                  // batches skipped for non-finite values in the round
   uint64_t order_epoch = ~uint64_t{0};  // the global epoch `order` belongs to
   std::vector<int64_t> order;
 };
@@ -529,16 +529,17 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                                buf.images.data(), buf.labels.data());
           if (test_nan_due(0, k, round, s + 1))
             buf.images[0] = std::numeric_limits<float>::quiet_NaN();
-          if (nan_skip) saved_buffers.assign(states[k].buffers.data(),
-                                             states[k].buffers.data() + states[k].buffers.size());
+          if (nan_skip)
+            saved_buffers.assign(states[k].buffers.data(),
+                                 states[k].buffers.data() + states[k].buffers.size());
           const auto t0 = Clock::now();
           obs::Span span(obs::Activity::kStep, k);
           const nn::LossResult r =
               trainer.compute(states[k], buf.images.data(), buf.labels.data(), k);
           // A non-finite loss or gradient: end the run, or skip the batch (no update).
           std::string fault;
-          if (const int64_t i = first_non_finite(buf.images.data(),
-                                                 static_cast<int64_t>(buf.images.size()));
+          if (const int64_t i =
+                  first_non_finite(buf.images.data(), static_cast<int64_t>(buf.images.size()));
               i >= 0)
             fault = "input images (after normalisation; element " + std::to_string(i) + ")";
           else if (!std::isfinite(r.loss_sum))
@@ -552,8 +553,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           const double dt = seconds_since(t0);
           obs::note_heap();
           if (emulator.active())
-            emulate::RankEmulator::sleep_until(
-                emulator.compute(emulate::owner_entity(k), t0, dt));
+            emulate::RankEmulator::sleep_until(emulator.compute(emulate::owner_entity(k), t0, dt));
           if (process_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;
@@ -649,7 +649,8 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
          round_train_seconds, pred.available ? pred.round_s[round - 1] : std::nan(""),
          pred.available ? pred.train_s[round - 1] : std::nan(""), skipped},
         o.rounds, progress, metrics);
-    if (stragglers.active()) write_round_owners(metrics, round, seconds, owner_rounds, stragglers.carry);
+    if (stragglers.active())
+      write_round_owners(metrics, round, seconds, owner_rounds, stragglers.carry);
     step_now = length;
     if (checkpoints.due_round_end(round) || (round == o.rounds && checkpoints.enabled())) {
       obs::Span span(obs::Activity::kCheckpoint);
@@ -865,7 +866,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   settings.seed = common.seed;
   settings.init_model = o.init_model;
   settings.eval_batch = o.eval_batch;
-  if (!o.emulate.empty()) settings.emulation = emulate::load_emulation(o.emulate, o.owners, o.stages);
+  if (!o.emulate.empty())
+    settings.emulation = emulate::load_emulation(o.emulate, o.owners, o.stages);
   settings.stragglers = train::make_straggler_policy(o, true);
   if (!o.trace.empty()) {
     obs::Tracer& tracer = obs::Tracer::instance();
@@ -1026,24 +1028,28 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                       has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)},
                      {"predicted_receive_buffer_bytes",
                       has ? nlohmann::json(pred.ranks[r].receive_bytes) : nlohmann::json(nullptr)},
-                     {"predicted_max_in_flight",
-                      has ? nlohmann::json(pred.ranks[r].max_in_flight) : nlohmann::json(nullptr)}});
+                     {"predicted_max_in_flight", has ? nlohmann::json(pred.ranks[r].max_in_flight)
+                                                     : nlohmann::json(nullptr)}});
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }
   }
   if (settings.emulation.enabled) {
     const emulate::EmulationStats e = runtime->emulation_stats();
-    double v[6] = {e.compute_delay_s, e.transfer_s,  e.link_queue_s, e.aggregation_s,
-                   static_cast<double>(e.messages), static_cast<double>(e.bytes)};
+    double v[6] = {e.compute_delay_s,
+                   e.transfer_s,
+                   e.link_queue_s,
+                   e.aggregation_s,
+                   static_cast<double>(e.messages),
+                   static_cast<double>(e.bytes)};
     std::vector<double> ev(6 * topo.world_size);
     MPSL_MPI_CHECK(MPI_Gather(v, 6, MPI_DOUBLE, ev.data(), 6, MPI_DOUBLE, 0, MPI_COMM_WORLD));
     if (reporter)
       for (int r = 0; r < topo.world_size; ++r) {
         const double* x = &ev[6 * r];
-        write_emulation(metrics, r, topo.is_owner_rank(r) ? "owner" : "stage",
-                        {x[0], x[1], x[2], x[3], static_cast<int64_t>(x[4]),
-                         static_cast<int64_t>(x[5])});
+        write_emulation(
+            metrics, r, topo.is_owner_rank(r) ? "owner" : "stage",
+            {x[0], x[1], x[2], x[3], static_cast<int64_t>(x[4]), static_cast<int64_t>(x[5])});
       }
   }
   if (reporter) {
@@ -1139,7 +1145,7 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   if (!o.checkpoint_dir.empty() && rank == 0) check_checkpoint_dir(o.checkpoint_dir);
   if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
   if (!o.emulate.empty()) emulate::load_emulation(o.emulate, o.owners, topo.stages);  // validates
-  train::make_straggler_policy(o, topo.multihop());                                  // validates
+  train::make_straggler_policy(o, topo.multihop());                                   // validates
   if (o.dry_run) {
     if (rank == 0) dry_run(common, o, *model, topo, profile_ptr, cores);
     return 0;

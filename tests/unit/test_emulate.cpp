@@ -13,7 +13,9 @@ using mpsl::InputError;
 
 namespace {
 
-double secs(em::Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+double secs(em::Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
 
 // The message of the InputError `text` raises (empty when it parses).
 std::string error_of(const std::string& text, int owners = 4, int stages = 2) {
@@ -68,7 +70,8 @@ TEST(Emulation, RefusesBadFilesNamingTheFileAndTheEntry) {
       {R"({"format": "other"})", "format"},
       {R"({"owners": {"default": "pi"}})", "owners.default: unknown device class 'pi'"},
       {R"({"owners": {"2": {"compute_factor": 0.5}}})", "owners.2: 'compute_factor' must be >= 1"},
-      {R"({"owners": {"2": {"compute_factor": "fast"}}})", "owners.2: 'compute_factor' must be a number"},
+      {R"({"owners": {"2": {"compute_factor": "fast"}}})",
+       "owners.2: 'compute_factor' must be a number"},
       {R"({"stages": {"0": {"up_bps": 0}}})", "stages.0: 'up_bps' must be > 0"},
       {R"({"stages": {"0": {"latency_s": -1}}})", "stages.0: 'latency_s' must be >= 0"},
       {R"({"stages": {"0": {"speed": 2}}})", "stages.0: unknown field 'speed'"},
@@ -88,8 +91,8 @@ TEST(Emulation, RefusesBadFilesNamingTheFileAndTheEntry) {
 }
 
 TEST(Emulation, ShippedDeviceFilesParse) {
-  for (const char* f : {"paper-vgg19.json", "paper-resnet101.json",
-                        "paper-vgg19-30owners-half-slow.json"}) {
+  for (const char* f :
+       {"paper-vgg19.json", "paper-resnet101.json", "paper-vgg19-30owners-half-slow.json"}) {
     const em::Emulation e =
         em::load_emulation(std::string(MPSL_SOURCE_DIR) + "/data/devices/" + f, 30, 4);
     EXPECT_DOUBLE_EQ(e.owners[29].up.bps, 8e6) << f;
@@ -102,8 +105,8 @@ TEST(Emulation, ShippedDeviceFilesParse) {
 }
 
 TEST(Emulation, DeviceClocksScaleComputeAndSerialiseWork) {
-  const em::Emulation e = em::parse_emulation(
-      R"({"owners": {"default": {"compute_factor": 3}}})", "dev.json", 2, 1);
+  const em::Emulation e =
+      em::parse_emulation(R"({"owners": {"default": {"compute_factor": 3}}})", "dev.json", 2, 1);
   em::RankEmulator r(&e);
   const auto t0 = em::Clock::now();
   const auto end1 = r.compute(em::owner_entity(0), t0, 0.1);

@@ -47,18 +47,18 @@ struct TrainOptions {
   float alpha = 0.5f;
   // stages
   int stages = 0;
-  int replicas = 1;   // copies of the stage pipeline (horizontal scaling)
+  int replicas = 1;           // copies of the stage pipeline (horizontal scaling)
   std::string replica_speed;  // "s1,...,sH": owners spread in proportion (default k mod H)
-  std::string split;  // "i,j,..." unit indices
-  std::string plan;   // plan file
-  std::string profile;  // profile file (predictions); a plan carries its own
+  std::string split;          // "i,j,..." unit indices
+  std::string plan;           // plan file
+  std::string profile;        // profile file (predictions); a plan carries its own
   // schedule
   std::string schedule = "mpsl";  // mpsl | 1f1b
   int micro_batches = 1;
   std::string optimizer_state = "reset";  // reset | average | keep (at aggregation)
   // stragglers (README "Stragglers"): when a round may end before every owner has finished
-  float round_deadline = 0;       // seconds from the round's start; 0 = none
-  float min_owners_fraction = 0;  // the round needs this fraction of owners finished; 0 = none
+  float round_deadline = 0;          // seconds from the round's start; 0 = none
+  float min_owners_fraction = 0;     // the round needs this fraction of owners finished; 0 = none
   std::string late_policy = "drop";  // drop | carry: what happens to late owners' updates
   std::string late_owners;           // "K,K,...": owners treated as late in every round
   // state
@@ -103,7 +103,7 @@ struct ProfileOptions {
   std::string model;
   int batch = 128;
   int micro_batches = 1;
-  int repeats = 5;  // timed steps (medians); 0 = bytes only
+  int repeats = 5;       // timed steps (medians); 0 = bytes only
   int concurrency = -1;  // measure placement with up to N processes (-1: cores + 2; 0: not)
   std::string output;
   std::string device;  // --device SPEC: describe another device (plan/profile.hpp)

@@ -11,11 +11,11 @@ namespace mpsl::data {
 // A whole dataset in memory: uint8 images in NCHW order and one uint8 label per image.
 struct Dataset {
   int64_t count = 0, channels = 0, height = 0, width = 0;
-  std::vector<uint8_t> images;          // count * channels * height * width
-  std::vector<uint8_t> labels;          // count
+  std::vector<uint8_t> images;           // count * channels * height * width
+  std::vector<uint8_t> labels;           // count
   std::vector<std::string> class_names;  // one per class
-  std::vector<float> mean, std;         // per channel, of pixel / 255 (for normalisation)
-  std::string source;                   // e.g. "fashion-mnist train"
+  std::vector<float> mean, std;          // per channel, of pixel / 255 (for normalisation)
+  std::string source;                    // e.g. "fashion-mnist train"
 
   int64_t image_size() const { return channels * height * width; }
   int num_classes() const { return static_cast<int>(class_names.size()); }
@@ -46,8 +46,8 @@ void write_dataset_h5(const std::string& path, const Dataset& ds);
 Dataset read_dataset_h5(const std::string& path);
 
 // A synthetic dataset of random images and labels (for benchmarks), deterministic in seed.
-Dataset make_synthetic(int64_t count, int64_t channels, int64_t height, int64_t width,
-                       int classes, uint64_t seed);
+Dataset make_synthetic(int64_t count, int64_t channels, int64_t height, int64_t width, int classes,
+                       uint64_t seed);
 
 // Converts images [first index list] into a normalised float batch, NCHW:
 // out[i] = (pixel/255 - mean[c]) / std[c]. labels_out receives int32 labels.

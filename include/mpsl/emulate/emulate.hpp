@@ -55,24 +55,29 @@ struct Emulation {
 Emulation load_emulation(const std::string& path, int owners, int stages);
 
 // Parses the file's text (for tests); `path` only names it in messages.
-Emulation parse_emulation(const std::string& text, const std::string& path, int owners,
-                          int stages);
+Emulation parse_emulation(const std::string& text, const std::string& path, int owners, int stages);
 
 // One emulated device: owner k or stage s.
 struct Entity {
   bool stage = false;
   int index = 0;
-  bool operator<(const Entity& o) const { return std::pair(stage, index) < std::pair(o.stage, o.index); }
+  bool operator<(const Entity& o) const {
+    return std::pair(stage, index) < std::pair(o.stage, o.index);
+  }
 };
-inline Entity owner_entity(int k) { return {false, k}; }
-inline Entity stage_entity(int s) { return {true, s}; }
+inline Entity owner_entity(int k) {
+  return {false, k};
+}
+inline Entity stage_entity(int s) {
+  return {true, s};
+}
 
 struct EmulationStats {
-  double compute_delay_s = 0;    // sum over spans of (factor - 1) * measured
-  double transfer_s = 0;         // sum over messages of bytes / bandwidth + latency
-  double link_queue_s = 0;       // time messages waited for a busy link
-  double aggregation_s = 0;      // emulated FedAvg upload + download waits
-  int64_t messages = 0;          // messages that went through an emulated link
+  double compute_delay_s = 0;  // sum over spans of (factor - 1) * measured
+  double transfer_s = 0;       // sum over messages of bytes / bandwidth + latency
+  double link_queue_s = 0;     // time messages waited for a busy link
+  double aggregation_s = 0;    // emulated FedAvg upload + download waits
+  int64_t messages = 0;        // messages that went through an emulated link
   int64_t bytes = 0;
 };
 

@@ -37,9 +37,9 @@ struct FederationPlan {
 // When a round may end before every owner has finished, and what happens to the late owners
 // (--round-deadline, --min-owners-fraction, --late-policy, --late-owners; README "Stragglers").
 struct StragglerPolicy {
-  double deadline_s = 0;    // 0 = none
-  double min_fraction = 0;  // 0 = none
-  bool carry = false;       // late updates: false = dropped, true = carried to the next round
+  double deadline_s = 0;         // 0 = none
+  double min_fraction = 0;       // 0 = none
+  bool carry = false;            // late updates: false = dropped, true = carried to the next round
   std::vector<int> late_owners;  // forced late in every round
   // The owner ranks coordinate the end of each round (a deadline or a minimum fraction).
   bool coordinated() const { return deadline_s > 0 || min_fraction > 0; }
