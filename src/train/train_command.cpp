@@ -500,6 +500,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   const int64_t planned =
       plan_steps_until(plan, o.rounds) - (resume.resumed() ? resume.manifest.total_steps : 0);
   const int64_t warmup = planned > o.warmup_steps ? o.warmup_steps : 0;
+  const double cpu_at_start = obs::process_cpu_seconds();  // rank_summary's cpu_s
   for (int round = start_round; round <= o.rounds; ++round) {
     const auto t_round = Clock::now();
     const int64_t length = plan.round_length(round);
@@ -675,6 +676,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                  {"busy_s", timed_seconds},
                  {"wait_s", 0.0},
                  {"comm_s", 0.0},
+                 {"cpu_s", obs::process_cpu_seconds() - cpu_at_start},
                  {"predicted_peak_bytes", pred.available ? nlohmann::json(pred.ranks[0].peak_bytes)
                                                          : nlohmann::json(nullptr)},
                  {"predicted_busy_s", pred.available ? nlohmann::json(pred.ranks[0].busy_s)
@@ -919,6 +921,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   int64_t total_images = 0;
   double train_seconds = 0, last_accuracy = std::nan("");
+  const double cpu_at_start = obs::process_cpu_seconds();  // rank_summary's cpu_s
   for (int round = start_round; round <= o.rounds; ++round) {
     int64_t round_batches = 0;
     for (int k = 0; k < plan.owners; ++k) round_batches += plan.round_steps(k, round);
@@ -991,7 +994,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   // One rank_summary per rank (memory and times), gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
-  constexpr int kFields = 9;
+  constexpr int kFields = 10;
   double mine[kFields] = {static_cast<double>(obs::peak_rss_bytes()),
                           times.busy_s,
                           times.wait_s,
@@ -1000,7 +1003,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                           static_cast<double>(obs::tracked_peak_bytes()),
                           static_cast<double>(runtime->mailbox().receive_buffer_bytes()),
                           static_cast<double>(runtime->mailbox().send_pool_bytes()),
-                          static_cast<double>(runtime->max_in_flight())};
+                          static_cast<double>(runtime->max_in_flight()),
+                          obs::process_cpu_seconds() - cpu_at_start};
   if (rank != 0) comm::audit_message("rank-summary", 0, sizeof mine, true);
   if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   std::vector<double> all(kFields * topo.world_size);
@@ -1022,6 +1026,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                      {"busy_s", v[1]},
                      {"wait_s", v[2]},
                      {"comm_s", v[3]},
+                     {"cpu_s", v[9]},
                      {"predicted_peak_bytes",
                       has ? nlohmann::json(pred.ranks[r].peak_bytes) : nlohmann::json(nullptr)},
                      {"predicted_busy_s",

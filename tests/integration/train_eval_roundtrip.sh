@@ -122,9 +122,13 @@ assert start["model"] == "fmnist-cnn" and start["ranks"] == 1, start
 for key in ("round", "train_loss", "test_accuracy", "images", "seconds", "images_per_s",
             "predicted_seconds"):
     assert key in rounds[-1], f"round_end lacks {key}"
-for key in ("rank", "role", "peak_rss_bytes", "busy_s", "wait_s", "comm_s", "predicted_peak_bytes"):
+for key in ("rank", "role", "peak_rss_bytes", "busy_s", "wait_s", "comm_s", "cpu_s",
+            "predicted_peak_bytes"):
     assert key in ranks[0], f"rank_summary lacks {key}"
 assert len(ranks) == 1 and ranks[0]["rank"] == 0 and ranks[0]["peak_rss_bytes"] > 0, ranks
+# One process with 2 threads: its CPU seconds cover its steps (busy_s, wall time) and cannot
+# exceed 2 threads for the whole run.
+assert 0.5 * ranks[0]["busy_s"] <= ranks[0]["cpu_s"] <= 2 * end["seconds"] + 0.5, (ranks, end)
 for key in ("seconds", "images_per_s", "test_accuracy", "exit"):
     assert key in end, f"run_end lacks {key}"
 assert end["exit"] == "ok", end

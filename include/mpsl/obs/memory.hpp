@@ -1,4 +1,4 @@
-// Memory use of this process, for --dry-run checks and the rank_summary metrics.
+// Memory and CPU use of this process, for --dry-run checks and the rank_summary metrics.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +8,9 @@ namespace mpsl::obs {
 
 // Peak resident set size so far, in bytes (getrusage: ru_maxrss is KiB on Linux).
 int64_t peak_rss_bytes();
+
+// CPU seconds this process has used so far, user and system, all threads (getrusage).
+double process_cpu_seconds();
 
 // Current resident set size in bytes (/proc/self/statm); 0 when it cannot be read.
 int64_t current_rss_bytes();
