@@ -1,0 +1,185 @@
+// The training core allocates no tensors in the steady state: once a part's primitives, slots
+// and state exist, a training step (micro-batches forward and backward, then the optimiser step)
+// makes only the small bookkeeping allocations that oneDNN's execute() needs (argument maps),
+// never a buffer the size of a tensor. This executable replaces malloc and its relatives with
+// counting wrappers around glibc's own (symbol interposition reaches libdnnl too), so it is a
+// separate test binary; under AddressSanitizer, which owns malloc, it skips.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "mpsl/nn/model.hpp"
+#include "mpsl/nn/zoo.hpp"
+#include "mpsl/optim/sgd.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MPSL_COUNT_ALLOCATIONS 0
+#else
+#define MPSL_COUNT_ALLOCATIONS 1
+#endif
+
+namespace {
+
+std::atomic<bool> g_counting{false};
+std::atomic<int64_t> g_count{0}, g_bytes{0}, g_largest{0};
+
+void note(size_t n) {
+  if (!g_counting.load(std::memory_order_relaxed)) return;
+  g_count.fetch_add(1, std::memory_order_relaxed);
+  g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
+  int64_t seen = g_largest.load(std::memory_order_relaxed);
+  while (static_cast<int64_t>(n) > seen &&
+         !g_largest.compare_exchange_weak(seen, static_cast<int64_t>(n))) {
+  }
+}
+
+struct Counted {
+  int64_t count = 0, bytes = 0, largest = 0;
+};
+
+// Counts the allocations `body` makes (on every thread).
+template <class F>
+Counted count_allocations(F&& body) {
+  g_count = 0;
+  g_bytes = 0;
+  g_largest = 0;
+  g_counting = true;
+  body();
+  g_counting = false;
+  return {g_count.load(), g_bytes.load(), g_largest.load()};
+}
+
+}  // namespace
+
+#if MPSL_COUNT_ALLOCATIONS
+extern "C" {
+void* __libc_malloc(size_t);
+void* __libc_calloc(size_t, size_t);
+void* __libc_realloc(void*, size_t);
+void* __libc_memalign(size_t, size_t);
+void __libc_free(void*);
+
+void* malloc(size_t n) {
+  note(n);
+  return __libc_malloc(n);
+}
+void* calloc(size_t a, size_t b) {
+  note(a * b);
+  return __libc_calloc(a, b);
+}
+void* realloc(void* p, size_t n) {
+  note(n);
+  return __libc_realloc(p, n);
+}
+void* memalign(size_t a, size_t n) {
+  note(n);
+  return __libc_memalign(a, n);
+}
+void* aligned_alloc(size_t a, size_t n) {
+  note(n);
+  return __libc_memalign(a, n);
+}
+int posix_memalign(void** p, size_t a, size_t n) {
+  note(n);
+  *p = __libc_memalign(a, n);
+  return *p ? 0 : 12;  // ENOMEM
+}
+void free(void* p) {
+  __libc_free(p);
+}
+}
+#endif
+
+namespace mpsl {
+namespace {
+
+// Every activation, gradient and parameter tensor of the parts below but their logits is larger
+// than this; oneDNN's per-execution bookkeeping (argument maps, execution contexts) is smaller
+// (measured: at most 1.4 KiB).
+constexpr int64_t kLargestBookkeeping = 4096;
+
+TEST(SteadyStateAllocation, TheCounterSeesAllocationsOfEveryKind) {
+  if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
+  const Counted c = count_allocations([] {
+    std::vector<float> v(100000);
+    auto p = std::make_unique<double[]>(10);
+    void* aligned = nullptr;
+    ASSERT_EQ(posix_memalign(&aligned, 64, 4096), 0);
+    free(aligned);
+  });
+  EXPECT_EQ(c.count, 3);
+  EXPECT_EQ(c.largest, 400000);
+  EXPECT_EQ(c.bytes, 400000 + 80 + 4096);
+}
+
+struct Case {
+  std::string model;
+  int64_t micro_batch;
+  int begin, end;  // the part; end < 0: to the model's end
+};
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.model << " at micro-batch " << c.micro_batch << ", units " << c.begin << " to "
+      << (c.end < 0 ? std::string("the end") : std::to_string(c.end - 1));
+}
+
+class SteadyStateStep : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SteadyStateStep, AllocatesNoTensors) {
+  if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
+  const Case& k = GetParam();
+  auto model = nn::make_model(k.model);
+  const int b = k.begin, e = k.end < 0 ? model->num_units() : k.end;
+  nn::Shape in = model->input_shape(k.micro_batch);
+  for (int u = 0; u < b; ++u) in = model->unit(u).output_shape(in);
+  nn::Shape out = in;
+  for (int u = b; u < e; ++u) out = model->unit(u).output_shape(out);
+  std::vector<float> input(in.elements(), 0.1f), output(out.elements(), 1e-3f),
+      diff_input(in.elements());
+  nn::PartProgram program(*model, b, e, k.micro_batch, b > 0, true);
+  nn::PartState state(*model, b, e);
+  state.initialise(*model, 1);
+  state.adopt_formats(program);
+  auto slot = program.make_slot();
+  const optim::SgdConfig sgd{0.01f, 0.9f, 1e-4f};
+  // Two micro-batches per step (the second accumulates its gradients), then the step.
+  auto step = [&] {
+    for (int m = 0; m < 2; ++m) {
+      const nn::StepInfo info{1, state.steps, m * k.micro_batch, true, 0};
+      program.forward(*slot, state, input.data(), output.data(), info);
+      program.backward(*slot, state, output.data(), b > 0 ? diff_input.data() : nullptr, info,
+                       m > 0);
+    }
+    optim::sgd_step(state, sgd);
+  };
+  for (int i = 0; i < 2; ++i) step();  // warm-up: lazy buffers, weight conversions
+  const Counted c = count_allocations([&] {
+    for (int i = 0; i < 3; ++i) step();
+  });
+  EXPECT_LE(c.largest, kLargestBookkeeping)
+      << k.model << " units " << b << "-" << e - 1 << ": " << c.count << " allocations, " << c.bytes
+      << " bytes in 3 steps";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, SteadyStateStep,
+                         ::testing::Values(Case{"fmnist-cnn", 32, 0, -1},
+                                           Case{"fmnist-cnn", 16, 1, 8}, Case{"lenet5", 16, 0, -1},
+                                           Case{"resnet18", 4, 0, -1}, Case{"vgg11", 4, 2, 12}),
+                         [](const auto& info) {
+                           std::string n = info.param.model + "_from_" +
+                                           std::to_string(info.param.begin) + "_to_" +
+                                           (info.param.end < 0 ? std::string("end")
+                                                               : std::to_string(info.param.end));
+                           for (char& ch : n)
+                             if (ch == '-') ch = '_';
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace mpsl
