@@ -36,6 +36,10 @@ double process_cpu_seconds() {
   return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
+void release_free_heap() {
+  malloc_trim(0);
+}
+
 int64_t current_rss_bytes() {
   std::FILE* f = std::fopen("/proc/self/statm", "r");
   if (!f) return 0;

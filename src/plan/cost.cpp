@@ -137,6 +137,10 @@ int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_r
   return bytes;
 }
 
+int64_t untouched_gradient_scratch_bytes(const Profile& p, int b, int e) {
+  return p.micro_batches == 1 ? p.param_bytes(b, e) : 0;
+}
+
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
                            int owner_ranks, int stage, int stages, int window) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
@@ -144,7 +148,8 @@ int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_fl
   // for a moment at every round's end.
   const int64_t sums = owners > 1 ? 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) : 0;
   // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
-  return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) + sums +
+  return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) -
+         untouched_gradient_scratch_bytes(p, b, e) + sums +
          in_flight * part_activation_bytes(p, b, e) +
          stage_receive_bytes(in_b, out_b, owners, owner_ranks, stage, stages, window) +
          2 * std::max(in_b, out_b);
@@ -722,7 +727,8 @@ Prediction simulate(const Scenario& s) {
       const int64_t owner_sends = std::max<int64_t>(2, std::min<int64_t>(rp.max_in_flight, depth)) *
                                   std::max(p.cut_bytes(a), p.cut_bytes(z));
       rp.peak_bytes =
-          p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes({{0, a}, {z, S}}) +
+          p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes({{0, a}, {z, S}}) -
+          untouched_gradient_scratch_bytes(p, 0, a) - untouched_gradient_scratch_bytes(p, z, S) +
           rp.max_in_flight * part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
           mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
           2 * 8 * shard + owner_receive + owner_sends;

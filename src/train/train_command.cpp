@@ -500,6 +500,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   const int64_t planned =
       plan_steps_until(plan, o.rounds) - (resume.resumed() ? resume.manifest.total_steps : 0);
   const int64_t warmup = planned > o.warmup_steps ? o.warmup_steps : 0;
+  obs::release_free_heap();  // what building the program and restoring left behind
   const double cpu_at_start = obs::process_cpu_seconds();  // rank_summary's cpu_s
   for (int round = start_round; round <= o.rounds; ++round) {
     const auto t_round = Clock::now();
@@ -634,6 +635,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
       ev = evaluator.run(model_now, test);
       last_accuracy = ev.accuracy;
     }
+    obs::release_free_heap();  // FedAvg's sums, the evaluation's buffers
     const double seconds = seconds_since(t_round);
     double loss_sum = 0;
     int64_t images = 0, correct = 0, skipped = 0;
@@ -921,6 +923,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   int64_t total_images = 0;
   double train_seconds = 0, last_accuracy = std::nan("");
+  obs::release_free_heap();  // what building the runtime and restoring left behind
   const double cpu_at_start = obs::process_cpu_seconds();  // rank_summary's cpu_s
   for (int round = start_round; round <= o.rounds; ++round) {
     int64_t round_batches = 0;
@@ -958,6 +961,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     runtime->aggregate();
     const auto [test_loss, test_accuracy] =
         runtime->evaluate(reporter && has_test ? &test : nullptr);
+    obs::release_free_heap();  // FedAvg's sums, the evaluation's buffers
     const double seconds = seconds_since(t_round);
     if (reporter) {
       total_images += r.images;

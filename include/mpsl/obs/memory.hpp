@@ -25,6 +25,13 @@ int64_t heap_in_use_bytes();
 int64_t note_heap();
 int64_t tracked_peak_bytes();
 
+// Hands the heap's free pages back to the kernel (glibc malloc_trim). Building programs and
+// states, restoring checkpoints and averaging copies leave freed memory that glibc keeps
+// resident; the runtimes call this before training and after every round, so a rank's RSS is
+// what its training holds (measured: a vgg19 stage of units 8-13, K = 2, peaked at 420 MiB
+// without and 346 MiB with it).
+void release_free_heap();
+
 // Parses "512", "64K", "1.5G", "4GiB", "300MB" (binary units: K = 1024) into bytes; returns
 // -1 when the text is not such a size.
 int64_t parse_bytes(const std::string& text);

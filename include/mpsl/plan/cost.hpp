@@ -33,10 +33,17 @@
 namespace mpsl::plan {
 
 // What an MPI rank holds beyond `mpsl profile`'s baseline process: Open MPI's libraries and
-// shared-memory transport. Measured: fmnist-cnn ranks of 2-4 process jobs hold 16-29 MiB
-// (median 22) beyond the heap their training state explains, of which the baseline process
-// is 15 MiB.
-inline constexpr int64_t kMpiRssBytes = int64_t{8} << 20;
+// shared-memory segments. Measured (/proc/PID/smaps): ranks of 2- and 4-rank fmnist-cnn and
+// vgg19 jobs hold 25-27 MiB resident outside their heap, where the profile's process, with its
+// heap, holds 15 MiB.
+inline constexpr int64_t kMpiRssBytes = int64_t{11} << 20;
+
+// Heap that a part allocates but that never becomes resident when it runs one micro-batch per
+// batch: every layer with parameters keeps a gradient scratch as large as them, which only
+// accumulating micro-batch gradients touches (nn/detail.hpp GradTarget; measured: the first
+// accumulating step grows the RSS by exactly the part's parameter bytes, the heap by nothing).
+// The profile measures heap, so this comes off a part's working memory at one micro-batch.
+int64_t untouched_gradient_scratch_bytes(const Profile& p, int b, int e);
 
 // A device as --emulate describes it (emulate/emulate.hpp): compute factor and a link in each
 // direction ("up" = what the device sends, "down" = what it receives).
