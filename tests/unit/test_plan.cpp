@@ -483,6 +483,53 @@ TEST(ProfileWork, PredictsAMultiUnitPartsHeap) {
   EXPECT_NEAR(static_cast<double>(slot_predicted), static_cast<double>(per_slot), 0.1 * per_slot);
 }
 
+// The memory model takes a part's parameter bytes off its working memory at one micro-batch:
+// each layer's gradient scratch is allocated with the program but touched only when micro-batch
+// gradients accumulate. If that changed (say, a lazily allocated scratch), this fails.
+TEST(ProfileWork, GradientScratchIsTouchedOnlyByAccumulating) {
+  auto model = nn::make_model("fmnist-cnn");
+  const int b = 1, e = 8, batch = 16;
+  nn::Shape in = model->input_shape(batch);
+  for (int u = 0; u < b; ++u) in = model->unit(u).output_shape(in);
+  nn::Shape out = in;
+  for (int u = b; u < e; ++u) out = model->unit(u).output_shape(out);
+  std::vector<float> input(in.elements(), 0.1f), output(out.elements(), 1e-3f),
+      diff_in(in.elements());
+  nn::PartProgram prog(*model, b, e, batch, true, true);
+  nn::PartState state(*model, b, e);
+  state.initialise(*model, 1);
+  state.adopt_formats(prog);
+  auto slot = prog.make_slot();
+  const nn::StepInfo info{1, 0, 0, true, 0};
+  auto step = [&](bool accumulate) {
+    prog.forward(*slot, state, input.data(), output.data(), info);
+    prog.backward(*slot, state, output.data(), diff_in.data(), info, accumulate);
+  };
+  for (int i = 0; i < 2; ++i) step(false);
+  obs::release_free_heap();
+  const int64_t rss0 = obs::current_rss_bytes(), heap0 = obs::heap_in_use_bytes();
+  step(false);
+  const int64_t rss1 = obs::current_rss_bytes();
+  step(true);
+  const int64_t rss2 = obs::current_rss_bytes(), heap2 = obs::heap_in_use_bytes();
+  const int64_t params = static_cast<int64_t>(state.params.size()) * 4;
+  ASSERT_GT(params, int64_t{1} << 20) << "too few parameters to see in the RSS";
+  EXPECT_LT(rss1 - rss0, params / 4) << "a plain step touched new memory";
+  EXPECT_NEAR(static_cast<double>(rss2 - rss1), static_cast<double>(params), 0.2 * params);
+  EXPECT_LT(std::abs(heap2 - heap0), int64_t{256} << 10) << "accumulating allocated";
+
+  Profile p1, p2;
+  p1.micro_batches = 1;
+  p2.micro_batches = 2;
+  for (Profile* p : {&p1, &p2}) {
+    p->units.resize(3);
+    p->units[1].param_bytes = 1000;
+    p->units[2].param_bytes = 24;
+  }
+  EXPECT_EQ(untouched_gradient_scratch_bytes(p1, 1, 3), 1024);
+  EXPECT_EQ(untouched_gradient_scratch_bytes(p2, 1, 3), 0);
+}
+
 TEST(Device, ParsesSpecs) {
   const Device d = Device::parse("slow=20,bw=8Mbit,lat=20ms,mem=4G,cores=2", "--device");
   EXPECT_DOUBLE_EQ(d.slowdown, 20);
