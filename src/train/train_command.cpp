@@ -425,6 +425,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   if (!pred.available && profile) MPSL_LOG(Warn, "no predictions: " << pred.note);
 
   const optim::SgdConfig sgd{o.lr, o.momentum, o.weight_decay};
+  // Hand back what reading the data freed first, so that the program's buffers land on fresh
+  // pages: the memory model counts a gradient scratch that one micro-batch never touches as
+  // not resident, which holds only if it was not resident before.
+  obs::release_free_heap();
   train::LocalTrainer trainer(model, o.batch, o.micro_batches, sgd, common.seed, o.init_model);
   std::vector<nn::PartState> states;
   for (int k = 0; k < plan.owners; ++k) states.push_back(trainer.make_state());
@@ -884,6 +888,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     reporter && !common.quiet && obs::Progress::stderr_is_tty());
   if (live.enabled()) settings.on_step = [&live] { live.step(); };
   settings.nan_skip = o.nan_policy == "skip";
+  obs::release_free_heap();  // as in the single process: the runtime's buffers on fresh pages
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
   // From here on, a rank ended by the launcher (another rank died) says who it is and what it
   // was waiting for.

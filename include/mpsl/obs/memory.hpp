@@ -27,9 +27,9 @@ int64_t tracked_peak_bytes();
 
 // Hands the heap's free pages back to the kernel (glibc malloc_trim). Building programs and
 // states, restoring checkpoints and averaging copies leave freed memory that glibc keeps
-// resident; the runtimes call this before training and after every round, so a rank's RSS is
-// what its training holds (measured: a vgg19 stage of units 8-13, K = 2, peaked at 420 MiB
-// without and 346 MiB with it).
+// resident; the trainers call this before building programs, before training and after every round,
+// so a rank's RSS is what its training holds (measured: a vgg19 stage of units 8-13, K = 2, peaked
+// at 420 MiB without and 346 MiB with it).
 void release_free_heap();
 
 // Parses "512", "64K", "1.5G", "4GiB", "300MB" (binary units: K = 1024) into bytes; returns
