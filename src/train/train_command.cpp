@@ -639,7 +639,6 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
       ev = evaluator.run(model_now, test);
       last_accuracy = ev.accuracy;
     }
-    obs::release_free_heap();  // FedAvg's sums, the evaluation's buffers
     const double seconds = seconds_since(t_round);
     double loss_sum = 0;
     int64_t images = 0, correct = 0, skipped = 0;
@@ -966,7 +965,6 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     runtime->aggregate();
     const auto [test_loss, test_accuracy] =
         runtime->evaluate(reporter && has_test ? &test : nullptr);
-    obs::release_free_heap();  // FedAvg's sums, the evaluation's buffers
     const double seconds = seconds_since(t_round);
     if (reporter) {
       total_images += r.images;
