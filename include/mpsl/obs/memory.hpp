@@ -29,9 +29,9 @@ int64_t tracked_peak_bytes();
 // programs and states and restoring checkpoints leave freed memory that glibc keeps resident;
 // the trainers call this before building their programs and again before training, so a rank's
 // RSS is what its training holds (measured: a vgg19 stage of units 8-13, K = 2, peaked at
-// 420 MiB without and 346 MiB with it). Not after every round: FedAvg's sums and evaluation
-// buffers are mmapped and go back when freed, and trimming each round only made the next one
-// fault its pages in again (about 930 page faults per round for an fmnist-cnn stage).
+// 420 MiB without and 346 MiB with it). Not after every round: it lowered no peak (large
+// buffers such as a big part's FedAvg sums are mmapped and go back when freed), and it made the
+// next round fault its pages in again (about 930 page faults per round for an fmnist-cnn stage).
 void release_free_heap();
 
 // Parses "512", "64K", "1.5G", "4GiB", "300MB" (binary units: K = 1024) into bytes; returns
