@@ -3,6 +3,8 @@
     cost_tables.py grid METRICS.jsonl...      round time and peak memory, predicted vs measured
     cost_tables.py headline PLAN.json...      largest node memory, multihop vs one hop
     cost_tables.py gain PLAN.json... METRICS.jsonl...   planner vs even split
+    cost_tables.py repeated GRID_DIR...      round time over repeated grids: per configuration
+                                             the median measured and the median predicted
 """
 import json
 import os
@@ -37,6 +39,73 @@ def dry_run_predictions(path):
         if r:
             peaks[int(r.group(1))] = float(r.group(2)) * UNITS[r.group(3)]
     return float(m.group(1)), peaks
+
+
+def round_row(p):
+    """(config, measured s, predicted s) of one grid run, or None (unfinished, no prediction).
+
+    Measured: the median of the rounds after the first (which also builds every primitive).
+    Predicted: the current binary's dry run beside the metrics (.pred), else the run's own."""
+    ev = events(p)
+    start = next(e for e in ev if e["event"] == "run_start")
+    rounds = [e for e in ev if e["event"] == "round_end"]
+    if not rounds or not any(e["event"] == "run_end" for e in ev):
+        return None
+    fresh = dry_run_predictions(p[: -len(".jsonl")] + ".pred")
+    pred = fresh[0] if fresh else rounds[-1].get("predicted_round_seconds")
+    if pred is None:
+        return None
+    meas = statistics.median([e["seconds"] for e in rounds[1:]] or [rounds[-1]["seconds"]])
+    return (start["model"], start["schedule"], start["stages"], start["owners"]), meas, pred
+
+
+def repeated(dirs):
+    """The grid measured several times (each grid with its own profiles, taken beside its runs):
+    per configuration the median measured round time over the grids against the median
+    predicted. A virtual machine's speed drifts by more than the 5% target within minutes, in
+    the runs and in the profiles alike; repeating the grid averages that out of both sides."""
+    table = {}
+    for d in dirs:
+        for p in sorted(os.listdir(os.path.join(d, "grid"))):
+            if p.endswith(".jsonl"):
+                r = round_row(os.path.join(d, "grid", p))
+                if r:
+                    table.setdefault(r[0], {})[d] = (r[1], r[2])
+    names = [os.path.basename(os.path.normpath(d)) for d in dirs]
+    print(f"\n## Round time over {len(dirs)} grids: median measured vs median predicted\n")
+    print("Each grid's own error per configuration in the last columns.\n")
+    print("| model | schedule | N | K | measured s | predicted s | error | "
+          + " | ".join(names) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(names))
+    errs, per_grid = [], {d: [] for d in dirs}
+    for cfg in sorted(table):
+        runs = table[cfg]
+        meas = statistics.median([m for m, _ in runs.values()])
+        pred = statistics.median([p for _, p in runs.values()])
+        err = (pred - meas) / meas
+        errs.append((cfg[0], abs(err), err))
+        cells = []
+        for d in dirs:
+            if d in runs:
+                m, p = runs[d]
+                per_grid[d].append(abs((p - m) / m))
+                cells.append(f"{100 * (p - m) / m:+.0f}%")
+            else:
+                cells.append("-")
+        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {meas:.3f} | {pred:.3f} | "
+              f"{100 * err:+.1f}% | " + " | ".join(cells) + " |")
+    if not errs:
+        return
+    a = [e[1] for e in errs]
+    print(f"\nmedian |error| over the grids' medians: {100 * statistics.median(a):.1f}% over "
+          f"{len(a)} configurations (mean {100 * statistics.mean(a):.1f}%, max {100 * max(a):.1f}%; "
+          f"mean signed error {100 * statistics.mean(e[2] for e in errs):+.1f}%)")
+    for model in sorted({e[0] for e in errs}):
+        m = [e[1] for e in errs if e[0] == model]
+        print(f"  {model}: median |error| {100 * statistics.median(m):.1f}% over {len(m)}")
+    print("each grid alone: " + ", ".join(
+        f"{n} {100 * statistics.median(per_grid[d]):.1f}%" for n, d in zip(names, dirs)
+        if per_grid[d]))
 
 
 def grid(paths):
@@ -186,4 +255,4 @@ def gain(paths):
 
 if __name__ == "__main__":
     what, files = sys.argv[1], sys.argv[2:]
-    {"grid": grid, "headline": headline, "gain": gain}[what](files)
+    {"grid": grid, "headline": headline, "gain": gain, "repeated": repeated}[what](files)
