@@ -14,13 +14,19 @@
 # Timing (profiles and runs) happens under the EXCLUSIVE CPU lock (/tmp/mpsl-cpu.lock), one run
 # at a time, so other builds and tests wait only for short sections.
 #
+# --passes P measures the grid P times (OUT/pass1..P, each with its own profiles) and also
+# prints, per configuration, the median measured against the median predicted round time:
+# the virtual machine's drift (over 10% within minutes) then averages out of both sides.
+#
 #   tools/validate_cost_model.sh [--sections "grid headline gain"] [--models "fmnist-cnn vgg19"]
 #       [--owners "2 4 8"] [--stages "1 2 3"] [--schedules "mpsl 1f1b"] [--rounds R] [--out DIR]
+#       [--passes P]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${MPSL_BUILD_DIR:-$REPO/build}
 SECTIONS="grid headline gain" MODELS="fmnist-cnn vgg19" OWNERS="2 4 8" STAGES="1 2 3"
-SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5
+SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5 PASSES=1
+ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
     --sections) SECTIONS=$2; shift 2 ;;
@@ -30,10 +36,12 @@ while [ $# -gt 0 ]; do
     --schedules) SCHEDULES=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    --passes) PASSES=$2; shift 2 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     *) echo "validate_cost_model.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$PASSES" =~ ^[1-9][0-9]*$ ]] || { echo "validate_cost_model.sh: --passes must be a positive integer, got '$PASSES'" >&2; exit 2; }
 [ -x "$BUILD/mpsl" ] || "$REPO/tools/build.sh"
 MPSL=$BUILD/mpsl
 OUT=${OUT:-$REPO/runs/cost-model}
@@ -43,6 +51,25 @@ export OMP_NUM_THREADS=1
 LOCK=/tmp/mpsl-cpu.lock
 TABLES="python3 $REPO/tools/lib/cost_tables.py"
 note() { echo "validate_cost_model: $*" >&2; }
+
+if [ "$PASSES" -gt 1 ]; then
+  # Each pass is this script with one pass into its own folder (the other sections run once).
+  one=() skip=0
+  for a in "${ARGS[@]}"; do
+    if [ $skip = 1 ]; then skip=0; continue; fi
+    case $a in --passes|--out|--sections) skip=1 ;; *) one+=("$a") ;; esac
+  done
+  dirs=()
+  for p in $(seq 1 "$PASSES"); do
+    note "pass $p of $PASSES"
+    "$0" "${one[@]}" --sections grid --out "$OUT/pass$p"
+    dirs+=("$OUT/pass$p")
+  done
+  $TABLES repeated "${dirs[@]}"
+  rest=$(echo " $SECTIONS " | sed 's/ grid / /')
+  if [ -n "${rest// /}" ]; then exec "$0" "${one[@]}" --sections "$rest" --out "$OUT"; fi
+  exit 0
+fi
 
 # Per model: batch, batches per owner and round, micro-batches for 1f1b.
 batch_of() { case $1 in vgg19) echo 16 ;; *) echo 64 ;; esac; }
