@@ -229,13 +229,13 @@ bool Mailbox::progress() {
   // from 0.24 to 0.21 s per round, stage 1's from 0.11 to 0.08 s).
   std::vector<int>& arrived = t_arrived_;
   arrived.clear();
-  // Drive the progress engine first. MPI_Testsome drives it only when none of its requests
-  // has completed yet, so with a message already complete (an activation that arrived while
-  // this rank computed) a gradient sent meanwhile, whose rendezvous needs this rank's progress
-  // to finish, stayed invisible: the rank took the activation, and the gradient only after
+  // Drive the progress engine first. A message is matched to its receive only when this rank
+  // drives the engine, and MPI_Testsome drives it only when none of its requests has completed
+  // yet: with an activation already complete (it arrived while this rank computed), a gradient
+  // sent meanwhile stayed unmatched, the rank took the activation, and the gradient only after
   // that forward. Stages then ran forwards ahead of the schedule (a last stage held 4-5
-  // batches where the schedule keeps 2), which cost memory and cache. MPI_Iprobe finds
-  // nothing (every source has receives posted) and drives the engine once.
+  // batches where the schedule keeps 2), which cost memory. MPI_Iprobe finds nothing (every
+  // source has receives posted) and drives the engine once.
   {
     int flag = 0;
     MPSL_MPI_CHECK(MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, MPI_STATUS_IGNORE));

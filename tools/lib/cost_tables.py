@@ -111,34 +111,25 @@ def repeated(dirs):
 def grid(paths):
     rows, mem = [], []
     for p in paths:
-        ev = events(p)
-        start = next(e for e in ev if e["event"] == "run_start")
-        rounds = [e for e in ev if e["event"] == "round_end"]
-        if not rounds or not any(e["event"] == "run_end" for e in ev):
+        row = round_row(p)
+        if row is None:
             continue
-        last = rounds[-1]
+        (model, schedule, stages, owners), meas, pred = row
         fresh = dry_run_predictions(p[: -len(".jsonl")] + ".pred")
-        # The median of the rounds after the first (which also builds every primitive): one
-        # short round varies by several percent from run to run on a shared machine.
-        steady = [e["seconds"] for e in rounds[1:]] or [last["seconds"]]
-        meas = statistics.median(steady)
-        pred = fresh[0] if fresh else last.get("predicted_round_seconds")
-        if pred is None:
-            continue
         # At the machine's speed just before the run (validate_cost_model.sh's probe), if known.
         now = dry_run_predictions(p[: -len(".jsonl")] + ".now.pred")
         speed_file = p[: -len(".jsonl")] + ".speed"
         speed = float(open(speed_file).read()) if os.path.exists(speed_file) else None
-        rows.append((start["model"], start["schedule"], start["stages"], start["owners"],
-                     meas, pred, (pred - meas) / meas, now[0] if now else None, speed))
-        for e in ev:
+        rows.append((model, schedule, stages, owners, meas, pred, (pred - meas) / meas,
+                     now[0] if now else None, speed))
+        for e in events(p):
             if e["event"] != "rank_summary":
                 continue
             peak = fresh[1].get(e["rank"]) if fresh else e.get("predicted_peak_bytes")
             if peak:
-                mem.append((start["model"], start["schedule"], start["stages"], start["owners"],
-                            e["rank"], e["role"], e["peak_rss_bytes"], e["tracked_peak_bytes"],
-                            peak, e.get("max_in_flight"), e.get("predicted_max_in_flight")))
+                mem.append((model, schedule, stages, owners, e["rank"], e["role"],
+                            e["peak_rss_bytes"], e["tracked_peak_bytes"], peak,
+                            e.get("max_in_flight"), e.get("predicted_max_in_flight")))
     rows.sort()
     print("\n## Round time: predicted vs measured (median of rounds 2..R)\n")
     probed = all(r[7] is not None for r in rows)
