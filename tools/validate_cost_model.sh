@@ -52,7 +52,7 @@ LOCK=/tmp/mpsl-cpu.lock
 TABLES="python3 $REPO/tools/lib/cost_tables.py"
 note() { echo "validate_cost_model: $*" >&2; }
 
-if [ "$PASSES" -gt 1 ]; then
+if [ "$PASSES" -gt 1 ] && [[ " $SECTIONS " == *" grid "* ]]; then
   # Each pass is this script with one pass into its own folder (the other sections run once).
   one=() skip=0
   for a in "${ARGS[@]}"; do
