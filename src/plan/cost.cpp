@@ -259,6 +259,7 @@ struct Msg {
   int src = 0, dest = 0, owner = 0, micro = 0;
   int64_t bytes = 0;
   Kind kind = Kind::kActivation;
+  double copy_s = 0;  // receiver's CPU to take it in (shared memory, see post)
 };
 struct Later {
   bool operator()(const Msg& a, const Msg& b) const {
@@ -266,7 +267,15 @@ struct Later {
   }
 };
 
-enum class Task { kNone, kFirstForward, kLast, kFirstBackward, kStageForward, kStageBackward };
+enum class Task {
+  kNone,
+  kFirstForward,
+  kLast,
+  kFirstBackward,
+  kStageForward,
+  kStageBackward,
+  kCopyIn
+};
 
 struct OwnerState {
   int id = 0;
@@ -280,6 +289,9 @@ struct RankSim {
   int stage = -1, replica = 0;
   std::vector<int> owners;  // owner ranks: the owners it holds
   std::vector<Msg> inbox;   // arrived, in arrival order
+  std::vector<Msg> arrived;  // arrived in shared memory, not yet copied in
+  std::vector<Msg> copying;  // being copied in (Task::kCopyIn)
+  bool copied = false;       // the last task was a copy-in
   Task task = Task::kNone;
   Msg current;              // the message the task serves (or owner/micro for forwards)
   double remaining = 0;     // seconds of work at full speed
@@ -374,8 +386,11 @@ double paper_round_seconds(const Scenario& scenario) {
   return train + aggregation(scenario).seconds + evaluate_seconds(scenario);
 }
 
-Prediction simulate(const Scenario& s) {
-  check_scenario(s);
+namespace {
+
+// One event simulation. `in_flight_floor` (per rank): memory counts at least that many
+// micro-batches in flight (simulate()).
+Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_floor) {
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages(), O = s.owner_ranks, K = s.owners;
   const int H = s.replicas, R = O + H * N;
@@ -466,8 +481,20 @@ Prediction simulate(const Scenario& s) {
     return m;
   };
   // Posts a message now: it crosses the (real) link between the two ranks' hosts.
+  //
+  // Between ranks on one host (no link given on either side), Open MPI's single-copy transfer
+  // (CMA) is done by the receiving process, inside its MPI calls: the message costs its
+  // receiver CPU time, when that rank is between tasks, on a core it may share. Over a real
+  // link the network moves it and only the time counts.
   auto post = [&](Msg m) {
-    m.t = now + transfer_s(device_of(m.src, m.owner), device_of(m.dest, m.owner), m.bytes);
+    const Device& from = device_of(m.src, m.owner);
+    const Device& to = device_of(m.dest, m.owner);
+    if (from.bandwidth <= 0 && to.bandwidth <= 0) {
+      m.t = now + std::max(link_latency(from), link_latency(to));
+      m.copy_s = to.slowdown * static_cast<double>(m.bytes) / kLocalBandwidth;
+    } else {
+      m.t = now + transfer_s(from, to, m.bytes);
+    }
     transit.push(m);
   };
   // A message ready at `ready` (its span's emulated end) from device `from` to device `to`:
@@ -517,6 +544,18 @@ Prediction simulate(const Scenario& s) {
     if (r.task != Task::kNone || r.asleep_until > now + eps) return;
     post_due(r);
     r.started = now;
+    // A rank's MPI progress takes in whatever has arrived, then the rank picks its next task
+    // from what is in (Mailbox::wait: what arrives during that copy waits for the next call).
+    const bool picked = r.copied && !r.inbox.empty();
+    r.copied = false;
+    if (!r.arrived.empty() && !picked) {
+      r.task = Task::kCopyIn;
+      r.remaining = 0;
+      for (const Msg& m : r.arrived) r.remaining += m.copy_s;
+      r.copying.swap(r.arrived);
+      r.arrived.clear();
+      return;
+    }
     if (r.owner) {
       if (!r.inbox.empty()) {
         Msg m = take(r);
@@ -632,6 +671,11 @@ Prediction simulate(const Scenario& s) {
         end_span(rank, &out, i == 0 ? k : K + i - 1);
         break;
       }
+      case Task::kCopyIn:
+        r.inbox.insert(r.inbox.end(), r.copying.begin(), r.copying.end());
+        r.copying.clear();
+        r.copied = true;
+        break;
       case Task::kNone:
         break;
     }
@@ -676,7 +720,8 @@ Prediction simulate(const Scenario& s) {
       if (x.remaining <= eps) finish_task(r);
     }
     while (!transit.empty() && transit.top().t <= now + eps) {
-      ranks[transit.top().dest].inbox.push_back(transit.top());
+      RankSim& d = ranks[transit.top().dest];
+      (transit.top().copy_s > 0 ? d.arrived : d.inbox).push_back(transit.top());
       transit.pop();
     }
   }
@@ -699,6 +744,7 @@ Prediction simulate(const Scenario& s) {
     const RankSim& x = ranks[r];
     rp.busy_s = x.busy + agg.busy[r];
     rp.max_in_flight = std::max(1, x.max_in_flight);
+    if (in_flight_floor) rp.max_in_flight = std::max(rp.max_in_flight, (*in_flight_floor)[r]);
     if (r < O) {
       rp.role = "owner";
       rp.units_begin = 0;
@@ -771,6 +817,39 @@ Prediction simulate(const Scenario& s) {
     out.ranks.push_back(rp);
   }
   return out;
+}
+}  // namespace
+
+Prediction simulate(const Scenario& s) {
+  check_scenario(s);
+  // How many micro-batches a stage holds at its peak depends on which stage is the slowest,
+  // and near a tie that flips with a few percent of speed: the same part timed alone on this
+  // machine ranges over 13% within minutes, profiles taken 25 minutes apart differ by 12%.
+  // So memory counts, per rank, the most in flight over the simulation and 2N more in which
+  // one stage runs kInFlightSpeedMargin slower or faster. Round and busy times are the
+  // simulation's own.
+  std::vector<int> most;
+  {
+    const Prediction nominal = simulate_once(s, nullptr);
+    for (const auto& r : nominal.ranks) most.push_back(r.max_in_flight);
+  }
+  const int N = s.stages();
+  for (int i = 0; i < N; ++i)
+    for (const double f : {1 + kInFlightSpeedMargin, 1 - kInFlightSpeedMargin}) {
+      Scenario t = s;
+      t.stage_devices.clear();
+      for (int k = 0; k < N; ++k) t.stage_devices.push_back(s.stage_device(k));
+      t.stage_devices[i].slowdown *= f;
+      const Prediction q = simulate_once(t, nullptr);
+      for (size_t r = 0; r < most.size(); ++r)
+        most[r] = std::max(most[r], q.ranks.at(r).max_in_flight);
+    }
+  return simulate_once(s, &most);
+}
+
+double simulate_round_s(const Scenario& s) {
+  check_scenario(s);
+  return simulate_once(s, nullptr).round_s;
 }
 
 int64_t Prediction::max_stage_bytes() const {

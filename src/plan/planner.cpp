@@ -319,7 +319,7 @@ PlanResult make_plan(const PlanRequest& r) {
         if (i == N) {
           const Split cand = evaluate(c, cuts);
           if (!cand.feasible) return;
-          const double t = simulate(scenario_for(r, cuts)).round_s;
+          const double t = simulate_round_s(scenario_for(r, cuts));
           if (t < best_t) best = cand, best_t = t;
           return;
         }
@@ -340,7 +340,7 @@ PlanResult make_plan(const PlanRequest& r) {
           cuts[i] += d;
           const Split cand = evaluate(c, cuts);
           if (!cand.feasible) continue;
-          const double t = simulate(scenario_for(r, cuts)).round_s;
+          const double t = simulate_round_s(scenario_for(r, cuts));
           if (t < step_t) step = cand, step_t = t;
         }
       if (step_t >= best_t * (1 - 1e-3)) break;

@@ -137,7 +137,12 @@ double stage_forward_s(const Scenario& s, int i);
 double stage_backward_s(const Scenario& s, int i);
 
 double paper_round_seconds(const Scenario& s);
+// The event simulation: round time, per-rank busy time and peak memory. Memory counts the most
+// micro-batches in flight also when any one stage is kInFlightSpeedMargin slower or faster.
 Prediction simulate(const Scenario& s);
+// The simulated round time alone (one simulation: what the planner's search compares).
+double simulate_round_s(const Scenario& s);
+inline constexpr double kInFlightSpeedMargin = 0.10;
 
 // Peak memory of stage `stage` of `stages`, holding units [b, e) for K owners (spread over
 // `owner_ranks`) with `in_flight` micro-batches in flight and `window` micro-batches per owner

@@ -33,6 +33,9 @@ struct Device {
 
 // What crosses ranks on the profiled machine (Open MPI over shared memory, ENV.md: 1 MiB at
 // 9.7 GB/s) plus what a waiting rank loses to its polling sleep (MPSL_POLL_SLEEP_US 200 us).
+// Over shared memory Open MPI's single copy (CMA) is made by the receiving process inside its
+// MPI calls: the cost model charges bytes / kLocalBandwidth to the receiver's CPU (measured:
+// 8-10 GB/s of receiver CPU for 0.2-1.6 MB messages posted earlier).
 inline constexpr double kLocalBandwidth = 9.7e9;
 inline constexpr double kLocalLatency = 60e-6;
 
