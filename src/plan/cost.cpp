@@ -287,8 +287,8 @@ struct OwnerState {
 struct RankSim {
   bool owner = false;
   int stage = -1, replica = 0;
-  std::vector<int> owners;  // owner ranks: the owners it holds
-  std::vector<Msg> inbox;   // arrived, in arrival order
+  std::vector<int> owners;   // owner ranks: the owners it holds
+  std::vector<Msg> inbox;    // arrived, in arrival order
   std::vector<Msg> arrived;  // arrived in shared memory, not yet copied in
   std::vector<Msg> copying;  // being copied in (Task::kCopyIn)
   bool copied = false;       // the last task was a copy-in

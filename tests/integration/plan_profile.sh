@@ -41,7 +41,7 @@ fi
 # copies every page it writes (copy-on-write). vgg11 at batch 1 writes 1.5 GB of weights,
 # gradients and momentum per step, so counting that step reads several times too slow. Two
 # processes on a host with two cores or more slow each other by far less than 2x.
-if [ "$(nproc)" -ge 2 ]; then
+if [ "$(getconf _NPROCESSORS_ONLN)" -ge 2 ]; then  # nproc follows OMP_NUM_THREADS
   if timeout 300 "$MPSL" profile --model vgg11 --batch 1 --repeats 1 --concurrency 2 --threads 1 \
     --quiet --output "$T/vgg11.json" && $PY -c "
 import json, sys
