@@ -17,12 +17,22 @@ void accumulate_weighted(const float* src, double weight, int64_t n, double* acc
 
 PartSums weighted_sums(const std::vector<const nn::PartState*>& copies,
                        const std::vector<double>& weights, bool with_momentum) {
+  PartSums s;
+  weighted_sums_into(copies, weights, with_momentum, s);
+  return s;
+}
+
+void weighted_sums_into(const std::vector<const nn::PartState*>& copies,
+                        const std::vector<double>& weights, bool with_momentum, PartSums& s) {
   MPSL_CHECK(!copies.empty() && copies.size() == weights.size(), "copies and weights differ");
   const auto& l = copies.front()->layout;
-  PartSums s;
+  // assign() within the capacity writes in place: no new pages.
   s.params.assign(l.param_count, 0.0);
   s.buffers.assign(l.buffer_count, 0.0);
-  if (with_momentum) s.momentum.assign(l.param_count, 0.0);
+  if (with_momentum)
+    s.momentum.assign(l.param_count, 0.0);
+  else
+    s.momentum.clear();
   for (size_t k = 0; k < copies.size(); ++k) {
     const nn::PartState& c = *copies[k];
     accumulate_weighted(c.params.data(), weights[k], l.param_count, s.params.data());
@@ -30,7 +40,6 @@ PartSums weighted_sums(const std::vector<const nn::PartState*>& copies,
     if (with_momentum)
       accumulate_weighted(c.momentum.data(), weights[k], l.param_count, s.momentum.data());
   }
-  return s;
 }
 
 void assign_average(const PartSums& sums, double total_weight,
@@ -49,9 +58,11 @@ void assign_average(const PartSums& sums, double total_weight,
 }
 
 void average_copies(const std::vector<nn::PartState*>& copies, const std::vector<double>& weights,
-                    OptimizerStatePolicy policy) {
+                    OptimizerStatePolicy policy, PartSums* workspace) {
   std::vector<const nn::PartState*> in(copies.begin(), copies.end());
-  const PartSums s = weighted_sums(in, weights, policy == OptimizerStatePolicy::kAverage);
+  PartSums local;
+  PartSums& s = workspace ? *workspace : local;
+  weighted_sums_into(in, weights, policy == OptimizerStatePolicy::kAverage, s);
   double total = 0;
   for (double w : weights) total += w;
   assign_average(s, total, copies, policy);

@@ -447,7 +447,8 @@ class OwnerRuntime : public RankRuntime {
         if (!late[o->id] || !s_.stragglers.carry) targets.push_back(&p);
         weights.push_back(late[o->id] ? 0.0 : static_cast<double>(s_.plan.samples[o->id]));
       }
-      optim::PartSums sums = optim::weighted_sums(copies, weights, momentum);
+      optim::PartSums& sums = which == 0 ? fedavg_first_ : fedavg_last_;
+      optim::weighted_sums_into(copies, weights, momentum, sums);
       // Only these weighted sums leave the rank; the reduction returns the global sums.
       for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
         if (!v->empty()) {
@@ -892,6 +893,7 @@ class OwnerRuntime : public RankRuntime {
   std::deque<MPI_Request> fin_reqs_;
   std::vector<int> late_;                                    // per owner, agreed at the round's end
   std::optional<nn::PartState> global_first_, global_last_;  // aggregate, when owners carry
+  optim::PartSums fedavg_first_, fedavg_last_;  // FedAvg's sums, kept from round to round
 };
 
 // ---- compute stages -------------------------------------------------------------------------
@@ -1113,8 +1115,9 @@ class StageRuntime : public RankRuntime {
       if (!late[k] || !s_.stragglers.carry) targets.push_back(&c);
       weights.push_back(late[k] ? 0.0 : static_cast<double>(s_.plan.samples[k]));
     }
-    optim::PartSums sums =
-        optim::weighted_sums(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage);
+    optim::PartSums& sums = fedavg_sums_;
+    optim::weighted_sums_into(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage,
+                              sums);
     if (t_.replicas > 1)  // the replicas of this stage add up their owners' weighted sums
       for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
         if (!v->empty()) {
@@ -1272,6 +1275,7 @@ class StageRuntime : public RankRuntime {
   double busy_ = 0;
   emulate::RankEmulator emu_;
   std::optional<nn::PartState> global_;  // the aggregate, when late owners carry their copies
+  optim::PartSums fedavg_sums_;          // FedAvg's sums, kept from round to round
 };
 
 }  // namespace

@@ -437,6 +437,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   std::vector<OwnerProgress> progress_of(plan.owners);
   const train::StragglerPolicy stragglers = train::make_straggler_policy(o, false);
   std::optional<nn::PartState> global;  // the aggregate, when late owners carry their copies
+  optim::PartSums fedavg_sums;          // FedAvg's sums, kept from round to round
   // --emulate: each simulated owner's steps take its device's compute factor times longer
   // (links play no part in one process).
   const emulate::Emulation emulation =
@@ -622,8 +623,9 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         any_late |= late;
         owner_rounds.push_back({k, plan.round_steps(k, round), late, -1.0, 0.0});
       }
-      const optim::PartSums sums =
-          optim::weighted_sums(all, weights, policy == optim::OptimizerStatePolicy::kAverage);
+      optim::PartSums& sums = fedavg_sums;
+      optim::weighted_sums_into(all, weights, policy == optim::OptimizerStatePolicy::kAverage,
+                                sums);
       optim::assign_average(sums, total, targets, policy);
       if (stragglers.carry && any_late) {
         if (!global) global.emplace(states[0]);
