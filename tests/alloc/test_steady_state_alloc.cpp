@@ -16,6 +16,7 @@
 
 #include "mpsl/nn/model.hpp"
 #include "mpsl/nn/zoo.hpp"
+#include "mpsl/optim/fedavg.hpp"
 #include "mpsl/optim/sgd.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -178,6 +179,39 @@ INSTANTIATE_TEST_SUITE_P(Models, SteadyStateStep,
                              if (ch == '-') ch = '_';
                            return n;
                          });
+
+// FedAvg at a round's end with the sums the runtimes keep: after the first round it allocates
+// nothing the size of a tensor (freshly allocated sums are new pages every round), and the
+// average is the one fresh sums give.
+TEST(SteadyStateAllocation, FedAvgWithKeptSumsAllocatesNoTensors) {
+  if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
+  auto model = nn::make_model("fmnist-cnn");
+  std::vector<nn::PartState> copies, fresh;
+  for (int k = 0; k < 3; ++k) {
+    copies.emplace_back(*model, 0, model->num_units());
+    copies.back().initialise(*model, 1 + k);
+  }
+  fresh = copies;
+  const std::vector<double> weights{1.0, 2.0, 3.0};
+  std::vector<nn::PartState*> kept_ptrs, fresh_ptrs;
+  for (auto& c : copies) kept_ptrs.push_back(&c);
+  for (auto& c : fresh) fresh_ptrs.push_back(&c);
+  for (const auto policy :
+       {optim::OptimizerStatePolicy::kAverage, optim::OptimizerStatePolicy::kReset}) {
+    optim::PartSums sums;
+    optim::average_copies(kept_ptrs, weights, policy, &sums);  // round 1: allocates the sums
+    optim::average_copies(fresh_ptrs, weights, policy);
+    for (auto& c : copies) c.params[0] += 1.f;  // round 2 averages something new
+    for (auto& c : fresh) c.params[0] += 1.f;
+    const Counted c =
+        count_allocations([&] { optim::average_copies(kept_ptrs, weights, policy, &sums); });
+    optim::average_copies(fresh_ptrs, weights, policy);
+    EXPECT_LE(c.largest, kLargestBookkeeping) << c.count << " allocations, " << c.bytes << " bytes";
+    for (size_t k = 0; k < copies.size(); ++k)
+      for (int64_t i = 0; i < copies[k].params.size(); ++i)
+        ASSERT_EQ(copies[k].params[i], fresh[k].params[i]) << "copy " << k << ", parameter " << i;
+  }
+}
 
 }  // namespace
 }  // namespace mpsl
