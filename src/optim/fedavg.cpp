@@ -15,13 +15,6 @@ void accumulate_weighted(const float* src, double weight, int64_t n, double* acc
   for (int64_t i = 0; i < n; ++i) acc[i] += weight * static_cast<double>(src[i]);
 }
 
-PartSums weighted_sums(const std::vector<const nn::PartState*>& copies,
-                       const std::vector<double>& weights, bool with_momentum) {
-  PartSums s;
-  weighted_sums_into(copies, weights, with_momentum, s);
-  return s;
-}
-
 void weighted_sums_into(const std::vector<const nn::PartState*>& copies,
                         const std::vector<double>& weights, bool with_momentum, PartSums& s) {
   MPSL_CHECK(!copies.empty() && copies.size() == weights.size(), "copies and weights differ");

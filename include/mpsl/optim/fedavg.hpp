@@ -28,9 +28,7 @@ void accumulate_weighted(const float* src, double weight, int64_t n, double* acc
 struct PartSums {
   std::vector<double> params, buffers, momentum;
 };
-PartSums weighted_sums(const std::vector<const nn::PartState*>& copies,
-                       const std::vector<double>& weights, bool with_momentum);
-// The same into `sums`, reusing its vectors' storage. The runtimes keep one PartSums across
+// Into `sums`, reusing its vectors' storage. The runtimes keep one PartSums across
 // rounds: freshly allocated, a large part's sums are new pages that the kernel has to fault in
 // at every round's end (a vgg19 stage of 2 copies: 1.1 GB; on a VM whose first touch of a page
 // runs at 0.43 GB/s, that was 2.6 of the 4.3 s its FedAvg took).
