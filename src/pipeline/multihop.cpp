@@ -1,5 +1,6 @@
 #include "mpsl/pipeline/multihop.hpp"
 
+#include <array>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -8,6 +9,7 @@
 #include <thread>
 #include <tuple>
 
+#include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/finite.hpp"
@@ -70,21 +72,52 @@ std::vector<float> recv_any_size(MPI_Comm comm, int source, int tag, const char*
   return v;
 }
 
-void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag, const char* kind) {
-  comm::audit_message(kind, dest, n * static_cast<int64_t>(sizeof(float)), true);
-  MPI_Request req;
-  MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req));
-  int done = 0, idle = 0;
-  comm::StallClock stall([&] {
-    return std::string("its ") + kind + " message to be received by " + comm::describe_rank(dest);
-  });
-  while (true) {
-    MPSL_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-    if (done) break;
-    stall.check();
-    if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+// A non-blocking send of floats that finish() waits for, sleeping between tests, under the stall
+// watchdog. The buffer must stay untouched until then. (A request still pending when the object
+// dies belongs to a run that is failing: it is freed, not waited for.)
+class FloatSend {
+ public:
+  FloatSend() = default;
+  FloatSend(const FloatSend&) = delete;
+  FloatSend& operator=(const FloatSend&) = delete;
+  ~FloatSend() {
+    if (req_ != MPI_REQUEST_NULL && !comm::MpiEnvironment::finalized()) MPI_Request_free(&req_);
   }
+  void start(MPI_Comm comm, const float* data, int64_t n, int dest, int tag, const char* kind) {
+    MPSL_CHECK(req_ == MPI_REQUEST_NULL, "FloatSend::start while a send is pending");
+    comm::audit_message(kind, dest, n * static_cast<int64_t>(sizeof(float)), true);
+    MPSL_MPI_CHECK(MPI_Isend(data, static_cast<int>(n), MPI_FLOAT, dest, tag, comm, &req_));
+    dest_ = dest;
+    kind_ = kind;
+  }
+  void finish() {
+    if (req_ == MPI_REQUEST_NULL) return;
+    int done = 0, idle = 0;
+    comm::StallClock stall([&] {
+      return std::string("its ") + kind_ + " message to be received by " +
+             comm::describe_rank(dest_);
+    });
+    while (true) {
+      MPSL_MPI_CHECK(MPI_Test(&req_, &done, MPI_STATUS_IGNORE));  // done: req_ = NULL
+      if (done) return;
+      stall.check();
+      if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  }
+
+ private:
+  MPI_Request req_ = MPI_REQUEST_NULL;
+  int dest_ = 0;
+  const char* kind_ = "";
+};
+
+void send_floats(MPI_Comm comm, const float* data, int64_t n, int dest, int tag, const char* kind) {
+  FloatSend send;
+  send.start(comm, data, n, dest, tag, kind);
+  send.finish();
 }
+
+using comm::kEvalInFlight;
 
 // The round's late owners as the owner ranks agreed on them (owner ranks pass theirs, stages
 // an empty list), on every rank: rank 0 broadcasts them. All zero when nothing can be late.
@@ -488,28 +521,46 @@ class OwnerRuntime : public RankRuntime {
     nn::PartState& last = global_last_ ? *global_last_ : o.last;
     const int64_t eb = s_.eval_batch;
     const int64_t in_floats = model_.input_shape(1).per_sample();
-    std::vector<float> images(eb * in_floats), act, out, logits;
-    std::vector<int32_t> labels(eb);
-    std::vector<int64_t> idx(eb);
+    // Kept from round to round: fresh pages of tensor-sized buffers every round cost (about
+    // 100 MB for fmnist-cnn at --eval-batch 1000; some VMs fault pages in at 0.3-0.4 GB/s).
+    EvalBuffers& e = eval_buffers_;
+    e.images.resize(eb * in_floats);
+    e.idx.resize(eb);
+    const int64_t act_per = model_.shape_before(t_.first_part().second, 1).per_sample();
     double loss = 0;
     int64_t correct = 0;
     const int first_stage = t_.rank_of_stage(0), last_stage = t_.rank_of_stage(t_.stages - 1);
-    for (int64_t start = 0; start < count; start += eb) {
-      const int64_t b = std::min(eb, count - start);
-      for (int64_t i = 0; i < b; ++i) idx[i] = start + i;
-      data::assemble_batch(*test, idx.data(), b, images.data(), labels.data());
-      act.resize(b * model_.shape_before(t_.first_part().second, 1).per_sample());
-      first_eval_.forward(first, b, images.data(), act.data());
-      send_floats(eval_comm_.get(), act.data(), static_cast<int64_t>(act.size()), first_stage,
-                  kEvalTag, "eval-activation");
-      recv_any_size_into(out, eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
-      logits.resize(b * model_.classes());
-      last_eval_.forward(last, b, out.data(), logits.data());
-      const nn::LossResult r = nn::softmax_cross_entropy(logits.data(), labels.data(), b,
+    // Batches leave in order and come back in order (MPI does not overtake between two ranks):
+    // up to kEvalInFlight are out, each with its activation buffer, send and labels.
+    const int64_t batches = eval_batches(count, eb);
+    int64_t sent = 0, back = 0;
+    while (back < batches) {
+      if (sent < batches && sent - back < kEvalInFlight) {
+        EvalBuffers::InFlight& f = e.in_flight[sent % kEvalInFlight];
+        f.send.finish();  // that buffer's previous batch went round long ago
+        const int64_t start = sent * eb, b = std::min(eb, count - start);
+        for (int64_t i = 0; i < b; ++i) e.idx[i] = start + i;
+        f.labels.resize(eb);
+        data::assemble_batch(*test, e.idx.data(), b, e.images.data(), f.labels.data());
+        f.act.resize(b * act_per);
+        first_eval_.forward(first, b, e.images.data(), f.act.data());
+        f.send.start(eval_comm_.get(), f.act.data(), static_cast<int64_t>(f.act.size()),
+                     first_stage, kEvalTag, "eval-activation");
+        ++sent;
+        continue;
+      }
+      const EvalBuffers::InFlight& f = e.in_flight[back % kEvalInFlight];
+      const int64_t b = std::min(eb, count - back * eb);
+      recv_any_size_into(e.out, eval_comm_.get(), last_stage, kEvalTag, "eval-activation");
+      e.logits.resize(b * model_.classes());
+      last_eval_.forward(last, b, e.out.data(), e.logits.data());
+      const nn::LossResult r = nn::softmax_cross_entropy(e.logits.data(), f.labels.data(), b,
                                                          model_.classes(), nullptr, 1.f);
       loss += r.loss_sum;
       correct += r.correct;
+      ++back;
     }
+    for (auto& f : e.in_flight) f.send.finish();
     return {loss / count, static_cast<double>(correct) / count};
   }
 
@@ -877,6 +928,17 @@ class OwnerRuntime : public RankRuntime {
   SlotPool first_slots_;
   std::unique_ptr<nn::PartSlot> last_slot_;
   InferencePrograms first_eval_, last_eval_;
+  struct EvalBuffers {
+    struct InFlight {
+      std::vector<float> act;  // the first part's output, being sent
+      std::vector<int32_t> labels;
+      FloatSend send;
+    };
+    std::vector<float> images;
+    std::vector<int64_t> idx;
+    std::vector<float> out, logits;
+    std::array<InFlight, kEvalInFlight> in_flight;
+  } eval_buffers_;
   std::vector<float> logits_, dlogits_;
   std::vector<std::unique_ptr<Owner>> owners_;
   std::vector<int> preferred_;
@@ -1153,15 +1215,19 @@ class StageRuntime : public RankRuntime {
     const int next = stage_ == t_.stages - 1 ? 0 : t_.rank_of_stage(stage_ + 1);
     const int64_t in_per = program_.input_shape().per_sample();
     const int64_t out_per = program_.output_shape().per_sample();
-    std::vector<float> in, out;  // kept across the batches
+    // Buffers kept across batches and rounds (see OwnerRuntime::evaluate). While one output is
+    // on its way, the next batch is received and computed into the other.
     for (int64_t i = 0; i < eval_batches(count, s_.eval_batch); ++i) {
-      recv_any_size_into(in, eval_comm_.get(), prev, kEvalTag, "eval-activation");
-      const int64_t b = static_cast<int64_t>(in.size()) / in_per;
+      recv_any_size_into(eval_in_, eval_comm_.get(), prev, kEvalTag, "eval-activation");
+      const int64_t b = static_cast<int64_t>(eval_in_.size()) / in_per;
+      auto& [out, send] = eval_out_[i % kEvalInFlight];
+      send.finish();
       out.resize(b * out_per);
-      eval_.forward(global_ ? *global_ : copies_.front(), b, in.data(), out.data());
-      send_floats(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag,
-                  "eval-activation");
+      eval_.forward(global_ ? *global_ : copies_.front(), b, eval_in_.data(), out.data());
+      send.start(eval_comm_.get(), out.data(), static_cast<int64_t>(out.size()), next, kEvalTag,
+                 "eval-activation");
     }
+    for (auto& o : eval_out_) o.send.finish();
     return {0, 0};
   }
 
@@ -1262,6 +1328,12 @@ class StageRuntime : public RankRuntime {
   nn::PartProgram program_;
   SlotPool slots_;
   InferencePrograms eval_;
+  std::vector<float> eval_in_;
+  struct EvalOutput {
+    std::vector<float> out;
+    FloatSend send;
+  };
+  std::array<EvalOutput, kEvalInFlight> eval_out_;
   std::vector<nn::PartState> copies_;  // per owner of this replica (mine_), in that order
   std::vector<int> mine_, local_;      // owners served; owner -> index in copies_ (-1: none)
   std::vector<int> grads_done_;

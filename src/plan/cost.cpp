@@ -223,30 +223,45 @@ Aggregation aggregation(const Scenario& s) {
   return g;
 }
 
+// Evaluation by rank 0 through the stages, comm::kEvalInFlight batches in flight (multihop.cpp): a
+// batch's trip (owner part 1, hop, stage 1, ..., stage N, hop, owner part P) takes L; in steady
+// state a batch leaves every max(busiest rank or link, L / batches in flight, the CPU work over
+// the cores when fewer cores than batches in flight).
 double evaluate_seconds(const Scenario& s) {
   if (s.test_samples <= 0) return 0;
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages();
   const double whole = p.forward(0, S);
   auto share = [&](int b, int e) { return whole > 0 ? p.forward(b, e) / whole : 0.0; };
-  const double per_sample = p.evaluate_s_per_sample;
-  const int64_t batches = (s.test_samples + s.eval_batch - 1) / s.eval_batch;
-  const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(p.micro_batch());
-  double t = s.owner_device.slowdown * per_sample * s.test_samples *
-             (share(0, s.split.front()) + share(s.split.back(), S));
+  const int64_t eb = std::min<int64_t>(s.eval_batch, s.test_samples);
+  const double per_batch = p.evaluate_s_per_sample * static_cast<double>(eb);
+  const double scale = static_cast<double>(eb) / static_cast<double>(p.micro_batch());
+  // Per batch: CPU seconds of rank 0 (index 0) and of each stage, and each hop's wire time.
+  std::vector<double> cpu(N + 1, 0.0), wire(N + 1, 0.0);
+  cpu[0] =
+      s.owner_device.slowdown * per_batch * (share(0, s.split.front()) + share(s.split.back(), S));
   for (int i = 0; i < N; ++i)
-    t += s.stage_device(i).slowdown * per_sample * s.test_samples *
-         share(s.split[i], s.split[i + 1]);
-  // One message per hop and batch: the sender reorders its output to plain, MPI copies it,
-  // the receiver reorders it into its program's input (nothing overlaps: one batch at a time).
+    cpu[i + 1] = s.stage_device(i).slowdown * per_batch * share(s.split[i], s.split[i + 1]);
+  // One message per hop and batch: the sender reorders its output to plain, MPI copies it, the
+  // receiver reorders it into its program's input.
   for (int i = 0; i <= N; ++i) {
     const Device& from = i == 0 ? s.owner_device : s.stage_device(i - 1);
     const Device& to = i == N ? s.owner_device : s.stage_device(i);
     const auto bytes = static_cast<int64_t>(p.cut_bytes(s.split[i]) * scale);
-    t += batches * (transfer_s(from, to, bytes) +
-                    (from.slowdown + 2 * to.slowdown) * p.copy_s_per_byte * bytes);
+    cpu[i] += from.slowdown * p.copy_s_per_byte * static_cast<double>(bytes);
+    cpu[(i + 1) % (N + 1)] += 2 * to.slowdown * p.copy_s_per_byte * static_cast<double>(bytes);
+    wire[i] = transfer_s(from, to, bytes);
   }
-  return t;
+  double trip = 0, busiest = 0, work = 0;
+  for (int r = 0; r <= N; ++r) {
+    trip += cpu[r] + wire[r];
+    busiest = std::max({busiest, cpu[r], wire[r]});
+    work += cpu[r];
+  }
+  double every = std::max(busiest, trip / comm::kEvalInFlight);
+  if (s.cores > 0 && s.cores < comm::kEvalInFlight) every = std::max(every, work / s.cores);
+  const double batches = static_cast<double>(s.test_samples) / static_cast<double>(eb);
+  return trip + (batches - 1) * every;
 }
 
 // ---- the event simulation -------------------------------------------------------------------
@@ -824,16 +839,16 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
           mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
           2 * 8 * shard + owner_receive + owner_sends;
       if (r == 0 && s.test_samples > 0) {
-        // Rank 0 evaluates: the test set, an evaluation batch of images, the activation it
-        // sends and the one it receives (multihop.cpp evaluate), and the inference programs'
-        // activations. (The scratchpad also grows with the evaluation batch, but not in
-        // proportion to it: not counted.)
+        // Rank 0 evaluates: the test set, an evaluation batch of images, the activations of
+        // the batches in flight and the one it receives (multihop.cpp evaluate), and the
+        // inference programs' activations. (The scratchpad also grows with the evaluation
+        // batch, but not in proportion to it: not counted.)
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
         rp.peak_bytes +=
             s.test_samples * (s.image_bytes + 1) +
-            static_cast<int64_t>(scale *
-                                 (part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
-                                  p.input_bytes + p.cut_bytes(a) + p.cut_bytes(z)));
+            static_cast<int64_t>(scale * (part_activation_bytes(p, 0, a) +
+                                          part_activation_bytes(p, z, S) + p.input_bytes +
+                                          comm::kEvalInFlight * p.cut_bytes(a) + p.cut_bytes(z)));
       }
     } else {
       const int i = x.stage;
@@ -851,12 +866,13 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),
                                              served, O, i, N, window);
       if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates
-        // The received and the sent activation of an evaluation batch and the inference
-        // program's activations.
+        // The received activation of an evaluation batch, the outputs in flight and the
+        // inference program's activations.
         const double scale = static_cast<double>(s.eval_batch) / static_cast<double>(mb);
         const int b = s.split[i], e = s.split[i + 1];
-        rp.peak_bytes += static_cast<int64_t>(
-            scale * (part_activation_bytes(p, b, e) + p.cut_bytes(b) + p.cut_bytes(e)));
+        rp.peak_bytes +=
+            static_cast<int64_t>(scale * (part_activation_bytes(p, b, e) + p.cut_bytes(b) +
+                                          comm::kEvalInFlight * p.cut_bytes(e)));
       }
     }
     out.ranks.push_back(rp);

@@ -91,9 +91,15 @@ EvalResult Evaluator::run(nn::PartState& state, const data::Dataset& ds) {
   EvalResult r;
   const int64_t n = ds.count;
   const int classes = model_.classes();
-  BatchBuffers buf(std::min<int64_t>(eval_batch_, n), ds.image_size());
-  std::vector<float> logits(std::min<int64_t>(eval_batch_, n) * classes);
-  std::vector<int64_t> idx(buf.labels.size());
+  // Kept from call to call: an evaluation every round would otherwise fault fresh pages in.
+  const int64_t most = std::min<int64_t>(eval_batch_, n);
+  BatchBuffers& buf = buffers_;
+  buf.images.resize(most * ds.image_size());
+  buf.labels.resize(most);
+  logits_.resize(most * classes);
+  idx_.resize(most);
+  auto& logits = logits_;
+  auto& idx = idx_;
   double loss_sum = 0;
   int64_t correct = 0;
   for (int64_t start = 0; start < n; start += eval_batch_) {

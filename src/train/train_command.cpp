@@ -605,7 +605,9 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                              " at the end of round " + std::to_string(round));
     const double round_train_seconds = seconds_since(t_round);
     std::vector<pipeline::OwnerRound> owner_rounds;
-    if (plan.owners > 1) {
+    {
+      // Also with one owner: the average of one copy is that copy (bitwise), and the policy
+      // still applies to its momentum, as on the multihop ranks.
       obs::Span span(obs::Activity::kAggregation);
       // --late-owners: their copies join FedAvg with weight 0, and (drop) receive the average
       // or (carry) keep their own; the aggregate is then kept aside.

@@ -14,10 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "mpsl/data/dataset.hpp"
 #include "mpsl/nn/model.hpp"
 #include "mpsl/nn/zoo.hpp"
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/optim/sgd.hpp"
+#include "mpsl/train/local.hpp"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MPSL_COUNT_ALLOCATIONS 0
@@ -213,5 +215,21 @@ TEST(SteadyStateAllocation, FedAvgWithKeptSumsAllocatesNoTensors) {
   }
 }
 
+TEST(SteadyStateAllocation, EvaluationKeepsItsBuffers) {
+  // Evaluation after every round: the second run over the test set allocates no batch buffer
+  // (an evaluation batch of 1000 images is 3 MB; fresh pages each round cost on some VMs).
+  if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
+  auto model = nn::make_model("fmnist-cnn");
+  nn::PartState state(*model, 0, model->num_units());
+  state.initialise(*model, 1);
+  const data::Dataset test = data::make_synthetic(250, 1, 28, 28, 10, 3);
+  train::Evaluator evaluator(*model, 100);  // batches of 100, 100, 50
+  const train::EvalResult first = evaluator.run(state, test);
+  train::EvalResult second;
+  const Counted c = count_allocations([&] { second = evaluator.run(state, test); });
+  EXPECT_LE(c.largest, kLargestBookkeeping) << c.count << " allocations, " << c.bytes << " bytes";
+  EXPECT_EQ(first.accuracy, second.accuracy);
+  EXPECT_EQ(first.loss, second.loss);
+}
 }  // namespace
 }  // namespace mpsl

@@ -6,6 +6,10 @@
 #    with M = 4, N = 2, 3, three times each, bitwise equal to the single process with M = 4.
 #  - K = 4 owners (non-IID), N = 2, two rounds with FedAvg vs the single-process simulation of the
 #    same per-owner training plus FedAvg: bitwise equal.
+#  - K = 1 owner, three rounds, each --optimizer-state: bitwise equal (the round's end treats the
+#    momentum the same way with one owner as with many).
+#  - Evaluation after every round (owner rank 0 keeps two batches in flight through the stages,
+#    the last one partial): the same test accuracy and loss as the single process, N = 1, 3.
 set -uo pipefail
 MPSL=${1:?usage: multihop_equivalence.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
@@ -80,4 +84,49 @@ fi
 mpsl_run 4 train $C4 --stages 2 --init-model "$T/k4ref.h5" --save-model "$T/i4.h5" > /dev/null \
   && same "K=4 N=2 from --init-model == single process from --init-model (bitwise)" \
     "$T/i1.h5" "$T/i4.h5" || fail "K=4 N=2 run from --init-model"
+# K = 1 over rounds: each round ends with the aggregation step on every path.
+CR="--model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --batches-per-epoch 4"
+CR="$CR --rounds 3 --owners 1 --threads 1 --quiet"
+for os in reset average keep; do
+  mpsl_run 1 train $CR --optimizer-state $os --save-model "$T/r1-$os.h5" > /dev/null \
+    || fail "K=1 three rounds, $os: single process"
+  mpsl_run 3 train $CR --optimizer-state $os --stages 2 --save-model "$T/r3-$os.h5" > /dev/null \
+    && same "K=1 N=2 three rounds, --optimizer-state $os == single process (bitwise)" \
+      "$T/r1-$os.h5" "$T/r3-$os.h5" || fail "K=1 N=2 three rounds, $os"
+done
+
+# Evaluation: 700 test images in batches of 128 (the last one 60).
+$PY - "$T" <<'PY' || fail "making the test set"
+import gzip, struct, sys, numpy as np, os
+d = sys.argv[1] + "/fm"
+os.makedirs(d)
+rng = np.random.default_rng(5)
+def idx(path, a, magic):
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in a.shape) + a.tobytes())
+idx(d + "/t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (700, 28, 28), dtype=np.uint8), 0x803)
+idx(d + "/t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 700, dtype=np.uint8), 0x801)
+PY
+"$MPSL" convert --format fashion-mnist --input "$T/fm" --split test --output "$T/test.h5" --quiet \
+  || fail "convert of the test set"
+CE="$CR --test-data $T/test.h5 --eval-batch 128"
+mpsl_run 1 train $CE --metrics "$T/e1.jsonl" > /dev/null || fail "single process with evaluation"
+for n in 1 3; do
+  if mpsl_run $((n + 1)) train $CE --stages "$n" --metrics "$T/e$n-mh.jsonl" > /dev/null &&
+    out=$($PY - "$T/e1.jsonl" "$T/e$n-mh.jsonl" 2>&1 <<'PY'
+import json, sys
+def rounds(p):
+    return [(x["test_accuracy"], x["test_loss"]) for x in map(json.loads, open(p)) if x["event"] == "round_end"]
+a, b = rounds(sys.argv[1]), rounds(sys.argv[2])
+assert len(a) == len(b) == 3, (a, b)
+for (acc1, loss1), (acc2, loss2) in zip(a, b):
+    assert acc1 == acc2 and abs(loss1 - loss2) <= 1e-6 * abs(loss1), (a, b)
+print("test accuracy " + ", ".join(f"{x[0]:.4f}" for x in a) + "; loss within 1e-6")
+PY
+    ); then
+    pass "K=1 N=$n evaluation after each round == single process: $out"
+  else
+    fail "K=1 N=$n evaluation after each round: ${out:-run failed}"
+  fi
+done
 summary

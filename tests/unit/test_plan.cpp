@@ -231,6 +231,36 @@ TEST(CostModel, LocalMessagesCostTheirReceiverCpu) {
   EXPECT_LT(shared, work + 4 * kLocalLatency + 0.02);
 }
 
+TEST(CostModel, EvaluationKeepsTwoBatchesInFlight) {
+  // Evaluation of 10 batches through owner part (unit 0), two stages (units 1, 2), owner part
+  // (unit 3), per batch 1 + 4 + 4 + 1 ms, over a link that takes 1 ms per hop and no copies.
+  // A batch's trip is 10 + 3 ms; with two batches in flight a batch leaves every
+  // max(busiest 4 ms, trip / 2 = 6.5 ms): 13 + 9 x 6.5 ms (one at a time: 10 x 13 ms).
+  Profile p = make_profile({0.001, 0.004, 0.004, 0.001}, {0, 0, 0, 0}, {0, 0, 0, 0}, 1000);
+  p.evaluate_s_per_sample = 0.010 / 8;  // the whole model, per sample of the batch of 8
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 1;
+  s.steps = {1};
+  s.test_samples = 80;
+  s.eval_batch = 8;
+  Device link;
+  link.bandwidth = 1e12;
+  link.latency = 0.001;
+  s.owner_device = link;
+  s.node_device = link;
+  EXPECT_NEAR(simulate(s).evaluate_s, 0.013 + 9 * 0.0065, 1e-6);
+  // A slow middle stage sets the pace: 13 ms per batch on its own.
+  s.stage_devices = {link, link};
+  s.stage_devices[1].slowdown = 3.25;
+  EXPECT_NEAR(simulate(s).evaluate_s, 0.022 + 9 * 0.013, 1e-6);
+  // On one core for everyone, the CPU work (10 ms per batch) does not overlap.
+  s.stage_devices.clear();
+  s.cores = 1;
+  EXPECT_NEAR(simulate(s).evaluate_s, 0.013 + 9 * 0.010, 1e-6);
+}
+
 TEST(CostModel, SharedCoresSlowBusyRanks) {
   // Two stages of equal work, many owners: on one core for three ranks the pipeline runs at the
   // speed of the shared core, with a node each it runs at the bottleneck stage's speed.

@@ -58,6 +58,12 @@ struct Envelope {
   int source = 0;  // sending rank
 };
 
+// Evaluation batches rank 0 keeps in flight through the stages (pipeline/multihop.cpp evaluate;
+// plan/cost.cpp counts them): two, double buffering, so a rank computes one batch while the next
+// hop computes the other. That is all two cores run at once; more would hold one more
+// evaluation activation per batch on rank 0 (hundreds of MB for vgg19 at --eval-batch 1000).
+inline constexpr int kEvalInFlight = 2;
+
 // How many receives a rank posts for a peer that carries the traffic of `owners_behind` owners
 // with up to `window` micro-batches each in flight: one per message that can be on its way, at
 // most 16, plus one. The runtimes (pipeline/multihop.cpp) post this many and the cost model

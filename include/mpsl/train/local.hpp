@@ -77,6 +77,9 @@ class Evaluator {
   int64_t eval_batch_;
   std::map<int64_t, std::unique_ptr<nn::PartProgram>> programs_;
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> slots_;
+  BatchBuffers buffers_{0, 0};
+  std::vector<float> logits_;
+  std::vector<int64_t> idx_;
 };
 
 // Checks that a dataset fits a model's input (channels, height, width) and classes; throws an
