@@ -31,12 +31,14 @@ struct Device {
   static Device from_json(const nlohmann::json& j);
 };
 
-// What crosses ranks on the profiled machine (Open MPI over shared memory, ENV.md: 1 MiB at
-// 9.7 GB/s) plus what a waiting rank loses to its polling sleep (MPSL_POLL_SLEEP_US 200 us).
-// Over shared memory Open MPI's single copy (CMA) is made by the receiving process inside its
-// MPI calls: the cost model charges bytes / kLocalBandwidth to the receiver's CPU (measured:
-// 8-10 GB/s of receiver CPU for 0.2-1.6 MB messages posted earlier).
-inline constexpr double kLocalBandwidth = 9.7e9;
+// What crosses ranks on the profiled machine (Open MPI over shared memory) plus what a waiting
+// rank loses to its polling sleep (MPSL_POLL_SLEEP_US 200 us). Over shared memory Open MPI's
+// single copy (CMA) is made by the receiving process inside its MPI calls: the cost model
+// charges bytes / kLocalBandwidth to the receiver's CPU. The mean, not the best: an MPI_Send /
+// MPI_Recv of 1-16 MB between two ranks runs at 9-11 GB/s at best but 5.7-6.9 GB/s on average
+// (30 repeats), and a 6.4 MB activation took 1.1 ms from its sender's end to its receiver's
+// start in fmnist-cnn runs with idle cores (docs/cost-model-validation).
+inline constexpr double kLocalBandwidth = 6.0e9;
 inline constexpr double kLocalLatency = 60e-6;
 
 struct UnitProfile {
