@@ -96,19 +96,7 @@ for os in reset average keep; do
 done
 
 # Evaluation: 700 test images in batches of 128 (the last one 60).
-$PY - "$T" <<'PY' || fail "making the test set"
-import gzip, struct, sys, numpy as np, os
-d = sys.argv[1] + "/fm"
-os.makedirs(d)
-rng = np.random.default_rng(5)
-def idx(path, a, magic):
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in a.shape) + a.tobytes())
-idx(d + "/t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (700, 28, 28), dtype=np.uint8), 0x803)
-idx(d + "/t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 700, dtype=np.uint8), 0x801)
-PY
-"$MPSL" convert --format fashion-mnist --input "$T/fm" --split test --output "$T/test.h5" --quiet \
-  || fail "convert of the test set"
+random_test_set "$T/test.h5" 700 5 || fail "making the test set"
 CE="$CR --test-data $T/test.h5 --eval-batch 128"
 mpsl_run 1 train $CE --metrics "$T/e1.jsonl" > /dev/null || fail "single process with evaluation"
 for n in 1 3; do

@@ -24,19 +24,7 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
 # A small test set in the Fashion-MNIST format (for layout C's evaluation).
-$PY - "$T" <<'PY' || { echo "making the test set failed"; exit 1; }
-import gzip, struct, sys, numpy as np, os
-d = sys.argv[1] + "/fm"
-os.makedirs(d)
-rng = np.random.default_rng(3)
-def idx(path, a, magic):
-    with gzip.open(path, "wb", compresslevel=1) as f:
-        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in a.shape) + a.tobytes())
-idx(d + "/t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (100, 28, 28), dtype=np.uint8), 0x803)
-idx(d + "/t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 100, dtype=np.uint8), 0x801)
-PY
-"$MPSL" convert --format fashion-mnist --input "$T/fm" --split test --output "$T/test.h5" --quiet \
-  || { echo "convert failed"; exit 1; }
+random_test_set "$T/test.h5" 100 3 || { echo "making the test set failed"; exit 1; }
 
 check() {  # check NAME DIR RANKS OWNER_RANKS MICRO_BATCH ACT1 GRADP [CKPT_DIR]
   local name=$1
