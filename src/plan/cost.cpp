@@ -178,7 +178,6 @@ struct Aggregation {
   std::vector<double> busy;  // per rank: compute
   std::vector<double> wait;  // per rank: emulated link time (sleeping)
   double seconds = 0;        // until every rank is done
-  double owners_s = 0;       // until the owner ranks are done
 };
 
 Aggregation aggregation(const Scenario& s) {
@@ -210,16 +209,39 @@ Aggregation aggregation(const Scenario& s) {
         w += 2.0 * (H - 1) * transfer_s(d, d, 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) / H);
       g.busy[O + h * N + i] = w;
     }
-  double rate = 1.0;
-  if (s.cores > 0) {
-    int busy = 0;
-    for (double x : g.busy) busy += x > 0;
-    rate = share_rate(s, busy);
+  // Processor sharing: a rank starts its sums after its wait (emulated links) and computes at
+  // the shared rate of the ranks busy with it; those done leave their cores to the rest.
+  std::vector<double> left = g.busy;
+  double now = 0;
+  for (;;) {
+    int active = 0, next_start = -1;
+    for (size_t r = 0; r < left.size(); ++r) {
+      if (left[r] <= 0) continue;
+      if (g.wait[r] <= now)
+        ++active;
+      else if (next_start < 0 || g.wait[r] < g.wait[next_start])
+        next_start = static_cast<int>(r);
+    }
+    if (active == 0 && next_start < 0) break;
+    if (active == 0) {
+      now = g.wait[next_start];
+      continue;
+    }
+    const double rate = s.cores > 0 ? share_rate(s, active) : 1.0;
+    double dt = std::numeric_limits<double>::infinity();
+    for (size_t r = 0; r < left.size(); ++r)
+      if (left[r] > 0 && g.wait[r] <= now) dt = std::min(dt, left[r] / rate);
+    const bool starts = next_start >= 0 && g.wait[next_start] - now < dt;
+    if (starts) dt = g.wait[next_start] - now;
+    for (size_t r = 0; r < left.size(); ++r)
+      if (left[r] > 0 && g.wait[r] <= now) {
+        left[r] -= dt * rate;
+        if (left[r] <= 1e-9 * g.busy[r]) left[r] = 0;
+      }
+    now = starts ? g.wait[next_start] : now + dt;
   }
-  for (size_t r = 0; r < g.busy.size(); ++r) {
-    g.seconds = std::max(g.seconds, g.wait[r] + g.busy[r] / rate);
-    if (static_cast<int>(r) < O) g.owners_s = std::max(g.owners_s, g.wait[r] + g.busy[r]);
-  }
+  g.seconds = now;
+  for (size_t r = 0; r < g.busy.size(); ++r) g.seconds = std::max(g.seconds, g.wait[r]);
   return g;
 }
 
@@ -791,10 +813,9 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
   const Aggregation agg = aggregation(s);
   out.aggregate_s = agg.seconds;
   out.evaluate_s = evaluate_seconds(s);
-  // What rank 0 measures as a round: its own training and FedAvg; the stages average their
-  // copies meanwhile and it waits for them only when it evaluates (through them).
-  out.round_s =
-      out.train_s + (s.test_samples > 0 ? out.aggregate_s : agg.owners_s) + out.evaluate_s;
+  // What rank 0 measures as a round: training, FedAvg until every rank has averaged its
+  // copies (a barrier ends the round), and the evaluation.
+  out.round_s = out.train_s + out.aggregate_s + out.evaluate_s;
   out.paper_round_s = paper_round_seconds(s);
 
   // Memory per rank.

@@ -975,6 +975,17 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     runtime->aggregate();
     const auto [test_loss, test_accuracy] =
         runtime->evaluate(reporter && has_test ? &test : nullptr);
+    {
+      // The round ends when every rank has averaged its copies: without a test set the stages
+      // are still averaging when rank 0 is done, and the round's seconds would leave that out
+      // (the next round's barrier would wait for it instead).
+      obs::Span wait(obs::Activity::kWait);
+      MPI_Request barrier;
+      MPSL_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &barrier));
+      comm::wait_watched(barrier, [round] {
+        return "every rank to end round " + std::to_string(round) + " (a barrier)";
+      });
+    }
     const double seconds = seconds_since(t_round);
     if (reporter) {
       total_images += r.images;

@@ -279,6 +279,27 @@ TEST(CostModel, SharedCoresSlowBusyRanks) {
   EXPECT_GT(shared, 1.8 * alone);
 }
 
+TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
+  // Two stages average 2 copies of 1 MB and of 3 MB at 0.1 s per MB: 0.2 s and 0.6 s of work.
+  Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},
+                           {0, 1000000, 3000000, 0});
+  p.average_s_per_byte = 1e-7;
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 2;
+  s.steps = {1, 1};
+  const Prediction own = simulate(s);
+  EXPECT_NEAR(own.aggregate_s, 0.6, 1e-9);
+  // One core: both at half speed until the first is done (0.4 s), then the second alone
+  // (0.4 s of its work left): 0.8 s, not the 1.2 s of both at half speed throughout.
+  s.cores = 1;
+  const Prediction shared = simulate(s);
+  EXPECT_NEAR(shared.aggregate_s, 0.8, 1e-9);
+  // A round ends when every rank has averaged (a barrier), also without a test set.
+  EXPECT_NEAR(shared.round_s, shared.train_s + 0.8, 1e-9);
+}
+
 // --emulate: hosts with a 1 ms, 1 GB/s link between ranks (1 MB messages: 2 ms), the rest from
 // the emulation file.
 Device host_link() {

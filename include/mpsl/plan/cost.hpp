@@ -122,9 +122,8 @@ struct Prediction {
   double train_s = 0;      // the round's training (barrier to the last step)
   double aggregate_s = 0;  // FedAvg
   double evaluate_s = 0;   // evaluation of the test set through the pipeline
-  // What round_end's "seconds" measures on rank 0: training, the owners' FedAvg and, with a
-  // test set, the stages' averaging and the evaluation (without one, rank 0 does not wait for
-  // the stages' averaging: it delays the next round's start instead).
+  // What round_end's "seconds" measures on rank 0: training, FedAvg until every rank has
+  // averaged its copies (a barrier ends each round) and, with a test set, the evaluation.
   double round_s = 0;
   double paper_round_s = 0;  // the paper's closed form (+ links, aggregation)
   std::vector<RankPrediction> ranks;
