@@ -68,7 +68,7 @@ EOF
 }
 
 {
-  echo "## Checkpoint cost on $(hostname) ($(nproc) cores), checkpoints in $(df -P "$T" | awk 'NR==2 {print $1}')"
+  echo "## Checkpoint cost on $(hostname) ($(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) cores), checkpoints in $(df -P "$T" | awk 'NR==2 {print $1}')"
   echo
   for model in $MODELS; do
     case $model in

@@ -6,4 +6,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 build_dir="${MPSL_BUILD_DIR:-build}"
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "$@"
-cmake --build "$build_dir" -j"$(nproc)"
+cmake --build "$build_dir" -j"$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"

@@ -28,7 +28,7 @@ run_asan() {
   local dir=${MPSL_SANITIZE_BUILD_DIR:-build-sanitize}
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMPSL_SANITIZE=address,undefined \
     -DMPSL_BUILD_BENCHMARKS=OFF > /dev/null
-  cmake --build "$dir" -j"$(nproc)"
+  cmake --build "$dir" -j"$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
   # Unit tests with leak detection; the MPI and integration runs without it: Open MPI unloads
   # its components at exit, so their leaks show up from "<unknown module>" and cannot be
   # suppressed by name (AddressSanitizer's memory errors and UBSan stay on there).

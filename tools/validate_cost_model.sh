@@ -47,6 +47,9 @@ MPSL=$BUILD/mpsl
 OUT=${OUT:-$REPO/runs/cost-model}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# The host's cores, before OMP_NUM_THREADS=1 below: GNU nproc reports OMP_NUM_THREADS when set
+# (until b2c98d3 the gain section planned its measured runs for 1 core).
+CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 export OMP_NUM_THREADS=1
 LOCK=/tmp/mpsl-cpu.lock
 TABLES="python3 $REPO/tools/lib/cost_tables.py"
@@ -196,7 +199,7 @@ if [[ " $SECTIONS " == *" gain "* ]]; then
   # (alternating; the median of each).
   prof=$OUT/profile-fmnist-cnn-b64-m1.json
   profile fmnist-cnn 64 1 7 "$prof"
-  "$MPSL" plan --profile "$prof" --owners 4 --stages 3 --cores "$(nproc)" --batches-per-round 8 \
+  "$MPSL" plan --profile "$prof" --owners 4 --stages 3 --cores "$CORES" --batches-per-round 8 \
     --quiet --output "$OUT/gain/measured-plan.json"
   even=$(python3 -c "import json,sys; print(','.join(map(str, json.load(open(sys.argv[1]))['even_split']['split'])))" "$OUT/gain/measured-plan.json")
   for rep in 1 2 3 4 5 6 7; do

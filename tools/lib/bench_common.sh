@@ -152,6 +152,6 @@ bc_warn_if_busy() {
   load="$(bc_load)"
   if awk -v l="$load" 'BEGIN { exit !(l > 0.5) }'; then
     bc_note "warning: the 1-minute load average is $load before starting; other work on this" \
-      "$(nproc)-core machine makes both sides slower and the figures noisy"
+      "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)-core machine makes both sides slower and the figures noisy"
   fi
 }
