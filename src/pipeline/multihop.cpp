@@ -92,17 +92,10 @@ class FloatSend {
   }
   void finish() {
     if (req_ == MPI_REQUEST_NULL) return;
-    int done = 0, idle = 0;
-    comm::StallClock stall([&] {
+    comm::wait_watched(req_, [&] {  // done: req_ = MPI_REQUEST_NULL
       return std::string("its ") + kind_ + " message to be received by " +
              comm::describe_rank(dest_);
     });
-    while (true) {
-      MPSL_MPI_CHECK(MPI_Test(&req_, &done, MPI_STATUS_IGNORE));  // done: req_ = NULL
-      if (done) return;
-      stall.check();
-      if (++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(100));
-    }
   }
 
  private:

@@ -91,6 +91,15 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// A barrier of all ranks, waited for under the stall watchdog (`what` names it) and traced as a
+// wait.
+void barrier_watched(const std::string& what) {
+  obs::Span wait(obs::Activity::kWait);
+  MPI_Request barrier;
+  MPSL_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &barrier));
+  comm::wait_watched(barrier, [&what] { return what + " (a barrier)"; });
+}
+
 // What rank 0 prints and writes at the end of a round.
 void report_round(const RoundReport& r, int rounds, obs::Progress& progress,
                   obs::MetricsWriter& metrics) {
@@ -946,14 +955,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
         "round " + std::to_string(round) + "/" + std::to_string(o.rounds) + ", batches",
         round_batches, reporter && !common.quiet);
     obs::Tracer::instance().set_round(round);
-    {
-      obs::Span wait(obs::Activity::kWait);
-      MPI_Request barrier;
-      MPSL_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &barrier));
-      comm::wait_watched(barrier, [round] {
-        return "every rank to start round " + std::to_string(round) + " (a barrier)";
-      });
-    }
+    barrier_watched("every rank to start round " + std::to_string(round));
     const auto t_round = Clock::now();
     const int64_t length = plan.round_length(round);
     int64_t step = round == start_round ? start_step : 0;
@@ -975,17 +977,10 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     runtime->aggregate();
     const auto [test_loss, test_accuracy] =
         runtime->evaluate(reporter && has_test ? &test : nullptr);
-    {
-      // The round ends when every rank has averaged its copies: without a test set the stages
-      // are still averaging when rank 0 is done, and the round's seconds would leave that out
-      // (the next round's barrier would wait for it instead).
-      obs::Span wait(obs::Activity::kWait);
-      MPI_Request barrier;
-      MPSL_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &barrier));
-      comm::wait_watched(barrier, [round] {
-        return "every rank to end round " + std::to_string(round) + " (a barrier)";
-      });
-    }
+    // The round ends when every rank has averaged its copies: without a test set the stages
+    // are still averaging when rank 0 is done, and the round's seconds would leave that out
+    // (the next round's barrier would wait for it instead).
+    barrier_watched("every rank to end round " + std::to_string(round));
     const double seconds = seconds_since(t_round);
     if (reporter) {
       total_images += r.images;
