@@ -16,6 +16,7 @@
 
 #include "mpsl/cli/commands.hpp"
 #include "mpsl/cli/parse.hpp"
+#include "mpsl/comm/hop_probe.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
@@ -114,6 +115,15 @@ int run_train_under_mpi(int argc, char** argv, const cli::ParsedCommand& cmd) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A process that `mpsl profile` spawned to measure hops (comm/hop_probe.hpp).
+  if (argc > 1 && std::string(argv[1]) == comm::kHopProbeChildArg) {
+    try {
+      return comm::run_hop_probe_child(argc, argv);
+    } catch (const std::exception& e) {
+      report_failure(e.what());
+      return 1;
+    }
+  }
   cli::ParsedCommand cmd;
   try {
     cmd = cli::parse_command_line(argc, argv);

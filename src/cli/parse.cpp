@@ -490,7 +490,8 @@ void add_profile(SpecList& s, ProfileOptions& p) {
   s.integer("repeats", p.repeats, 0, "R", "timed steps per unit (medians); 0 = bytes only");
   s.integer("concurrency", p.concurrency, -1, "N",
             "time steps with up to N processes training at once (how ranks sharing this host's "
-            "cores slow each other; -1 = cores + 2, 0 = not)");
+            "cores slow each other), and hops with up to N MPI processes (spawned); "
+            "-1 = cores + 2, 0 = not");
   s.text("device", p.device, "SPEC",
          "describe another device: slow=F,bw=8Mbit,lat=20ms,mem=4G (times scaled by F)");
   s.text("from", p.from, "PROFILE", "rescale this profile with --device instead of measuring");

@@ -127,6 +127,12 @@ void print_profile(const Profile& p) {
                   p.concurrency[n], n + 1);
     std::printf(" on this host\n");
   }
+  if (p.hop_s.size() >= 2) {
+    std::printf("a hop (%s) takes", obs::format_bytes(kHopProbeBytes).c_str());
+    for (size_t n = 1; n < p.hop_s.size(); ++n)
+      std::printf("%s %.2f ms with %zu processes", n > 1 ? "," : "", p.hop_s[n] * 1e3, n + 1);
+    std::printf(" on this host (the receiver waiting, the others computing)\n");
+  }
 }
 
 bool is_plan_or_profile(const std::string& path) {
@@ -274,6 +280,8 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
                     : o.concurrency >= 0
                         ? o.concurrency
                         : static_cast<int>(std::thread::hardware_concurrency()) + 2;
+    // And what a hop waits with as many processes (ranks) on the host.
+    s.hop_processes = s.concurrency;
     MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
                                 << " micro-batch(es)), " << o.repeats << " timed step(s)");
     p = plan::measure_profile(*model, s);

@@ -547,6 +547,13 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     if (from.bandwidth <= 0 && to.bandwidth <= 0) {
       m.t = now + std::max(link_latency(from), link_latency(to));
       m.copy_s = to.slowdown * static_cast<double>(m.bytes) / kLocalBandwidth;
+      // On shared cores the message also waits for both ends to be scheduled: the profile's
+      // hop probe with the two ends and every other rank computing now.
+      if (s.cores > 0 && s.threads == 1) {
+        int n = 2;
+        for (int r = 0; r < R; ++r) n += r != m.src && r != m.dest && ranks[r].task != Task::kNone;
+        if (n > s.cores) m.t += hop_wait_s(p, n);
+      }
     } else {
       m.t = now + transfer_s(from, to, m.bytes);
     }

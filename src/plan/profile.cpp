@@ -16,12 +16,14 @@
 #include <sstream>
 #include <thread>
 
+#include "mpsl/comm/hop_probe.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/finite.hpp"
 #include "mpsl/core/rng.hpp"
 #include "mpsl/data/dataset.hpp"
 #include "mpsl/io/hdf5.hpp"
 #include "mpsl/nn/loss.hpp"
+#include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
 #include "mpsl/optim/fedavg.hpp"
 #include "mpsl/optim/sgd.hpp"
@@ -285,6 +287,7 @@ nlohmann::json Profile::to_json() const {
           {"average_s_per_byte", average_s_per_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
+          {"hop_s", hop_s},
           {"copy_s_per_byte", copy_s_per_byte},
           {"check_s_per_byte", check_s_per_byte},
           {"assemble_s_per_sample", assemble_s_per_sample},
@@ -320,6 +323,7 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.check_s_per_byte = j.value("check_s_per_byte", 0.0);
     p.assemble_s_per_sample = j.value("assemble_s_per_sample", 0.0);
     if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
+    if (j.contains("hop_s")) p.hop_s = j["hop_s"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
       UnitProfile x;
       x.index = u.at("index").get<int>();
@@ -724,7 +728,21 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
     for (int n = 2; n <= max_n && static_cast<int>(ratios[n].size()) == kSweeps; ++n)
       p.concurrency.push_back(median_of(ratios[n]));
   }
+  if (s.hop_processes >= 2) {
+    const comm::HopTimes hops =
+        comm::measure_hop_times(s.executable, s.hop_processes, kHopProbeBytes, 100);
+    if (hops.hop_s.empty())
+      obs::log_warn("profile: hops not measured (" + hops.problem +
+                    "); the cost model will not add what messages wait on shared cores");
+    p.hop_s = hops.hop_s;
+  }
   return p;
+}
+
+double hop_wait_s(const Profile& p, int n) {
+  if (p.hop_s.size() < 2 || n <= 2) return 0.0;
+  const size_t i = std::min(p.hop_s.size(), static_cast<size_t>(n)) - 1;
+  return std::max(0.0, p.hop_s[i] - p.hop_s[1]);
 }
 
 }  // namespace mpsl::plan

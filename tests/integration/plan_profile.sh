@@ -19,8 +19,12 @@ assert u['param_bytes'] == (32 * 9 * 32 + 32) * 4 and u['optimizer_bytes'] == 2 
 # A convolution starting a part copies its plain input into its own layout in every slot.
 assert u['slot_input_bytes'] >= 16 * 32 * 28 * 28 * 4, u
 assert all('joined_work_saving_bytes' in x and 'joined_slot_bytes' in x for x in p['units'])
+# The hop probe (MPI_Comm_spawn of cores + 2 processes): one median per process count, a 64 KiB
+# message taking more than nothing and less than 50 ms.
+h, n = p['hop_s'], len(p['concurrency'])
+assert len(h) == n and h[0] == 0 and all(0 < x < 0.05 for x in h[1:]), (h, n)
 " "$T/p.json"; then
-  pass "profile writes per-unit times and bytes"
+  pass "profile writes per-unit times and bytes, and hop times"
 else
   fail "profile"
 fi

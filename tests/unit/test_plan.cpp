@@ -300,6 +300,37 @@ TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
   EXPECT_NEAR(shared.round_s, shared.train_s + 0.8, 1e-9);
 }
 
+TEST(CostModel, MessagesWaitOnSharedCoresAsTheHopProbeMeasured) {
+  // Two owners on one owner rank, two stages: 3 ranks. The owner's forward of one owner runs
+  // while stage 1 works on the other's, so some messages are posted beside a computing rank.
+  Profile p = make_profile({0.01, 0.01, 0.01, 0.001}, {0.01, 0.02, 0.02, 0.001}, {0, 0, 0, 0});
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 2;
+  s.steps = {2, 2};
+  s.cores = 2;
+  const double without = simulate(s).train_s;
+  // 64 KiB: 0.3 ms with 2 processes, 1.3 ms with 3 (one computing beside the pair).
+  p.hop_s = {0.0, 0.0003, 0.0013};
+  EXPECT_DOUBLE_EQ(hop_wait_s(p, 2), 0.0);
+  EXPECT_NEAR(hop_wait_s(p, 3), 0.001, 1e-12);
+  EXPECT_NEAR(hop_wait_s(p, 5), 0.001, 1e-12);  // beyond the probe: its largest count
+  const double with = simulate(s).train_s;
+  // 4 batches of 6 messages; at least one waited 1 ms, none more than that.
+  EXPECT_GT(with, without + 0.0009);
+  EXPECT_LE(with, without + 24 * 0.001 + 1e-9);
+  // Cores enough for every rank, or ranks on nodes of their own: nothing waits.
+  s.cores = 8;
+  const double roomy = simulate(s).train_s;
+  p.hop_s.clear();
+  EXPECT_NEAR(roomy, simulate(s).train_s, 1e-12);
+  s.cores = 0;
+  const double own = simulate(s).train_s;
+  p.hop_s = {0.0, 0.0003, 0.0013};
+  EXPECT_NEAR(own, simulate(s).train_s, 1e-12);
+}
+
 // --emulate: hosts with a 1 ms, 1 GB/s link between ranks (1 MB messages: 2 ms), the rest from
 // the emulation file.
 Device host_link() {
@@ -705,9 +736,12 @@ TEST_F(ProfileFile, RoundTripsAndScales) {
   EXPECT_EQ(p.units[1].optimizer_bytes, 2 * p.units[1].param_bytes);
   EXPECT_EQ(p.units[1].output_bytes, 8 * 32 * 28 * 28 * 4);
   const std::string file = path("p.json");
-  p.write(file);
+  Profile with_hops = p;
+  with_hops.hop_s = {0.0, 0.00025, 0.0011};
+  with_hops.write(file);
   const Profile q = Profile::read(file);
   ASSERT_EQ(q.num_units(), p.num_units());
+  EXPECT_EQ(q.hop_s, with_hops.hop_s);
   EXPECT_DOUBLE_EQ(q.units[3].forward_s, p.units[3].forward_s);
   EXPECT_EQ(q.units[7].param_bytes, p.units[7].param_bytes);
   const Profile slow = q.scaled(Device::parse("slow=20,mem=1G", "x"));

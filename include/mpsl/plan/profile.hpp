@@ -92,6 +92,10 @@ struct Profile {
   // not measured. Shared cores are rarely n/cores-fast: caches, memory bandwidth and the
   // hypervisor all take their share.
   std::vector<double> concurrency;
+  // Hops on the profiled host (comm/hop_probe.hpp): hop_s[n - 1] = median one-way time of a
+  // kHopProbeBytes message between two processes, the receiver waiting as the mailbox does,
+  // while n - 2 other processes compute (hop_s[0] unused). Empty when not measured.
+  std::vector<double> hop_s;
   std::vector<UnitProfile> units;
 
   int num_units() const { return static_cast<int>(units.size()); }
@@ -130,7 +134,19 @@ struct ProfileSettings {
   int warmup = 2;
   uint64_t seed = 1;
   int concurrency = 0;  // measure the slowdown with up to this many processes (0 = not)
+  // Measure hop_s with up to this many processes (0 = not); needs MPI_Comm_spawn.
+  int hop_processes = 0;
+  std::string executable = "/proc/self/exe";  // what the hop probe spawns
 };
+
+// The hop probe's message: small enough that its copy is negligible (64 KiB: 0.01 ms between
+// idle ranks), so what it measures is the waiting, whatever a real message's size.
+inline constexpr int64_t kHopProbeBytes = int64_t{64} << 10;
+
+// What a message between ranks of the profiled host waits beyond the idle-core hop when n
+// processes share it (n - 2 of them computing): max(0, hop_s[n - 1] - hop_s[1]), the last
+// measured n's for larger n; 0 when not measured.
+double hop_wait_s(const Profile& p, int n);
 
 // Measures `model` on this machine with the current OpenMP thread count.
 Profile measure_profile(const nn::Model& model, const ProfileSettings& s);

@@ -1,0 +1,198 @@
+#include "mpsl/comm/hop_probe.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "mpsl/comm/mpi_environment.hpp"
+#include "mpsl/core/error.hpp"
+
+namespace mpsl::comm {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double now_s() {
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
+// Busy arithmetic, as a training step keeps a core busy (the scheduler sees the same thing).
+void compute_for(double seconds) {
+  const double t0 = now_s();
+  volatile double x = 0;
+  while (now_s() - t0 < seconds) x = x + 1;
+}
+
+// comm::Mailbox's back-off (mailbox.cpp): 5 polls, then sleeps of 20 us doubling up to 200 us.
+void back_off(int& idle) {
+  if (++idle > 5) {
+    const int us = std::min(200, 20 << std::min(3, (idle - 5) / 20));
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+  }
+}
+
+// Waits for `r` without spinning (a waiting probe process must not take a core).
+void sleep_wait(MPI_Request& r) {
+  int done = 0;
+  while (true) {
+    MPSL_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+}
+
+void sleep_barrier(MPI_Comm comm) {
+  MPI_Request r;
+  MPSL_MPI_CHECK(MPI_Ibarrier(comm, &r));
+  sleep_wait(r);
+}
+
+constexpr int kTagStamp = 1, kTagData = 2, kTagStop = 3, kTagResult = 4;
+
+// One message size, `repeats` times, between children 0 (sender) and 1 (receiver) while children
+// 2..n-1 compute; returns the receiver's median one-way time (0 on the other children).
+double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
+  int rank = 0;
+  MPSL_MPI_CHECK(MPI_Comm_rank(world, &rank));
+  sleep_barrier(world);
+  double median = 0;
+  if (rank >= 2 && rank < n) {  // a busy neighbour, until child 0 says stop
+    int stop = 0, done = 0;
+    MPI_Request r;
+    MPSL_MPI_CHECK(MPI_Irecv(&stop, 1, MPI_INT, 0, kTagStop, world, &r));
+    while (!done) {
+      compute_for(0.002);
+      MPSL_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
+    }
+  } else if (rank < 2) {
+    std::vector<float> buffer(static_cast<size_t>(bytes / 4), 1.f);
+    std::vector<double> hops;
+    for (int i = 0; i < repeats; ++i) {
+      if (rank == 0) {  // computes, sends its "activation", computes on until it is sent
+        compute_for(0.003);
+        const double sent = now_s();
+        MPI_Request rs[2];
+        MPSL_MPI_CHECK(MPI_Isend(&sent, 1, MPI_DOUBLE, 1, kTagStamp, world, &rs[0]));
+        MPSL_MPI_CHECK(MPI_Isend(buffer.data(), static_cast<int>(buffer.size()), MPI_FLOAT, 1,
+                                 kTagData, world, &rs[1]));
+        int done = 0;
+        while (!done) {
+          compute_for(0.001);
+          MPSL_MPI_CHECK(MPI_Testall(2, rs, &done, MPI_STATUSES_IGNORE));
+        }
+        // Until the receiver has it: the next repeat starts from a quiet pair.
+        int ack = 0;
+        MPI_Request ra;
+        MPSL_MPI_CHECK(MPI_Irecv(&ack, 1, MPI_INT, 1, kTagStamp, world, &ra));
+        sleep_wait(ra);
+      } else {  // waits as comm::Mailbox::wait does
+        double sent = 0;
+        MPI_Request rr[2];
+        MPSL_MPI_CHECK(MPI_Irecv(&sent, 1, MPI_DOUBLE, 0, kTagStamp, world, &rr[0]));
+        MPSL_MPI_CHECK(MPI_Irecv(buffer.data(), static_cast<int>(buffer.size()), MPI_FLOAT, 0,
+                                 kTagData, world, &rr[1]));
+        int done = 0, idle = 0;
+        while (true) {
+          MPSL_MPI_CHECK(MPI_Testall(2, rr, &done, MPI_STATUSES_IGNORE));
+          if (done) break;
+          back_off(idle);
+        }
+        hops.push_back(now_s() - sent);
+        int ack = 1;
+        MPSL_MPI_CHECK(MPI_Send(&ack, 1, MPI_INT, 0, kTagStamp, world));
+      }
+    }
+    if (rank == 0)
+      for (int k = 2; k < n; ++k) {
+        int stop = 1;
+        MPSL_MPI_CHECK(MPI_Send(&stop, 1, MPI_INT, k, kTagStop, world));
+      }
+    if (rank == 1) {
+      std::sort(hops.begin(), hops.end());
+      median = hops[hops.size() / 2];
+    }
+  }
+  return median;
+}
+
+}  // namespace
+
+HopTimes measure_hop_times(const std::string& executable, int processes, int64_t bytes,
+                           int repeats) {
+  HopTimes out;
+  if (processes < 2 || repeats < 1 || bytes < 4) {
+    out.problem = "nothing to measure";
+    return out;
+  }
+  // MPI is initialised once per process; the environment lives until the process ends.
+  static std::unique_ptr<MpiEnvironment> env;
+  try {
+    if (!MpiEnvironment::initialized()) env = std::make_unique<MpiEnvironment>(nullptr, nullptr);
+  } catch (const std::exception& e) {
+    out.problem = e.what();
+    return out;
+  }
+  if (MpiEnvironment::finalized()) {
+    out.problem = "MPI is already finalised";
+    return out;
+  }
+  MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
+  // The children are started by Open MPI's daemon, to which /proc/self/exe is itself.
+  std::string program = executable;
+  std::error_code ec;
+  if (const auto target = std::filesystem::read_symlink(executable, ec); !ec)
+    program = target.string();
+  const std::string b = std::to_string(bytes), r = std::to_string(repeats);
+  std::vector<char*> args = {const_cast<char*>(kHopProbeChildArg), const_cast<char*>(b.c_str()),
+                             const_cast<char*>(r.c_str()), nullptr};
+  MPI_Comm children = MPI_COMM_NULL;
+  std::vector<int> codes(static_cast<size_t>(processes), MPI_SUCCESS);
+  const int rc = MPI_Comm_spawn(program.c_str(), args.data(), processes, MPI_INFO_NULL, 0,
+                                MPI_COMM_SELF, &children, codes.data());
+  if (rc != MPI_SUCCESS || children == MPI_COMM_NULL) {
+    char text[MPI_MAX_ERROR_STRING] = {0};
+    int len = 0;
+    MPI_Error_string(rc, text, &len);
+    out.problem = std::string("MPI_Comm_spawn of ") + std::to_string(processes) +
+                  " probe processes failed: " + text;
+    return out;
+  }
+  MPI_Comm_set_errhandler(children, MPI_ERRORS_RETURN);
+  out.hop_s.assign(static_cast<size_t>(processes), 0.0);
+  MPI_Request req;
+  // Child 0 sends the medians; this process sleeps meanwhile (it must not take a core).
+  MPSL_MPI_CHECK(MPI_Irecv(out.hop_s.data(), processes, MPI_DOUBLE, 0, kTagResult, children, &req));
+  sleep_wait(req);
+  MPSL_MPI_CHECK(MPI_Comm_disconnect(&children));
+  return out;
+}
+
+int run_hop_probe_child(int argc, char** argv) {
+  MpiEnvironment env(&argc, &argv);
+  MPI_Comm parent = MPI_COMM_NULL;
+  MPSL_MPI_CHECK(MPI_Comm_get_parent(&parent));
+  if (parent == MPI_COMM_NULL || argc < 4) return 2;
+  const int64_t bytes = std::max<int64_t>(4, std::atoll(argv[2]));
+  const int repeats = std::max(1, std::atoi(argv[3]));
+  const int size = env.size();
+  std::vector<double> hop_s(static_cast<size_t>(size), 0.0);
+  for (int n = 2; n <= size; ++n) {
+    const double m = probe_n(n, bytes, repeats, MPI_COMM_WORLD);
+    // Child 1 measured it; child 0 collects.
+    if (env.rank() == 1) MPSL_MPI_CHECK(MPI_Send(&m, 1, MPI_DOUBLE, 0, kTagResult, MPI_COMM_WORLD));
+    if (env.rank() == 0) {
+      MPI_Request r;
+      MPSL_MPI_CHECK(MPI_Irecv(&hop_s[n - 1], 1, MPI_DOUBLE, 1, kTagResult, MPI_COMM_WORLD, &r));
+      sleep_wait(r);
+    }
+  }
+  if (env.rank() == 0)
+    MPSL_MPI_CHECK(MPI_Send(hop_s.data(), size, MPI_DOUBLE, 0, kTagResult, parent));
+  MPSL_MPI_CHECK(MPI_Comm_disconnect(&parent));
+  return 0;
+}
+
+}  // namespace mpsl::comm
