@@ -150,8 +150,15 @@ HopTimes measure_hop_times(const std::string& executable, int processes, int64_t
                              const_cast<char*>(r.c_str()), nullptr};
   MPI_Comm children = MPI_COMM_NULL;
   std::vector<int> codes(static_cast<size_t>(processes), MPI_SUCCESS);
-  const int rc = MPI_Comm_spawn(program.c_str(), args.data(), processes, MPI_INFO_NULL, 0,
-                                MPI_COMM_SELF, &children, codes.data());
+  // More processes than cores is the point, whatever the user's Open MPI defaults; unbound, as
+  // mpirun leaves the ranks of an oversubscribed job.
+  MPI_Info info = MPI_INFO_NULL;
+  MPSL_MPI_CHECK(MPI_Info_create(&info));
+  MPSL_MPI_CHECK(MPI_Info_set(info, "map_by", "slot:OVERSUBSCRIBE"));
+  MPSL_MPI_CHECK(MPI_Info_set(info, "bind_to", "none"));
+  const int rc = MPI_Comm_spawn(program.c_str(), args.data(), processes, info, 0, MPI_COMM_SELF,
+                                &children, codes.data());
+  MPI_Info_free(&info);
   if (rc != MPI_SUCCESS || children == MPI_COMM_NULL) {
     char text[MPI_MAX_ERROR_STRING] = {0};
     int len = 0;
