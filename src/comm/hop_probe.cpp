@@ -4,9 +4,9 @@
 #include <chrono>
 #include <filesystem>
 #include <memory>
-#include <thread>
 #include <vector>
 
+#include "mpsl/comm/mailbox.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/core/error.hpp"
 
@@ -26,28 +26,14 @@ void compute_for(double seconds) {
   while (now_s() - t0 < seconds) x = x + 1;
 }
 
-// comm::Mailbox's back-off (mailbox.cpp): 5 polls, then sleeps of 20 us doubling up to 200 us.
-void back_off(int& idle) {
-  if (++idle > 5) {
-    const int us = std::min(200, 20 << std::min(3, (idle - 5) / 20));
-    std::this_thread::sleep_for(std::chrono::microseconds(us));
-  }
-}
-
-// Waits for `r` without spinning (a waiting probe process must not take a core).
-void sleep_wait(MPI_Request& r) {
-  int done = 0;
-  while (true) {
-    MPSL_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
-    if (done) return;
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-  }
+void wait_for(MPI_Request& r, const char* what) {
+  wait_watched(r, [what] { return std::string("the hop probe's ") + what; });
 }
 
 void sleep_barrier(MPI_Comm comm) {
   MPI_Request r;
   MPSL_MPI_CHECK(MPI_Ibarrier(comm, &r));
-  sleep_wait(r);
+  wait_for(r, "barrier");
 }
 
 constexpr int kTagStamp = 1, kTagData = 2, kTagStop = 3, kTagResult = 4;
@@ -68,6 +54,7 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
       MPSL_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
     }
   } else if (rank < 2) {
+    const PollBackOff back_off = PollBackOff::from_environment();
     std::vector<float> buffer(static_cast<size_t>(bytes / 4), 1.f);
     std::vector<double> hops;
     for (int i = 0; i < repeats; ++i) {
@@ -87,7 +74,7 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
         int ack = 0;
         MPI_Request ra;
         MPSL_MPI_CHECK(MPI_Irecv(&ack, 1, MPI_INT, 1, kTagStamp, world, &ra));
-        sleep_wait(ra);
+        wait_for(ra, "receiver's acknowledgement");
       } else {  // waits as comm::Mailbox::wait does
         double sent = 0;
         MPI_Request rr[2];
@@ -98,7 +85,7 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
         while (true) {
           MPSL_MPI_CHECK(MPI_Testall(2, rr, &done, MPI_STATUSES_IGNORE));
           if (done) break;
-          back_off(idle);
+          back_off.pause(idle);
         }
         hops.push_back(now_s() - sent);
         int ack = 1;
@@ -172,7 +159,7 @@ HopTimes measure_hop_times(const std::string& executable, int processes, int64_t
   MPI_Request req;
   // Child 0 sends the medians; this process sleeps meanwhile (it must not take a core).
   MPSL_MPI_CHECK(MPI_Irecv(out.hop_s.data(), processes, MPI_DOUBLE, 0, kTagResult, children, &req));
-  sleep_wait(req);
+  wait_for(req, "results");
   MPSL_MPI_CHECK(MPI_Comm_disconnect(&children));
   return out;
 }
@@ -193,7 +180,7 @@ int run_hop_probe_child(int argc, char** argv) {
     if (env.rank() == 0) {
       MPI_Request r;
       MPSL_MPI_CHECK(MPI_Irecv(&hop_s[n - 1], 1, MPI_DOUBLE, 1, kTagResult, MPI_COMM_WORLD, &r));
-      sleep_wait(r);
+      wait_for(r, "median from its receiver");
     }
   }
   if (env.rank() == 0)

@@ -86,10 +86,21 @@ Envelope Mailbox::decode_tag(int tag, int source) {
   return e;
 }
 
-Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {
-  if (const char* v = std::getenv("MPSL_POLL_SLEEP_US")) max_sleep_us_ = std::max(0, std::atoi(v));
-  if (const char* v = std::getenv("MPSL_POLL_SPIN")) spin_polls_ = std::max(0, std::atoi(v));
+PollBackOff PollBackOff::from_environment() {
+  PollBackOff b;
+  if (const char* v = std::getenv("MPSL_POLL_SLEEP_US")) b.max_sleep_us = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("MPSL_POLL_SPIN")) b.spin_polls = std::max(0, std::atoi(v));
+  return b;
 }
+
+void PollBackOff::pause(int& idle) const {
+  if (++idle > spin_polls) {
+    const int us = std::min(max_sleep_us, 20 << std::min(3, (idle - spin_polls) / 20));
+    std::this_thread::sleep_for(std::chrono::microseconds(us));
+  }
+}
+
+Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {}
 
 Mailbox::~Mailbox() {
   if (MpiEnvironment::finalized()) return;
@@ -328,11 +339,7 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
     progress();
     if (!ready_.empty()) break;
     stall.check();
-    // Back off: spin briefly, then sleep, 20 us doubling up to the cap.
-    if (++idle > spin_polls_) {
-      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - spin_polls_) / 20));
-      std::this_thread::sleep_for(std::chrono::microseconds(us));
-    }
+    back_off_.pause(idle);
   }
   // Time inside MPI calls counts as communication, the rest of the wait as waiting.
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
@@ -352,10 +359,7 @@ bool Mailbox::wait_for(Message& out, const std::vector<int>& preferred_sources, 
       break;
     }
     if (since(t0) >= timeout_s) break;
-    if (++idle > spin_polls_) {
-      const int us = std::min(max_sleep_us_, 20 << std::min(3, (idle - spin_polls_) / 20));
-      std::this_thread::sleep_for(std::chrono::microseconds(us));
-    }
+    back_off_.pause(idle);
   }
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
   if (got) out = take(preferred_sources);

@@ -2,10 +2,10 @@
 // beside them, measured with Open MPI itself (`mpsl profile` runs it; the cost model reads it).
 //
 // On a host with more busy processes than cores, a rank that waits in its mailbox (polling, then
-// sleeping 20-200 us) is not running when its message arrives; it has to be scheduled back, and
-// so has the sender to progress its side. Measured with tools/bench_hop.sh: a 64 KiB message
-// takes 0.01 ms between two ranks on idle cores but 1-2 ms beside two computing processes on 2
-// cores, whatever its size. The probe measures this directly:
+// sleeping 20-200 us: comm::PollBackOff) is not running when its message arrives; it has to be
+// scheduled back, and so has the sender to progress its side. Measured with tools/bench_hop.sh: a
+// 64 KiB message takes 0.01 ms between two ranks on idle cores but 1-2 ms beside two computing
+// processes on 2 cores, whatever its size. The probe measures this directly:
 //
 //   measure_hop_times(P, bytes, repeats) spawns P processes of this executable
 //   (MPI_Comm_spawn from a singleton; the children run run_hop_probe_child()). For n = 2..P,

@@ -78,6 +78,17 @@ struct MailboxStats {
   int64_t messages_sent = 0, bytes_sent = 0;
 };
 
+// How the mailbox waits between polls that find nothing: `spin_polls` polls, then sleeps of
+// 20 us doubling up to `max_sleep_us` (spinning steals cores from ranks that share them).
+struct PollBackOff {
+  int spin_polls = 5;
+  int max_sleep_us = 200;
+  // MPSL_POLL_SPIN and MPSL_POLL_SLEEP_US override the defaults.
+  static PollBackOff from_environment();
+  // After the idle-th fruitless poll in a row (counts `idle` up).
+  void pause(int& idle) const;
+};
+
 class Mailbox {
  public:
   explicit Mailbox(MPI_Comm comm);
@@ -158,9 +169,8 @@ class Mailbox {
   uint64_t deferred_seq_ = 0;
   Message take(const std::vector<int>& preferred_sources);
   uint64_t post_counter_ = 0;
-  int max_sleep_us_ = 200;  // MPSL_POLL_SLEEP_US overrides
-  int spin_polls_ = 5;      // polls before the first sleep (spinning steals cores); MPSL_POLL_SPIN
-  bool progress();          // tests all requests; true when something completed
+  PollBackOff back_off_ = PollBackOff::from_environment();
+  bool progress();  // tests all requests; true when something completed
   // progress()'s scratch, kept to allocate nothing per poll.
   std::vector<int> t_arrived_, t_index_, t_done_;
   std::vector<MPI_Request> t_requests_;
