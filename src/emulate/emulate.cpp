@@ -242,6 +242,16 @@ double RankEmulator::aggregation_seconds(int owner, int64_t bytes) const {
   return one(d.up) + one(d.down);
 }
 
+double RankEmulator::ring_allreduce_seconds(Entity who, int64_t bytes, int ranks) const {
+  if (!e_ || ranks <= 1) return 0;
+  const Device& d = device(who);
+  double bps = d.up.bps > 0 ? d.up.bps : 0;
+  if (d.down.bps > 0) bps = bps > 0 ? std::min(bps, d.down.bps) : d.down.bps;
+  const double chunk = static_cast<double>(bytes) / ranks;
+  const double step = (bps > 0 ? 8.0 * chunk / bps : 0.0) + d.up.latency_s + d.down.latency_s;
+  return 2.0 * (ranks - 1) * step;
+}
+
 void RankEmulator::sleep_until(Clock::time_point t) {
   if (t > Clock::now()) std::this_thread::sleep_until(t);
 }

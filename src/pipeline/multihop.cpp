@@ -9,6 +9,7 @@
 #include <thread>
 #include <tuple>
 
+#include "mpsl/comm/collectives.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
@@ -480,8 +481,7 @@ class OwnerRuntime : public RankRuntime {
         if (!v->empty()) {
           comm::audit_message("fedavg-weighted-sum", -1,
                               static_cast<int64_t>(v->size() * sizeof(double)), true);
-          MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
-                                       MPI_DOUBLE, MPI_SUM, owner_comm_.get()));
+          comm::allreduce_sum(v->data(), static_cast<int64_t>(v->size()), owner_comm_.get());
         }
       optim::assign_average(sums, total, targets, s_.policy);
       // Carried late owners keep their own parts: the aggregated model is kept aside (for
@@ -1173,14 +1173,33 @@ class StageRuntime : public RankRuntime {
     optim::PartSums& sums = fedavg_sums_;
     optim::weighted_sums_into(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage,
                               sums);
-    if (t_.replicas > 1)  // the replicas of this stage add up their owners' weighted sums
+    // Emulation: the sums are a compute span of this stage's device. (Sleeps are not busy.)
+    double slept = 0;
+    auto sleep_until = [&slept](Clock::time_point t) {
+      const auto before = Clock::now();
+      emulate::RankEmulator::sleep_until(t);
+      slept += since(before);
+    };
+    if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0, since(t0)));
+    if (t_.replicas > 1) {  // the replicas of this stage add up their owners' weighted sums
+      const auto reduce_start = Clock::now();
+      int64_t bytes = 0;
       for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
         if (!v->empty()) {
           comm::audit_message("replica-weighted-sum", -1,
                               static_cast<int64_t>(v->size() * sizeof(double)), true);
-          MPSL_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v->data(), static_cast<int>(v->size()),
-                                       MPI_DOUBLE, MPI_SUM, replica_group_.get()));
+          comm::allreduce_sum(v->data(), static_cast<int64_t>(v->size()), replica_group_.get());
+          bytes += static_cast<int64_t>(v->size() * sizeof(double));
         }
+      // Emulation: each replica is a node of its own; the reduction crosses their links.
+      const double ring =
+          emu_.ring_allreduce_seconds(emulate::stage_entity(stage_), bytes, t_.replicas);
+      if (ring > 0) {
+        emu_.account_aggregation(ring);
+        sleep_until(reduce_start + std::chrono::duration_cast<Clock::duration>(
+                                       std::chrono::duration<double>(ring)));
+      }
+    }
     optim::assign_average(sums, total, targets, s_.policy);
     if (s_.stragglers.carry && any_late) {
       if (!global_) global_.emplace(copies_.front());
@@ -1195,7 +1214,7 @@ class StageRuntime : public RankRuntime {
           for (int r = 1; r <= round_; ++r) n += s_.plan.round_steps(k, r);
           copies_[local_[k]].steps = n;
         }
-    busy_ += since(t0);
+    busy_ += since(t0) - slept;
   }
 
   std::pair<double, double> evaluate(const data::Dataset*) override {

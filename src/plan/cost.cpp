@@ -144,9 +144,10 @@ int64_t untouched_gradient_scratch_bytes(const Profile& p, int b, int e) {
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
                            int owner_ranks, int stage, int stages, int window) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
-  // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers
-  // for a moment at every round's end.
-  const int64_t sums = owners > 1 ? 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) : 0;
+  // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers,
+  // kept from round to round. Every stage rank sums, also a replica holding one owner's copy
+  // (the replicas reduce these sums) and a stage of K = 1.
+  const int64_t sums = 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e));
   // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
   return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) -
          untouched_gradient_scratch_bytes(p, b, e) + sums +
@@ -173,12 +174,22 @@ double share_rate(const Scenario& s, int busy) {
 // FedAvg at the round's end. Owner ranks: the weighted sums of their owners' parts 1 and P and
 // the reduction over the owner ranks, after (--emulate) the slowest of their owners has
 // uploaded and downloaded its parts. Stage ranks: the weighted sums of their copies and, with
-// replicas, a reduction over the replicas of the stage (a ring, roughly).
+// replicas, a reduction over the replicas of the stage (a ring all-reduce of the sums, in
+// double: 2 (H - 1) steps of a share of them; measured with 4 replicas of a vgg19 stage on 2
+// cores, 1.1 GB: 0.5-0.9 s). --emulate: the sums run at the stage device's speed and the
+// reduction lasts at least the ring over the replicas' links (multihop.cpp StageRuntime).
 struct Aggregation {
-  std::vector<double> busy;  // per rank: compute
-  std::vector<double> wait;  // per rank: emulated link time (sleeping)
-  double seconds = 0;        // until every rank is done
+  std::vector<double> busy;   // per rank: compute
+  std::vector<double> wait;   // per rank: emulated link time before it (sleeping)
+  std::vector<double> after;  // per rank: emulated time after it (sleeping)
+  double seconds = 0;         // until every rank is done
 };
+
+double emulated_ring_allreduce_s(const EmulatedDevice& d, int64_t bytes, int ranks) {
+  if (ranks <= 1) return 0;
+  const double step = emulated_wire_s(d, d, bytes / ranks) + d.up.latency_s + d.down.latency_s;
+  return 2.0 * (ranks - 1) * step;
+}
 
 Aggregation aggregation(const Scenario& s) {
   const Profile& p = *s.profile;
@@ -187,6 +198,7 @@ Aggregation aggregation(const Scenario& s) {
   Aggregation g;
   g.busy.assign(O + H * N, 0.0);
   g.wait.assign(O + H * N, 0.0);
+  g.after.assign(O + H * N, 0.0);
   const double bytes = static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S));
   const int64_t emulated_bytes =
       p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) + p.buffer_bytes(z, S);
@@ -203,15 +215,21 @@ Aggregation aggregation(const Scenario& s) {
     for (int i = 0; i < N; ++i) {
       const Device& d = s.stage_device(i);
       const int b = s.split[i], e = s.split[i + 1];
-      double w = d.slowdown * p.average_s_per_byte * static_cast<double>(p.param_bytes(b, e)) *
-                 s.owners_of_replica(h);
-      if (H > 1)  // sums in double: twice the part's parameters and buffers
-        w += 2.0 * (H - 1) * transfer_s(d, d, 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e)) / H);
-      g.busy[O + h * N + i] = w;
+      const double sums = d.slowdown * p.average_s_per_byte *
+                          static_cast<double>(p.param_bytes(b, e)) * s.owners_of_replica(h);
+      const int64_t sum_bytes = 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e));  // doubles
+      const double ring = H > 1 ? 2.0 * (H - 1) * transfer_s(d, d, sum_bytes / H) : 0.0;
+      const int r = O + h * N + i;
+      g.busy[r] = sums + ring;
+      if (s.emulated) {
+        const EmulatedDevice& ed = s.emulated_stages[i];
+        g.after[r] = (ed.factor - 1) * sums +
+                     std::max(0.0, emulated_ring_allreduce_s(ed, sum_bytes, H) - ring);
+      }
     }
   // Processor sharing: a rank starts its sums after its wait (emulated links) and computes at
   // the shared rate of the ranks busy with it; those done leave their cores to the rest.
-  std::vector<double> left = g.busy;
+  std::vector<double> left = g.busy, done = g.wait;
   double now = 0;
   for (;;) {
     int active = 0, next_start = -1;
@@ -236,12 +254,16 @@ Aggregation aggregation(const Scenario& s) {
     for (size_t r = 0; r < left.size(); ++r)
       if (left[r] > 0 && g.wait[r] <= now) {
         left[r] -= dt * rate;
-        if (left[r] <= 1e-9 * g.busy[r]) left[r] = 0;
+        if (left[r] <= 1e-9 * g.busy[r]) {
+          left[r] = 0;
+          done[r] = now + dt;
+        }
       }
     now = starts ? g.wait[next_start] : now + dt;
   }
   g.seconds = now;
-  for (size_t r = 0; r < g.busy.size(); ++r) g.seconds = std::max(g.seconds, g.wait[r]);
+  // A rank whose emulated sleep follows its compute holds no core meanwhile.
+  for (size_t r = 0; r < g.busy.size(); ++r) g.seconds = std::max(g.seconds, done[r] + g.after[r]);
   return g;
 }
 
@@ -865,7 +887,10 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
           untouched_gradient_scratch_bytes(p, 0, a) - untouched_gradient_scratch_bytes(p, z, S) +
           rp.max_in_flight * part_activation_bytes(p, 0, a) + part_activation_bytes(p, z, S) +
           mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
-          2 * 8 * shard + owner_receive + owner_sends;
+          2 * 8 * shard + owner_receive + owner_sends +
+          // FedAvg's sums of parts 1 and P in double, kept from round to round.
+          2 * (p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) +
+               p.buffer_bytes(z, S));
       if (r == 0 && s.test_samples > 0) {
         // Rank 0 evaluates: the test set, an evaluation batch of images, the activations of
         // the batches in flight and the one it receives (multihop.cpp evaluate), and the

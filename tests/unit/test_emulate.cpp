@@ -142,8 +142,13 @@ TEST(Emulation, LinksTakeBytesOverBandwidthPlusLatencyOneMessageAtATime) {
   EXPECT_NEAR(r.stats().transfer_s, 1.012 + 1.012 + 1.004 + 2.002, 1e-9);
   // FedAvg: parts up at 8 Mbit/s (+10 ms), down at 16 Mbit/s.
   EXPECT_NEAR(r.aggregation_seconds(0, 1000000), 1.0 + 0.01 + 0.5, 1e-9);
+  // Replicas of stage 0 reduce 3 MB of sums in a ring of 3: 4 steps of 1 MB at 4 Mbit/s, each
+  // waiting the latency twice (up 0.002 and down 0.002); one replica reduces nothing.
+  EXPECT_NEAR(r.ring_allreduce_seconds(s0, 3000000, 3), 4 * (2.0 + 0.004), 1e-9);
+  EXPECT_EQ(r.ring_allreduce_seconds(s0, 3000000, 1), 0);
   // No emulation: nothing changes.
   em::RankEmulator off(nullptr);
   EXPECT_FALSE(off.active());
   EXPECT_EQ(off.transfer(o, s0, 1 << 20, t0), t0);
+  EXPECT_EQ(off.ring_allreduce_seconds(s0, 1 << 20, 4), 0);
 }

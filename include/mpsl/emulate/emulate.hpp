@@ -15,7 +15,9 @@
 //   in order), occupies it for 8 b / min(up_bps(a), down_bps(c)) seconds and arrives
 //   up_latency(a) + down_latency(c) later. The sender's mailbox posts the MPI send then.
 // - Aggregation: an owner rank waits, before the FedAvg reduction, as long as its slowest
-//   owner takes to upload and download its parts 1 and P over its own link.
+//   owner takes to upload and download its parts 1 and P over its own link. A stage rank's
+//   sums of its copies are a compute span on its device; with --replicas the reduction over
+//   the replicas lasts at least a ring all-reduce over their links (ring_allreduce_seconds).
 // - Evaluation is not emulated. Everything emulated is accounted (EmulationStats) and reported
 //   per rank in the metrics (rank_summary "emulated").
 #pragma once
@@ -95,8 +97,13 @@ class RankEmulator {
   // When a message of `bytes` from `from` to `to`, ready at `ready`, arrives.
   Clock::time_point transfer(Entity from, Entity to, int64_t bytes, Clock::time_point ready);
   // Seconds owner k needs to upload and then download `bytes` (its parts 1 and P) over its
-  // link (stages aggregate locally); accounted once per call to account_aggregation.
+  // link; accounted once per call to account_aggregation.
   double aggregation_seconds(int owner, int64_t bytes) const;
+  // Seconds a ring all-reduce of `bytes` over `ranks` devices like `who` takes on their links:
+  // 2 (ranks - 1) steps, each sends bytes / ranks from one device to the next (its up link,
+  // the next one's down link) and waits their latency. How the replicas of a stage (each on a
+  // node of its own) reduce their FedAvg sums; accounted through account_aggregation.
+  double ring_allreduce_seconds(Entity who, int64_t bytes, int ranks) const;
   void account_aggregation(double seconds) { stats_.aggregation_s += seconds; }
 
   const EmulationStats& stats() const { return stats_; }
