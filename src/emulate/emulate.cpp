@@ -8,6 +8,9 @@
 #include <sstream>
 #include <thread>
 
+#include <omp.h>
+#include <time.h>
+
 #include "mpsl/core/error.hpp"
 
 namespace mpsl::emulate {
@@ -204,6 +207,21 @@ Clock::duration to_duration(double s) {
 }
 }  // namespace
 
+double thread_cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+SpanStart span_start() {
+  return {Clock::now(), thread_cpu_seconds()};
+}
+
+double span_seconds(const SpanStart& start) {
+  if (omp_get_max_threads() == 1) return thread_cpu_seconds() - start.cpu_s;
+  return std::chrono::duration<double>(Clock::now() - start.wall).count();
+}
+
 Clock::time_point RankEmulator::compute(Entity who, Clock::time_point start, double measured) {
   if (!e_) return start + to_duration(measured);
   const double f = device(who).compute_factor;
@@ -212,6 +230,11 @@ Clock::time_point RankEmulator::compute(Entity who, Clock::time_point start, dou
   free = begin + to_duration(f * measured);
   stats_.compute_delay_s += (f - 1) * measured;
   return free;
+}
+
+Clock::time_point RankEmulator::free_at(Entity who) const {
+  const auto it = device_free_.find(who);
+  return it == device_free_.end() ? Clock::time_point::min() : it->second;
 }
 
 Clock::time_point RankEmulator::transfer(Entity from, Entity to, int64_t bytes,

@@ -436,17 +436,24 @@ class OwnerRuntime : public RankRuntime {
   void aggregate() override {
     obs::Span span(obs::Activity::kAggregation);
     if (emu_.active()) {
-      // Every owner uploads its parts 1 and P and downloads the average over its own link;
-      // this rank's owners do so in parallel.
+      // Every owner uploads its parts 1 and P and downloads the average over its own link once
+      // its device has ended its last span (the host ran it faster); this rank's owners do so
+      // in parallel.
       double longest = 0;
+      const auto now = Clock::now();
+      auto until = now;
       for (const auto& o : owners_) {
         const int64_t floats =
             static_cast<int64_t>(o->first.params.size() + o->first.buffers.size() +
                                  o->last.params.size() + o->last.buffers.size());
-        longest = std::max(longest, emu_.aggregation_seconds(o->id, floats * 4));
+        const double transfer = emu_.aggregation_seconds(o->id, floats * 4);
+        longest = std::max(longest, transfer);
+        until = std::max(until, std::max(now, emu_.free_at(emulate::owner_entity(o->id))) +
+                                    std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(transfer)));
       }
       emu_.account_aggregation(longest);
-      std::this_thread::sleep_for(std::chrono::duration<double>(longest));
+      emulate::RankEmulator::sleep_until(until);
     }
     const auto t0 = Clock::now();
     const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
@@ -641,7 +648,7 @@ class OwnerRuntime : public RankRuntime {
   }
 
   void send_forward(Owner& o) {
-    const auto t0 = Clock::now();
+    const emulate::SpanStart t0 = emulate::span_start();
     if (!o.batch_active) {
       while (o.step_in_epoch >= s_.plan.steps(o.id, round_, o.epoch)) {
         ++o.epoch;
@@ -686,7 +693,7 @@ class OwnerRuntime : public RankRuntime {
   }
 
   void handle(const comm::Mailbox::Message& msg) {
-    const auto t0 = Clock::now();
+    const emulate::SpanStart t0 = emulate::span_start();
     comm::test_message_hook(rank_);
     Owner& o = owner(msg.env.owner);
     const int m = msg.env.micro;
@@ -763,12 +770,17 @@ class OwnerRuntime : public RankRuntime {
   }
 
   // Ends a compute span of owner k that began at t0: when its (emulated) device finishes it.
-  Clock::time_point span_end(int k, Clock::time_point t0) {
-    const double dt = since(t0);
+  Clock::time_point span_end(int k, const emulate::SpanStart& t0) {
+    const double dt = since(t0.wall);
     busy_ += dt;
+    if (!emu_.active()) {
+      owner(k).busy_s += dt;
+      return t0.wall +
+             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(dt));
+    }
     owner(k).busy_s +=
-        dt * (emu_.active() ? emu_.device(emulate::owner_entity(k)).compute_factor : 1.0);
-    return emu_.compute(emulate::owner_entity(k), t0, dt);
+        emulate::span_seconds(t0) * emu_.device(emulate::owner_entity(k)).compute_factor;
+    return emu_.compute(emulate::owner_entity(k), t0);
   }
 
   // ---- stragglers (Settings::stragglers) ----
@@ -1071,7 +1083,7 @@ class StageRuntime : public RankRuntime {
         continue;
       }
       comm::test_message_hook(rank_);
-      const auto t0 = Clock::now();
+      const emulate::SpanStart t0 = emulate::span_start();
       const int k = msg.env.owner, m = msg.env.micro, source = msg.env.source;
       nn::PartState& copy = copies_[local_[k]];
       const nn::StepInfo info{s_.seed, copy.steps, m * micro_batch_, true,
@@ -1149,7 +1161,7 @@ class StageRuntime : public RankRuntime {
   void aggregate() override {
     const std::vector<int> late = agree_on_late({}, t_.owners, s_.stragglers.active());
     obs::Span span(obs::Activity::kAggregation);
-    const auto t0 = Clock::now();
+    const emulate::SpanStart t0 = emulate::span_start();
     for (int k : mine_)
       if (!all_finite(copies_[local_[k]].params.data(), copies_[local_[k]].params.size()))
         throw RuntimeFailure("non-finite parameters in the copy of owner " + std::to_string(k) +
@@ -1180,7 +1192,7 @@ class StageRuntime : public RankRuntime {
       emulate::RankEmulator::sleep_until(t);
       slept += since(before);
     };
-    if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0, since(t0)));
+    if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0));
     if (t_.replicas > 1) {  // the replicas of this stage add up their owners' weighted sums
       const auto reduce_start = Clock::now();
       int64_t bytes = 0;
@@ -1214,7 +1226,7 @@ class StageRuntime : public RankRuntime {
           for (int r = 1; r <= round_; ++r) n += s_.plan.round_steps(k, r);
           copies_[local_[k]].steps = n;
         }
-    busy_ += since(t0) - slept;
+    busy_ += since(t0.wall) - slept;
   }
 
   std::pair<double, double> evaluate(const data::Dataset*) override {
@@ -1259,14 +1271,14 @@ class StageRuntime : public RankRuntime {
   static int64_t key(int owner, int micro) { return static_cast<int64_t>(owner) * 4096 + micro; }
 
   // Ends the compute span begun at t0 (emulation: sleeps until the emulated device would have
-  // finished it) and sends its result on, through the emulated link when emulating.
+  // finished it, emulate::span_seconds) and sends its result on, through the emulated link when
+  // emulating.
   void send(float* buf, int64_t floats, bool forward, comm::MessageKind kind, int k, int m,
-            Clock::time_point t0) {
-    const double dt = since(t0);
-    busy_ += dt;
+            const emulate::SpanStart& t0) {
+    busy_ += since(t0.wall);
     const int dest = forward ? next_rank(k) : prev_rank(k);
     if (!emu_.active()) return mailbox_.send(buf, floats, dest, kind, k, m);
-    const auto ready = emu_.compute(emulate::stage_entity(stage_), t0, dt);
+    const auto ready = emu_.compute(emulate::stage_entity(stage_), t0);
     emulate::RankEmulator::sleep_until(ready);
     const bool to_owner = forward ? stage_ == t_.stages - 1 : stage_ == 0;
     const emulate::Entity to =

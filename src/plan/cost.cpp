@@ -191,7 +191,9 @@ double emulated_ring_allreduce_s(const EmulatedDevice& d, int64_t bytes, int ran
   return 2.0 * (ranks - 1) * step;
 }
 
-Aggregation aggregation(const Scenario& s) {
+// `owner_tail[k]`: how long after training owner k's emulated device is still busy with its
+// last span (--emulate; empty = none): its upload starts then.
+Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail = {}) {
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages(), O = s.owner_ranks, H = s.replicas;
   const int a = s.split.front(), z = s.split.back();
@@ -206,7 +208,9 @@ Aggregation aggregation(const Scenario& s) {
     const int r = k % O;
     g.busy[r] += s.owner_device_of(k).slowdown * p.average_s_per_byte * bytes;
     if (s.emulated)
-      g.wait[r] = std::max(g.wait[r], emulated_aggregation_s(s.emulated_owners[k], emulated_bytes));
+      g.wait[r] =
+          std::max(g.wait[r], (owner_tail.empty() ? 0.0 : owner_tail[k]) +
+                                  emulated_aggregation_s(s.emulated_owners[k], emulated_bytes));
   }
   if (O > 1)
     for (int r = 0; r < O; ++r)
@@ -354,6 +358,7 @@ struct RankSim {
   Task task = Task::kNone;
   Msg current;              // the message the task serves (or owner/micro for forwards)
   double remaining = 0;     // seconds of work at full speed
+  double work = 0;          // the compute task's work at full speed (its CPU time)
   double started = 0;       // when the task began
   double asleep_until = 0;  // --emulate: a stage sleeps until its device has finished
   std::vector<Msg> held;    // --emulate: messages waiting for their release, by release time
@@ -647,11 +652,11 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
         const int k = m.owner;
         if (m.kind == Kind::kActivation) {
           r.task = Task::kLast;
-          r.remaining = t_last[k];
+          r.remaining = r.work = t_last[k];
         } else {
           OwnerState& o = owners[k];
           r.task = Task::kFirstBackward;
-          r.remaining = t_first_bwd[k] + (o.grads_done + 1 == M ? t_owner_step[k] : 0.0);
+          r.remaining = r.work = t_first_bwd[k] + (o.grads_done + 1 == M ? t_owner_step[k] : 0.0);
         }
         return;
       }
@@ -669,7 +674,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
         r.current.micro = o.next_micro++;
         ++o.in_flight;
         r.task = Task::kFirstForward;
-        r.remaining = t_first_fwd[o.id];
+        r.remaining = r.work = t_first_fwd[o.id];
         r.next = (r.next + i + 1) % n;
         ++r.in_flight;
         r.max_in_flight = std::max(r.max_in_flight, r.in_flight);
@@ -683,31 +688,33 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     const int i = r.stage;
     if (m.kind == Kind::kActivation) {
       r.task = Task::kStageForward;
-      r.remaining = t_fwd[i];
+      r.remaining = r.work = t_fwd[i];
       ++r.in_flight;
       r.max_in_flight = std::max(r.max_in_flight, r.in_flight);
     } else {
       r.task = Task::kStageBackward;
-      r.remaining = t_bwd[i] + (grads_done[rank][m.owner] + 1 == M ? t_step[i] : 0.0);
+      r.remaining = r.work = t_bwd[i] + (grads_done[rank][m.owner] + 1 == M ? t_step[i] : 0.0);
     }
   };
 
   // The span that ends now sends `out` (if any). Emulated: an owner's span ends on its
-  // device's clock and its message is held back; a stage sleeps until its device is done.
+  // device's clock, factor x its CPU time (its work, unstretched by sharing the host's cores:
+  // emulate::span_seconds) after it began, or now if that is later, and its message is held
+  // back until then; a stage sleeps until its device is done.
   auto end_span = [&](int rank, const Msg* out, int to_entity) {
     RankSim& r = ranks[rank];
     if (!s.emulated) {
       if (out) post(*out);
       return;
     }
-    const double measured = now - r.started;
+    const double measured = r.work;
     const int k = r.current.owner;
     const int from = r.owner ? k : K + r.stage;
     double& clock = r.owner ? owner_clock[k] : stage_clock[rank];
     const double begin = std::max(r.started, clock);
     clock = begin + emulated_device(from).factor * measured;
     if (!r.owner) r.asleep_until = clock;
-    if (out) send_emulated(*out, from, to_entity, clock);
+    if (out) send_emulated(*out, from, to_entity, std::max(now, clock));
   };
 
   auto finish_task = [&](int rank) {
@@ -839,7 +846,9 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
 
   Prediction out;
   out.train_s = now;
-  const Aggregation agg = aggregation(s);
+  std::vector<double> owner_tail(K, 0.0);
+  for (int k = 0; k < K; ++k) owner_tail[k] = std::max(0.0, owner_clock[k] - now);
+  const Aggregation agg = aggregation(s, owner_tail);
   out.aggregate_s = agg.seconds;
   out.evaluate_s = evaluate_seconds(s);
   // What rank 0 measures as a round: training, FedAvg until every rank has averaged its

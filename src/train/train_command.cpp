@@ -548,7 +548,7 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
           if (nan_skip)
             saved_buffers.assign(states[k].buffers.data(),
                                  states[k].buffers.data() + states[k].buffers.size());
-          const auto t0 = Clock::now();
+          const emulate::SpanStart t0 = emulate::span_start();
           obs::Span span(obs::Activity::kStep, k);
           const nn::LossResult r =
               trainer.compute(states[k], buf.images.data(), buf.labels.data(), k);
@@ -566,10 +566,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
             fault = "parameter gradient (element " + std::to_string(i) + ")";
           if (fault.empty()) trainer.apply(states[k]);
           span.end();
-          const double dt = seconds_since(t0);
+          const double dt = seconds_since(t0.wall);
           obs::note_heap();
           if (emulator.active())
-            emulate::RankEmulator::sleep_until(emulator.compute(emulate::owner_entity(k), t0, dt));
+            emulate::RankEmulator::sleep_until(emulator.compute(emulate::owner_entity(k), t0));
           if (process_steps >= warmup) {
             timed_seconds += dt;
             timed_images += o.batch;

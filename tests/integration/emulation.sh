@@ -4,7 +4,7 @@
 #  - link delays: every message over an emulated link is accounted exactly (latency + bytes /
 #    bandwidth, per message, in the "emulation" metrics events), and the round takes at least
 #    the emulated critical path (one owner, one batch in flight: 4 owner-link messages a step);
-#  - compute slowdown: each rank's accounted delay is (factor - 1) x its measured compute, and
+#  - compute slowdown: each rank's accounted delay is (factor - 1) x its spans' CPU time, and
 #    a run with every device 3x slower is measurably slower (loose bounds: shared machine);
 #  - the single-process simulation applies the owners' compute factors.
 set -uo pipefail
@@ -103,9 +103,11 @@ slow = ev(sys.argv[2], "round_end")[0]["seconds"]
 busy = {e["rank"]: e["busy_s"] for e in ev(sys.argv[2], "rank_summary")}
 errs, parts = [], []
 for e in ev(sys.argv[2], "emulation"):
-    r = e["compute_delay_s"] / busy[e["rank"]]   # busy_s also holds FedAvg: a little under 2
+    # The delay is 2 x the spans' CPU time, busy_s their wall time (and FedAvg's): a little under
+    # 2, less when a rank waits for a core (3 ranks on 2 cores), a hair over from the clock reads.
+    r = e["compute_delay_s"] / busy[e["rank"]]
     parts.append(f"rank {e['rank']} delay/busy {r:.3f}")
-    if not 1.7 <= r <= 2.0 + 1e-9: errs.append(f"rank {e['rank']}: delay/busy {r:.3f} not in [1.7, 2]")
+    if not 1.2 <= r <= 2.01: errs.append(f"rank {e['rank']}: delay/busy {r:.3f} not in [1.2, 2.01]")
 ratio = slow / base
 if not 1.5 <= ratio <= 5.0: errs.append(f"round time ratio {ratio:.2f} not in [1.5, 5]")
 print("; ".join(errs) if errs else f"round {slow:.2f} s vs {base:.2f} s (x{ratio:.2f}, expected about 3); " + ", ".join(parts))

@@ -2,8 +2,11 @@
 // device clocks and link queues.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <chrono>
 #include <string>
+#include <thread>
 
 #include "mpsl/core/error.hpp"
 #include "mpsl/emulate/emulate.hpp"
@@ -114,11 +117,46 @@ TEST(Emulation, DeviceClocksScaleComputeAndSerialiseWork) {
   // The device is busy until end1: a span begun earlier starts then.
   const auto end2 = r.compute(em::owner_entity(0), t0 + std::chrono::milliseconds(10), 0.1);
   EXPECT_NEAR(secs(end2 - t0), 0.6, 1e-9);
+  // FedAvg's upload waits for it; a device without spans is free.
+  EXPECT_EQ(r.free_at(em::owner_entity(0)), end2);
+  EXPECT_EQ(r.free_at(em::owner_entity(1)), em::Clock::time_point::min());
   // Another owner is another device.
   EXPECT_NEAR(secs(r.compute(em::owner_entity(1), t0, 0.1) - t0), 0.3, 1e-9);
   EXPECT_NEAR(r.stats().compute_delay_s, 3 * 0.2, 1e-12);
   // Stages default to the identity.
   EXPECT_NEAR(secs(r.compute(em::stage_entity(0), t0, 0.1) - t0), 0.1, 1e-9);
+}
+
+TEST(Emulation, SpansMeasureTheirCpuTimeNotTheirWaitForACore) {
+  // A span that waits 50 ms (as for a core other ranks hold) and computes 20 ms of CPU: with
+  // one thread per rank its device takes factor x 20 ms, with more threads factor x its wall time.
+  auto span = [] {
+    const em::SpanStart start = em::span_start();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const double c0 = em::thread_cpu_seconds();
+    while (em::thread_cpu_seconds() - c0 < 0.02) {
+    }
+    return em::span_seconds(start);
+  };
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const double one = span();
+  omp_set_num_threads(2);
+  const double two = span();
+  omp_set_num_threads(threads);
+  EXPECT_GE(one, 0.02);
+  EXPECT_LT(one, 0.04);
+  EXPECT_GE(two, 0.07);
+  const em::Emulation e =
+      em::parse_emulation(R"({"owners": {"default": {"compute_factor": 3}}})", "dev.json", 1, 1);
+  em::RankEmulator r(&e);
+  omp_set_num_threads(1);
+  const em::SpanStart start = em::span_start();
+  const auto end = r.compute(em::owner_entity(0), start);
+  omp_set_num_threads(threads);
+  // No CPU spent: the result is ready now, not before.
+  EXPECT_GE(end, start.wall);
+  EXPECT_LE(secs(end - start.wall), 0.01);
 }
 
 TEST(Emulation, LinksTakeBytesOverBandwidthPlusLatencyOneMessageAtATime) {

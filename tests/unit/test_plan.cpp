@@ -381,8 +381,10 @@ TEST(CostModel, EmulatedOwnerIsASumOfEmulatedSpansAndTransfers) {
   // The runtime does not wait for the emulated end of the round's last span (its owner rank
   // ends the round when the real one ends): 0.02, not 20 x 0.02.
   EXPECT_NEAR(pr.train_s, trip + 20 * 0.02 + trip + 0.02, 1e-9);
-  // FedAvg: no parameters, so the owner's upload and download are the two latencies.
-  EXPECT_NEAR(pr.round_s, pr.train_s + 0.005, 1e-9);
+  // FedAvg waits for the owner's device to end that backward (20 x 0.02 from its start, 0.02
+  // of it before training ended); then, with no parameters, the owner's upload and download
+  // are the two latencies.
+  EXPECT_NEAR(pr.round_s, pr.train_s + (20 * 0.02 - 0.02) + 0.005, 1e-9);
   EXPECT_NEAR(pr.ranks[0].busy_s, 2 * (0.01 + 0.09 + 0.02), 1e-9);  // real compute only
   EXPECT_GT(pr.paper_round_s, 0);
 }
@@ -537,13 +539,15 @@ TEST(CostModel, SleepingStageLeavesItsCoreToOthers) {
   s.owner_device = s.node_device = no_link();
   s.cores = 1;
   const Prediction pr = simulate(s);
-  // 0-0.2 both owners forward (half speed each); 0.2-0.3 stage forward of owner 0 alone,
-  // asleep to 0.5; 0.5-0.7 stage forward of owner 1 and owner 0's part P share the core, the
-  // stage sleeps to 1.1 (3 x 0.2 measured) while owner 0 finishes alone at 0.8; 1.1-1.3 stage
-  // backward of owner 0 and owner 1's part P share, owner 1 finishes alone at 1.4, the stage
-  // sleeps to 1.7; 1.7-1.9 stage backward of owner 1 and owner 0's backward share, the stage
-  // sleeps to 2.3; owner 1's backward alone: 2.4.
-  EXPECT_NEAR(pr.train_s, 2.4, 1e-6);
+  // A stage span ends 3 x its work (its CPU time, 0.1) after it began, however long sharing
+  // the core made it. 0-0.2 both owners forward (half speed each); 0.2-0.3 stage forward of
+  // owner 0 alone, asleep to 0.5; 0.5-0.7 stage forward of owner 1 and owner 0's part P share
+  // the core, the stage sleeps to 0.8 while owner 0 finishes alone at 0.8; 0.8-1.0 stage
+  // backward of owner 0 and owner 1's part P share, owner 1 finishes alone at 1.1, the stage
+  // sleeps to 1.1; 1.1-1.3 stage backward of owner 1 and owner 0's backward share, the stage
+  // sleeps to 1.4; owner 1's backward alone: 1.5. (Had the stage taken 3 x its stretched wall
+  // time, 0.2 for each shared span, the round would take 2.4.)
+  EXPECT_NEAR(pr.train_s, 1.5, 1e-6);
   EXPECT_NEAR(pr.ranks[0].busy_s, 0.2 + 0.3 + 0.2, 1e-6);
   EXPECT_NEAR(pr.ranks[2].busy_s, 4 * 0.2 - 0.1, 1e-6);  // the forward of owner 0 ran alone
 }

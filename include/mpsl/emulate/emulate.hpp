@@ -6,7 +6,8 @@
 // latency in each direction ("up" = what the device sends, "down" = what it receives).
 //
 // How the runtime applies it:
-// - Compute: a span that took t seconds on device d ends factor(d) * t after it started, where
+// - Compute: a span that took t seconds of CPU on the host (span_seconds) ends factor(d) * t
+//   after it started on device d, or when it really ended if that is later, where
 //   a device starts a span only once its previous span has ended (a device clock). A stage rank
 //   sleeps until then; an owner rank (which may hold several logical owners, i.e. several
 //   emulated devices) does not sleep but holds back the span's outgoing message until then.
@@ -14,14 +15,16 @@
 //   ends; it then waits for the link (a, c) to be free (a link carries one message at a time,
 //   in order), occupies it for 8 b / min(up_bps(a), down_bps(c)) seconds and arrives
 //   up_latency(a) + down_latency(c) later. The sender's mailbox posts the MPI send then.
-// - Aggregation: an owner rank waits, before the FedAvg reduction, as long as its slowest
-//   owner takes to upload and download its parts 1 and P over its own link. A stage rank's
-//   sums of its copies are a compute span on its device; with --replicas the reduction over
+// - Aggregation: an owner rank waits, before the FedAvg reduction, until each of its owners'
+//   devices has ended its last span (an owner's last backward ends its round on its device,
+//   not on the host) and then uploaded and downloaded its parts 1 and P over its own link. A stage
+//   rank's sums of its copies are a compute span on its device; with --replicas the reduction over
 //   the replicas lasts at least a ring all-reduce over their links (ring_allreduce_seconds).
 // - Evaluation is not emulated. Everything emulated is accounted (EmulationStats) and reported
 //   per rank in the metrics (rank_summary "emulated").
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -83,6 +86,21 @@ struct EmulationStats {
   int64_t bytes = 0;
 };
 
+// The start of a compute span. An emulated device takes factor x the CPU time its span cost
+// the host (this thread's: with one thread per rank the span runs in it), not factor x its wall
+// time: ranks sharing the host's cores stretch a span's wall time, and a 20x slower device would
+// stretch 20x as much (an owner's 5 ms backward that waited 43 ms for a core made a fmnist-cnn
+// round 0.6 s late). With more threads per rank the span's wall time is taken.
+struct SpanStart {
+  Clock::time_point wall;
+  double cpu_s = 0;  // this thread's CPU clock
+};
+SpanStart span_start();
+// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID), seconds.
+double thread_cpu_seconds();
+// What a span begun at `start` measured: its CPU time with one thread, else its wall time.
+double span_seconds(const SpanStart& start);
+
 // What one rank does with the emulation: device clocks, link queues, accounting.
 class RankEmulator {
  public:
@@ -94,6 +112,13 @@ class RankEmulator {
   // A compute span of `measured` seconds that began at `start` on `who`: when the emulated
   // device finishes it. Inactive: start + measured.
   Clock::time_point compute(Entity who, Clock::time_point start, double measured);
+  // The span begun at `start`, measured by span_seconds, that ends now: when its result is
+  // ready (its emulated end, or now if the host took longer).
+  Clock::time_point compute(Entity who, const SpanStart& start) {
+    return std::max(compute(who, start.wall, span_seconds(start)), Clock::now());
+  }
+  // When `who`'s device ends its last span (the past when it has none).
+  Clock::time_point free_at(Entity who) const;
   // When a message of `bytes` from `from` to `to`, ready at `ready`, arrives.
   Clock::time_point transfer(Entity from, Entity to, int64_t bytes, Clock::time_point ready);
   // Seconds owner k needs to upload and then download `bytes` (its parts 1 and P) over its
