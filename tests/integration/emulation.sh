@@ -6,6 +6,7 @@
 #    the emulated critical path (one owner, one batch in flight: 4 owner-link messages a step);
 #  - compute slowdown: each rank's accounted delay is (factor - 1) x its spans' CPU time, and
 #    a run with every device 3x slower is measurably slower (loose bounds: shared machine);
+#  - a round (FedAvg) waits for each owner's device to end its last span;
 #  - the single-process simulation applies the owners' compute factors.
 set -uo pipefail
 MPSL=${1:?usage: emulation.sh PATH_TO_MPSL}
@@ -129,6 +130,27 @@ busy = [x for x in ev if x["event"] == "rank_summary"][0]["busy_s"]
 ok = e["compute_delay_s"] >= 2 * busy * 0.9   # busy_s leaves out the warm-up steps
 print(f"accounted {e['compute_delay_s']:.3f} s for {busy:.3f} s timed compute (factor 3)")
 sys.exit(0 if ok else 1)
+EOF
+
+# ---- a round ends when the owners' devices have ended their spans --------------------------
+# One owner 20x slower holding units 0-4 (its backward is most of its work), 2 steps: its spans
+# follow one another on its device, so the round lasts at least 20 x their CPU time, i.e.
+# 20/19 of the accounted delay. (If FedAvg did not wait for the device, the round would end
+# 19 x the last backward sooner and that tail would spill into the next round.)
+cat > "$T/owner20.json" <<'EOF'
+{"owners": {"default": {"compute_factor": 20}}}
+EOF
+mpsl_run 3 train --model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1 \
+  --quiet --stages 2 --split 5,6,8 --max-steps 2 --emulate "$T/owner20.json" \
+  --metrics "$T/tail.jsonl" > /dev/null || fail "emulated run (owner 20x)"
+check "round includes the owner device's last span" "$T/tail.jsonl" <<'EOF'
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+delay = [x for x in ev if x["event"] == "emulation" and x["rank"] == 0][0]["compute_delay_s"]
+sec = [x for x in ev if x["event"] == "round_end"][0]["seconds"]
+device = 20 / 19 * delay
+print(f"round {sec:.3f} s, the owner's device busy {device:.3f} s")
+sys.exit(0 if sec >= 0.99 * device else 1)
 EOF
 
 # ---- predictions: the cost model sees the emulated devices --------------------------------
