@@ -142,12 +142,12 @@ int64_t untouched_gradient_scratch_bytes(const Profile& p, int b, int e) {
 }
 
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
-                           int owner_ranks, int stage, int stages, int window) {
+                           int owner_ranks, int stage, int stages, int window, bool momentum_sums) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
   // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers,
   // kept from round to round. Every stage rank sums, also a replica holding one owner's copy
   // (the replicas reduce these sums) and a stage of K = 1.
-  const int64_t sums = 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e));
+  const int64_t sums = 2 * (p.param_bytes(b, e) * (momentum_sums ? 2 : 1) + p.buffer_bytes(b, e));
   // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
   return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) -
          untouched_gradient_scratch_bytes(p, b, e) + sums +
@@ -201,7 +201,8 @@ Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail
   g.busy.assign(O + H * N, 0.0);
   g.wait.assign(O + H * N, 0.0);
   g.after.assign(O + H * N, 0.0);
-  const double bytes = static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S));
+  const int m = s.average_momentum ? 2 : 1;  // summed tensors of a parameter's size
+  const double bytes = static_cast<double>(m * (p.param_bytes(0, a) + p.param_bytes(z, S)));
   const int64_t emulated_bytes =
       p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) + p.buffer_bytes(z, S);
   for (int k = 0; k < s.owners; ++k) {
@@ -220,8 +221,8 @@ Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail
       const Device& d = s.stage_device(i);
       const int b = s.split[i], e = s.split[i + 1];
       const double sums = d.slowdown * p.average_s_per_byte *
-                          static_cast<double>(p.param_bytes(b, e)) * s.owners_of_replica(h);
-      const int64_t sum_bytes = 2 * (p.param_bytes(b, e) + p.buffer_bytes(b, e));  // doubles
+                          static_cast<double>(m * p.param_bytes(b, e)) * s.owners_of_replica(h);
+      const int64_t sum_bytes = 2 * (m * p.param_bytes(b, e) + p.buffer_bytes(b, e));  // doubles
       const double ring = H > 1 ? 2.0 * (H - 1) * transfer_s(d, d, sum_bytes / H) : 0.0;
       const int r = O + h * N + i;
       g.busy[r] = sums + ring;
@@ -898,8 +899,8 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
           mine * (p.batch * (image_floats + 4)) + s.train_samples * (s.image_bytes + 1) +
           2 * 8 * shard + owner_receive + owner_sends +
           // FedAvg's sums of parts 1 and P in double, kept from round to round.
-          2 * (p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) +
-               p.buffer_bytes(z, S));
+          2 * ((p.param_bytes(0, a) + p.param_bytes(z, S)) * (s.average_momentum ? 2 : 1) +
+               p.buffer_bytes(0, a) + p.buffer_bytes(z, S));
       if (r == 0 && s.test_samples > 0) {
         // Rank 0 evaluates: the test set, an evaluation batch of images, the activations of
         // the batches in flight and the one it receives (multihop.cpp evaluate), and the
@@ -924,7 +925,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       rp.owners_served = served;
       rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
       rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O,
-                                         i, N, window);
+                                         i, N, window, s.average_momentum);
       rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),
                                              served, O, i, N, window);
       if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates

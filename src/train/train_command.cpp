@@ -384,6 +384,7 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
     sc.train_samples = train_images;
     sc.image_bytes = image_bytes;
     sc.eval_batch = o.eval_batch;
+    sc.average_momentum = o.optimizer_state == "average";
     const plan::Prediction pr = plan::simulate(sc);
     out.round_s.push_back(pr.round_s);
     out.train_s.push_back(pr.train_s);

@@ -614,6 +614,8 @@ TEST(CostModel, StageMemoryCountsFedAvgSumsFromTheFirstCopy) {
   const int64_t two = stage_memory_bytes(p, 1, 2, 2, 1, 1, 0, 1, 1);
   EXPECT_EQ(two - one, 12000000 + 2 * 1000);
   EXPECT_GE(one, 3 * 4000000 + 2 * 4000000);  // the copy and the sums
+  // --optimizer-state average sums the momentum too: 8 MB more of doubles.
+  EXPECT_EQ(stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1, true) - one, 2 * 4000000);
 }
 
 TEST(ProfileWork, SharedScratchpadCountsOncePerProcess) {

@@ -80,6 +80,8 @@ struct Scenario {
   int64_t train_samples = 0;  // held by each owner rank (dataset bytes)
   int64_t image_bytes = 0;    // bytes of one stored image (uint8)
   int64_t eval_batch = 1000;
+  // --optimizer-state average: FedAvg also sums the momentum (in double, kept like the rest).
+  bool average_momentum = false;
   // --emulate: the devices above are the hosts the ranks run on (normally the profiled
   // machine); the emulation slows spans down by delays and sends messages over emulated links.
   bool emulated = false;
@@ -146,8 +148,10 @@ inline constexpr double kInFlightSpeedMargin = 0.10;
 // Peak memory of stage `stage` of `stages`, holding units [b, e) for K owners (spread over
 // `owner_ranks`) with `in_flight` micro-batches in flight and `window` micro-batches per owner
 // in the pipeline (the planner's memory constraint; simulate() uses the same formula).
+// `momentum_sums`: --optimizer-state average (FedAvg's sums hold the momentum too).
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
-                           int owner_ranks, int stage, int stages, int window);
+                           int owner_ranks, int stage, int stages, int window,
+                           bool momentum_sums = false);
 // Of which: the receive buffers it posts (in_b, out_b: the messages at its input and output).
 int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_ranks, int stage,
                             int stages, int window);
