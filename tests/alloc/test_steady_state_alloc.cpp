@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../../src/nn/detail.hpp"  // WeightsCache
 #include "mpsl/data/dataset.hpp"
 #include "mpsl/nn/model.hpp"
 #include "mpsl/nn/zoo.hpp"
@@ -31,10 +32,14 @@ namespace {
 
 std::atomic<bool> g_counting{false};
 std::atomic<int64_t> g_count{0}, g_bytes{0}, g_largest{0};
+// Allocations of at least g_large_threshold bytes (when > 0) while counting.
+std::atomic<int64_t> g_large_threshold{0}, g_large_count{0};
 
 void note(size_t n) {
   if (!g_counting.load(std::memory_order_relaxed)) return;
   g_count.fetch_add(1, std::memory_order_relaxed);
+  const int64_t t = g_large_threshold.load(std::memory_order_relaxed);
+  if (t > 0 && static_cast<int64_t>(n) >= t) g_large_count.fetch_add(1, std::memory_order_relaxed);
   g_bytes.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed);
   int64_t seen = g_largest.load(std::memory_order_relaxed);
   while (static_cast<int64_t>(n) > seen &&
@@ -52,6 +57,7 @@ Counted count_allocations(F&& body) {
   g_count = 0;
   g_bytes = 0;
   g_largest = 0;
+  g_large_count = 0;
   g_counting = true;
   body();
   g_counting = false;
@@ -213,6 +219,34 @@ TEST(SteadyStateAllocation, FedAvgWithKeptSumsAllocatesNoTensors) {
       for (int64_t i = 0; i < copies[k].params.size(); ++i)
         ASSERT_EQ(copies[k].params[i], fresh[k].params[i]) << "copy " << k << ", parameter " << i;
   }
+}
+
+// A weights cache (the copy of a layer's weights in the layout its primitive wants) is allocated
+// on first use: weights stored in that layout (PartState::adopt_formats, as every runtime stores
+// them) never need it. vgg19's 25088 x 4096 layer held such a 392 MiB copy, never touched.
+TEST(SteadyStateAllocation, WeightsCacheAllocatesItsCopyOnlyWhenItConverts) {
+  if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
+  using dnnl::memory;
+  const dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  const memory::dims dims{512, 1024};  // 2 MiB of weights
+  const int64_t bytes = 512 * 1024 * 4;
+  const memory::desc plain(dims, memory::data_type::f32, memory::format_tag::ab);
+  const memory::desc want(dims, memory::data_type::f32, memory::format_tag::ba);
+  std::vector<float> w(512 * 1024, 0.5f);
+  nn::ParamRefs p;
+  p.owner = &w;
+  p.version = 1;
+  std::unique_ptr<nn::detail::WeightsCache> cache;
+  g_large_threshold = bytes;
+  count_allocations([&] {
+    cache = std::make_unique<nn::detail::WeightsCache>(plain, want, eng);
+    cache->get(w.data(), p, strm, want);  // stored as wanted: used in place
+  });
+  EXPECT_EQ(g_large_count.load(), 0) << "a copy of the weights allocated that is never used";
+  count_allocations([&] { cache->get(w.data(), p, strm); });  // plain: converted
+  g_large_threshold = 0;
+  EXPECT_EQ(g_large_count.load(), 1);
 }
 
 TEST(SteadyStateAllocation, EvaluationKeepsItsBuffers) {
