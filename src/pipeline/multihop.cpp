@@ -988,16 +988,23 @@ class StageRuntime : public RankRuntime {
         eval_(model_, t_.stage_part(stage_).first, t_.stage_part(stage_).second),
         emu_(&s.emulation) {
     const auto [b, e] = t_.stage_part(stage_);
-    nn::PartState initial(model_, b, e);  // every owner's copy starts from the same weights
-    io::initialise_part(model_, initial, s.seed, s.init_model);
-    // A copy per owner this replica serves (--replicas: owner k goes to replica k mod H).
+    // A copy per owner this replica serves (--replicas: owner k goes to replica k mod H), all
+    // from the same weights: the first is initialised in place and the others copied from it
+    // (a separate prototype would hold one more copy while the stage builds: 1.6 GB for vgg19's
+    // units 1-26, the stage's peak RSS).
     mine_ = t_.owners_of_replica(replica_);
     local_.assign(t_.owners, -1);
+    copies_.reserve(mine_.size());
     for (int k : mine_) {
       local_[k] = static_cast<int>(copies_.size());
-      copies_.push_back(initial);
-      copies_.back().adopt_formats(program_);
+      if (copies_.empty()) {
+        copies_.emplace_back(model_, b, e);
+        io::initialise_part(model_, copies_.back(), s.seed, s.init_model);
+      } else {
+        copies_.push_back(copies_.front());
+      }
     }
+    for (nn::PartState& c : copies_) c.adopt_formats(program_);
     grads_done_.assign(t_.owners, 0);
     batches_done_.assign(t_.owners, 0);
     window_end_.assign(t_.owners, 0);
