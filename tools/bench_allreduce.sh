@@ -8,8 +8,7 @@
 #
 #   tools/bench_allreduce.sh [--reps N] [--ranks P] [--doubles D] [--chunk C]
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${MPSL_BUILD_DIR:-$REPO/build}
+source "$(dirname "$0")/lib/bench_common.sh"
 REPS=4 RANKS=4 DOUBLES=139000000 CHUNK=262144
 while [ $# -gt 0 ]; do
   case $1 in
@@ -26,15 +25,8 @@ for x in REPS RANKS DOUBLES CHUNK; do
 done
 [ "$REPS" -ge 2 ] || { echo "bench_allreduce.sh: --reps must be at least 2 (the first call is reported apart)" >&2; exit 2; }
 [ "$RANKS" -ge 2 ] || { echo "bench_allreduce.sh: --ranks must be at least 2" >&2; exit 2; }
-command -v mpicc > /dev/null || "$REPO/tools/install-deps.sh"
-mkdir -p "$BUILD"
-BIN=$BUILD/allreduce_chunks
-if [ ! -x "$BIN" ] || [ "$REPO/tools/lib/allreduce_chunks.c" -nt "$BIN" ]; then
-  mpicc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L "$REPO/tools/lib/allreduce_chunks.c" -o "$BIN"
-fi
-CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc reports OMP_NUM_THREADS
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+BIN=$(bc_mpi_tool allreduce_chunks)
+bc_mpi_oversubscribed
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 echo "bench_allreduce: $RANKS ranks on $CORES cores, $DOUBLES doubles, $REPS calls each" >&2

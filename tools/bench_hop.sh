@@ -8,8 +8,7 @@
 #
 #   tools/bench_hop.sh [--reps N] [--ranks "2 3 4"] [--bytes "65536 1605632 6422528"]
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${MPSL_BUILD_DIR:-$REPO/build}
+source "$(dirname "$0")/lib/bench_common.sh"
 REPS=2 RANKS="2 3 4" BYTES="65536 1605632 6422528"
 while [ $# -gt 0 ]; do
   case $1 in
@@ -27,15 +26,8 @@ done
 for b in $BYTES; do
   [[ "$b" =~ ^[0-9]+$ ]] && [ "$b" -ge 4 ] || { echo "bench_hop.sh: --bytes takes numbers >= 4, got '$b'" >&2; exit 2; }
 done
-command -v mpicc > /dev/null || "$REPO/tools/install-deps.sh"
-mkdir -p "$BUILD"
-BIN=$BUILD/hop_latency
-if [ ! -x "$BIN" ] || [ "$REPO/tools/lib/hop_latency.c" -nt "$BIN" ]; then
-  mpicc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L "$REPO/tools/lib/hop_latency.c" -o "$BIN"
-fi
-CORES=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc reports OMP_NUM_THREADS
-export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+BIN=$(bc_mpi_tool hop_latency)
+bc_mpi_oversubscribed
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 echo "bench_hop: $CORES cores; $REPS alternating repeat(s) of 60 messages per cell" >&2

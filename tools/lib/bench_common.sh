@@ -1,5 +1,6 @@
 # Shared helpers for the mpsl-vs-PyTorch scripts (tools/bench_vs_torch.sh,
-# tools/accuracy_vs_torch.sh). Source it; it defines functions and these variables:
+# tools/accuracy_vs_torch.sh) and the MPI micro-benchmarks (tools/bench_hop.sh,
+# tools/bench_allreduce.sh). Source it; it defines functions and these variables:
 #   REPO        the repository root
 #   SHARED      the shared folder with baselines/ ($MPSL_SHARED_DIR, else $REPO/../shared)
 #   TORCH_PY    the interpreter that can import Debian's torch (/usr/bin/python3)
@@ -154,4 +155,26 @@ bc_warn_if_busy() {
     bc_note "warning: the 1-minute load average is $load before starting; other work on this" \
       "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)-core machine makes both sides slower and the figures noisy"
   fi
+}
+
+# bc_mpi_tool NAME: compiles tools/lib/NAME.c with mpicc into $MPSL_BUILD_DIR (default build/)
+# when it is missing or older than its source (installing Open MPI first if mpicc is missing);
+# prints the binary's path.
+bc_mpi_tool() {
+  local dir="${MPSL_BUILD_DIR:-build}" src="$REPO/tools/lib/$1.c"
+  case "$dir" in /*) ;; *) dir="$REPO/$dir" ;; esac
+  command -v mpicc >/dev/null || "$REPO/tools/install-deps.sh" >&2
+  mkdir -p "$dir"
+  if [ ! -x "$dir/$1" ] || [ "$src" -nt "$dir/$1" ]; then
+    mpicc -O2 -std=c11 -D_POSIX_C_SOURCE=200809L "$src" -o "$dir/$1" >&2 || bc_die "compiling $src failed"
+  fi
+  echo "$dir/$1"
+}
+
+# bc_mpi_oversubscribed: sets CORES to the host's cores and exports what runs more ranks than
+# cores: one thread per rank, Open MPI's oversubscription and, as root, its consent.
+bc_mpi_oversubscribed() {
+  CORES="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc reports OMP_NUM_THREADS
+  export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
+  if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 }
