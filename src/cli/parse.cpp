@@ -276,7 +276,7 @@ const std::vector<CommandInfo>& command_table() {
        true},
       {"profile", "time and size each unit of a model, as input for plan",
        "mpsl profile --model NAME --batch N [--micro-batches M] [--repeats R] [--device SPEC] "
-       "--output PROFILE",
+       "--output PROFILE\n       mpsl profile --from PROFILE (--device SPEC | --retime) --output PROFILE",
        true},
       {"plan", "choose the split points for owners and stages from a profile",
        "mpsl plan --profile PROFILE --owners K --stages N [--node-memory ...] "
@@ -494,7 +494,11 @@ void add_profile(SpecList& s, ProfileOptions& p) {
             "-1 = cores + 2, 0 = not");
   s.text("device", p.device, "SPEC",
          "describe another device: slow=F,bw=8Mbit,lat=20ms,mem=4G (times scaled by F)");
-  s.text("from", p.from, "PROFILE", "rescale this profile with --device instead of measuring");
+  s.text("from", p.from, "PROFILE",
+         "start from this profile instead of measuring: rescale it with --device, or --retime it");
+  s.flag("retime", p.retime,
+         "with --from: measure its times again on this host now (--repeats steps; its bytes, "
+         "placement and hop times kept): seconds instead of a full profile's minutes");
   s.text("output", p.output, "PROFILE", "the profile file to write");
 }
 
@@ -761,8 +765,12 @@ void validate_inspect(const InspectOptions& i) {
 }
 
 void validate_profile(const ProfileOptions& p) {
+  require(!p.retime || !p.from.empty(), "--retime needs --from PROFILE (the profile to retime)");
   require(!p.model.empty() || !p.from.empty(), "profile needs --model NAME (or --from PROFILE)");
   require(!p.output.empty(), "profile needs --output PROFILE");
+  require(!p.retime || p.repeats > 0, "--retime needs --repeats of at least 1");
+  require(p.from.empty() || p.model.empty(),
+          "--from PROFILE names its model: give --from or --model, not both");
   require(p.batch % p.micro_batches == 0, "--micro-batches must divide --batch (" +
                                               std::to_string(p.batch) + "), got " +
                                               std::to_string(p.micro_batches));

@@ -266,8 +266,28 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
   io::prepare_output_file(o.output, "--output");
   plan::Profile p;
   if (!o.from.empty()) {
-    MPSL_INPUT_CHECK(!o.device.empty(), "--from PROFILE needs --device SPEC (what to rescale to)");
+    MPSL_INPUT_CHECK(!o.device.empty() || o.retime,
+                     "--from PROFILE needs --device SPEC (what to rescale to) or --retime");
     p = plan::Profile::read(o.from);
+    if (o.retime) {
+      // Times measured here describe this host: a profile scaled to another device is retimed
+      // from the one it was scaled from.
+      MPSL_INPUT_CHECK(p.device.str() == plan::Device{}.str(),
+                       "--retime: '" + o.from + "' describes another device (" + p.device.str() +
+                           "); retime the profile it was scaled from");
+      MPSL_INPUT_CHECK(!p.units.empty() && p.repeats > 0,
+                       "--retime: '" + o.from +
+                           "' has no times (a bytes-only profile); measure one with --repeats");
+      auto model = nn::make_model(p.model);
+      MPSL_INPUT_CHECK(model->num_units() == p.num_units(),
+                       "--retime: '" + o.from + "' has " + std::to_string(p.num_units()) +
+                           " units but " + p.model + " has " +
+                           std::to_string(model->num_units()));
+      MPSL_LOG(Info, "retiming " << o.from << " (" << p.model << ", batch " << p.batch << ", "
+                                 << p.micro_batches << " micro-batch(es)): " << o.repeats
+                                 << " timed step(s)");
+      p = plan::retime_profile(*model, p, o.repeats, common.seed);
+    }
   } else {
     auto model = nn::make_model(o.model);
     plan::ProfileSettings s;

@@ -427,70 +427,14 @@ struct PartInstance {
 
 // ---- measuring ------------------------------------------------------------------------------
 
-Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
-  MPSL_CHECK(s.micro_batches >= 1 && s.batch % s.micro_batches == 0, "bad micro-batches");
-  Profile p;
-  p.model = model.name();
-  p.batch = s.batch;
-  p.micro_batches = s.micro_batches;
-  p.threads = omp_get_max_threads();
-  p.repeats = s.repeats;
+namespace {
+
+// Times on this host now: every unit's forward and backward, the loss, the optimiser step,
+// FedAvg, evaluation, copies, checks and batch assembly; the slowdown of processes sharing the
+// cores (s.concurrency) and hop waits (s.hop_processes) only when asked for.
+void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p) {
   const int64_t mb = s.batch / s.micro_batches;
   const int S = model.num_units();
-  p.input_bytes = model.input_shape(mb).elements() * 4;
-  {
-    // oneDNN's engine and thread pool exist before the baseline is read.
-    nn::cpu_runtime();
-    p.base_rss_bytes = obs::current_rss_bytes();
-  }
-
-  // Bytes, unit by unit: each unit alone as a part (as a stage would hold it), measured as
-  // growth of the heap around building its program, a slot, and one forward/backward.
-  nn::Shape in = model.input_shape(mb);
-  for (int u = 0; u < S; ++u) {
-    UnitProfile x;
-    const nn::Layer& layer = model.unit(u);
-    x.index = u;
-    x.type = layer.type();
-    x.description = layer.describe();
-    const nn::Shape out = layer.output_shape(in);
-    x.output_shape = out.str();
-    x.flops = layer.forward_flops(in);
-    x.output_bytes = out.elements() * 4;
-    const nn::PartLayout l = nn::PartLayout::make(model, u, u + 1);
-    x.param_bytes = l.param_count * 4;
-    x.optimizer_bytes = 2 * l.param_count * 4;
-    x.buffer_bytes = l.buffer_count * 4;
-    // A second instance built while the first lives grows the heap only by what it does not
-    // share with it: the difference is the shared scratchpad (zero where oneDNN gives every
-    // primitive its own).
-    {
-      PartInstance first, second;
-      int64_t second_activation = 0, second_lazy = 0;
-      const int64_t first_work =
-          first.build(model, u, u + 1, mb, s.seed, x.activation_bytes, x.slot_input_bytes);
-      const int64_t second_work =
-          second.build(model, u, u + 1, mb, s.seed, second_activation, second_lazy);
-      x.work_bytes = first_work;
-      x.shared_work_bytes = std::clamp<int64_t>(first_work - second_work, 0, first_work);
-    }
-    if (u > 0) {
-      // Units u-1 and u as one part: what joining them saves (conversions at the cut).
-      const UnitProfile& prev = p.units.back();
-      PartInstance pair;
-      int64_t activation = 0, lazy = 0;
-      const int64_t pair_work = pair.build(model, u - 1, u + 1, mb, s.seed, activation, lazy);
-      x.joined_slot_bytes = lazy - prev.slot_input_bytes;
-      const int64_t shared = std::max(prev.shared_work_bytes, x.shared_work_bytes);
-      x.joined_work_saving_bytes = (prev.work_bytes - prev.shared_work_bytes) +
-                                   (x.work_bytes - x.shared_work_bytes) - (pair_work - shared);
-    }
-    p.units.push_back(x);
-    in = out;
-  }
-
-  if (s.repeats <= 0) return p;
-
   // Times: the whole model as one program (no cuts inside), each unit's share timed.
   nn::PartProgram prog(model, 0, S, mb, false, true);
   nn::PartState state(model, 0, S);
@@ -736,6 +680,89 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
                     "); the cost model will not add what messages wait on shared cores");
     p.hop_s = hops.hop_s;
   }
+}
+
+}  // namespace
+
+Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
+  MPSL_CHECK(s.micro_batches >= 1 && s.batch % s.micro_batches == 0, "bad micro-batches");
+  Profile p;
+  p.model = model.name();
+  p.batch = s.batch;
+  p.micro_batches = s.micro_batches;
+  p.threads = omp_get_max_threads();
+  p.repeats = s.repeats;
+  const int64_t mb = s.batch / s.micro_batches;
+  const int S = model.num_units();
+  p.input_bytes = model.input_shape(mb).elements() * 4;
+  {
+    // oneDNN's engine and thread pool exist before the baseline is read.
+    nn::cpu_runtime();
+    p.base_rss_bytes = obs::current_rss_bytes();
+  }
+
+  // Bytes, unit by unit: each unit alone as a part (as a stage would hold it), measured as
+  // growth of the heap around building its program, a slot, and one forward/backward.
+  nn::Shape in = model.input_shape(mb);
+  for (int u = 0; u < S; ++u) {
+    UnitProfile x;
+    const nn::Layer& layer = model.unit(u);
+    x.index = u;
+    x.type = layer.type();
+    x.description = layer.describe();
+    const nn::Shape out = layer.output_shape(in);
+    x.output_shape = out.str();
+    x.flops = layer.forward_flops(in);
+    x.output_bytes = out.elements() * 4;
+    const nn::PartLayout l = nn::PartLayout::make(model, u, u + 1);
+    x.param_bytes = l.param_count * 4;
+    x.optimizer_bytes = 2 * l.param_count * 4;
+    x.buffer_bytes = l.buffer_count * 4;
+    // A second instance built while the first lives grows the heap only by what it does not
+    // share with it: the difference is the shared scratchpad (zero where oneDNN gives every
+    // primitive its own).
+    {
+      PartInstance first, second;
+      int64_t second_activation = 0, second_lazy = 0;
+      const int64_t first_work =
+          first.build(model, u, u + 1, mb, s.seed, x.activation_bytes, x.slot_input_bytes);
+      const int64_t second_work =
+          second.build(model, u, u + 1, mb, s.seed, second_activation, second_lazy);
+      x.work_bytes = first_work;
+      x.shared_work_bytes = std::clamp<int64_t>(first_work - second_work, 0, first_work);
+    }
+    if (u > 0) {
+      // Units u-1 and u as one part: what joining them saves (conversions at the cut).
+      const UnitProfile& prev = p.units.back();
+      PartInstance pair;
+      int64_t activation = 0, lazy = 0;
+      const int64_t pair_work = pair.build(model, u - 1, u + 1, mb, s.seed, activation, lazy);
+      x.joined_slot_bytes = lazy - prev.slot_input_bytes;
+      const int64_t shared = std::max(prev.shared_work_bytes, x.shared_work_bytes);
+      x.joined_work_saving_bytes = (prev.work_bytes - prev.shared_work_bytes) +
+                                   (x.work_bytes - x.shared_work_bytes) - (pair_work - shared);
+    }
+    p.units.push_back(x);
+    in = out;
+  }
+
+  if (s.repeats > 0) measure_times(model, s, p);
+  return p;
+}
+
+Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, uint64_t seed) {
+  MPSL_CHECK(repeats > 0, "retime_profile: no timed steps");
+  MPSL_CHECK(old.model == model.name() && old.num_units() == model.num_units(),
+             "retime_profile: the profile is not of this model");
+  ProfileSettings s;
+  s.batch = old.batch;
+  s.micro_batches = old.micro_batches;
+  s.repeats = repeats;
+  s.seed = seed;
+  Profile p = old;  // bytes, concurrency and hops stay the profile's
+  p.repeats = repeats;
+  p.threads = omp_get_max_threads();
+  measure_times(model, s, p);
   return p;
 }
 

@@ -43,6 +43,46 @@ else
   fail "profile --from --device"
 fi
 
+# --retime measures the times again and keeps the rest: a profile whose times say 100 s per
+# unit comes back with this host's milliseconds, its bytes, placement and hops as they were.
+$PY -c "
+import json, sys
+p = json.load(open(sys.argv[1]))
+for u in p['units']:
+    u['forward_s'] = u['backward_s'] = 100.0
+json.dump(p, open(sys.argv[2], 'w'))
+" "$T/p.json" "$T/stale.json"
+if timeout 60 "$MPSL" profile --from "$T/stale.json" --retime --repeats 3 --threads 1 --quiet \
+  --output "$T/retimed.json" && $PY -c "
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+assert b['repeats'] == 3 and b['model'] == a['model'] and b['batch'] == a['batch'], b['repeats']
+assert all(0 < u['forward_s'] < 1 and 0 < u['backward_s'] < 1 for u in b['units'][1:]), b['units']
+keys = ('output_bytes', 'param_bytes', 'activation_bytes', 'work_bytes', 'slot_input_bytes')
+assert [[u[k] for k in keys] for u in a['units']] == [[u[k] for k in keys] for u in b['units']]
+assert b['concurrency'] == a['concurrency'] and b['hop_s'] == a['hop_s']
+" "$T/stale.json" "$T/retimed.json"; then
+  pass "profile --from --retime measures the times again, keeps bytes, placement and hops"
+else
+  fail "profile --from --retime"
+fi
+# expect_profile_error NAME PATTERN ARGS...: exit 2 with the message, no output file.
+expect_profile_error() {
+  local name=$1 pattern=$2
+  shift 2
+  timeout 60 "$MPSL" profile --output "$T/bad-profile.json" "$@" > /dev/null 2> "$T/err"
+  local rc=$?
+  if [ $rc = 2 ] && grep -q -- "$pattern" "$T/err" && [ ! -e "$T/bad-profile.json" ]; then
+    pass "$name: $(cat "$T/err")"
+  else
+    fail "$name: exit $rc, $(cat "$T/err")"
+  fi
+}
+expect_profile_error "--retime without --from" "needs --from" --retime
+expect_profile_error "--retime of a rescaled profile" "describes another device" \
+  --from "$T/slow.json" --retime
+expect_profile_error "--from with --model" "not both" --from "$T/p.json" --model vgg19 --retime
+
 # The placement slowdown forks copies of the profiling process: their first step after fork()
 # copies every page it writes (copy-on-write). vgg11 at batch 1 writes 1.5 GB of weights,
 # gradients and momentum per step, so counting that step reads several times too slow. Two

@@ -120,8 +120,10 @@ def grid(paths):
         now = dry_run_predictions(p[: -len(".jsonl")] + ".now.pred")
         speed_file = p[: -len(".jsonl")] + ".speed"
         speed = float(open(speed_file).read()) if os.path.exists(speed_file) else None
+        # With the profile's times measured again just before the run (`profile --retime`).
+        retimed = dry_run_predictions(p[: -len(".jsonl")] + ".retimed.pred")
         rows.append((model, schedule, stages, owners, meas, pred, (pred - meas) / meas,
-                     now[0] if now else None, speed))
+                     now[0] if now else None, speed, retimed[0] if retimed else None))
         for e in events(p):
             if e["event"] != "rank_summary":
                 continue
@@ -132,20 +134,28 @@ def grid(paths):
                             e.get("max_in_flight"), e.get("predicted_max_in_flight")))
     rows.sort()
     print("\n## Round time: predicted vs measured (median of rounds 2..R)\n")
-    probed = all(r[7] is not None for r in rows)
+    probed = bool(rows) and all(r[7] is not None for r in rows)
+    retimed = bool(rows) and all(r[9] is not None for r in rows)
     if probed:
         print("Speed: the probe's step time before the run over its time beside the profile; "
-              "'at run speed': the profile's times scaled by it.\n")
-        print("| model | schedule | N | K | measured s | predicted s | error | speed | "
-              "predicted at run speed s | error |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-    else:
-        print("| model | schedule | N | K | measured s | predicted s | error |")
-        print("|---|---|---|---|---|---|---|")
+              "'at run speed': the profile's times scaled by it.")
+    if retimed:
+        print("Retimed: predicted from the profile with its times measured again just before "
+              "the run (`mpsl profile --from P --retime`; bytes, placement and hops kept).")
+    print()
+    head = "| model | schedule | N | K | measured s | predicted s | error |"
+    if probed:
+        head += " speed | predicted at run speed s | error |"
+    if retimed:
+        head += " retimed s | error |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
         line = f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.3f} | {r[5]:.3f} | {100 * r[6]:+.1f}% |"
         if probed:
             line += f" {r[8]:.3f} | {r[7]:.3f} | {100 * (r[7] - r[4]) / r[4]:+.1f}% |"
+        if retimed:
+            line += f" {r[9]:.3f} | {100 * (r[9] - r[4]) / r[4]:+.1f}% |"
         print(line)
 
     def summary(label, err):
@@ -160,6 +170,8 @@ def grid(paths):
         summary("profile as measured", lambda r: r[6])
         if probed:
             summary("at run speed", lambda r: (r[7] - r[4]) / r[4])
+        if retimed:
+            summary("retimed before the run", lambda r: (r[9] - r[4]) / r[4])
     mem.sort()
     print("\n## Peak memory per rank: predicted vs measured (peak RSS)\n")
     # In flight: the most batches (micro-batches with 1f1b) the rank held activations for at

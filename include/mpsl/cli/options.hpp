@@ -107,7 +107,8 @@ struct ProfileOptions {
   int concurrency = -1;  // measure placement with up to N processes (-1: cores + 2; 0: not)
   std::string output;
   std::string device;  // --device SPEC: describe another device (plan/profile.hpp)
-  std::string from;    // --from PROFILE: rescale an existing profile instead of measuring
+  std::string from;    // --from PROFILE: rescale (--device) or retime an existing profile
+  bool retime = false;  // --retime: measure --from's times again on this host
 };
 
 struct PlanOptions {

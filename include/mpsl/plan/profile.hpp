@@ -151,6 +151,12 @@ double hop_wait_s(const Profile& p, int n);
 // Measures `model` on this machine with the current OpenMP thread count.
 Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
 
+// `old` with its times measured again on this host now (`repeats` timed steps, same batch and
+// micro-batches), its bytes, placement slowdowns and hop times kept: a machine whose speed
+// drifts (a virtual machine's neighbours) is described as it is at the moment, in seconds
+// rather than the minutes a full profile takes.
+Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, uint64_t seed);
+
 // Median of a non-empty vector (copied).
 double median(std::vector<double> v);
 
