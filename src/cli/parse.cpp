@@ -276,7 +276,8 @@ const std::vector<CommandInfo>& command_table() {
        true},
       {"profile", "time and size each unit of a model, as input for plan",
        "mpsl profile --model NAME --batch N [--micro-batches M] [--repeats R] [--device SPEC] "
-       "--output PROFILE\n       mpsl profile --from PROFILE (--device SPEC | --retime) --output PROFILE",
+       "--output PROFILE\n       mpsl profile --from PROFILE (--device SPEC | --retime) --output "
+       "PROFILE",
        true},
       {"plan", "choose the split points for owners and stages from a profile",
        "mpsl plan --profile PROFILE --owners K --stages N [--node-memory ...] "

@@ -281,8 +281,7 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
       auto model = nn::make_model(p.model);
       MPSL_INPUT_CHECK(model->num_units() == p.num_units(),
                        "--retime: '" + o.from + "' has " + std::to_string(p.num_units()) +
-                           " units but " + p.model + " has " +
-                           std::to_string(model->num_units()));
+                           " units but " + p.model + " has " + std::to_string(model->num_units()));
       MPSL_LOG(Info, "retiming " << o.from << " (" << p.model << ", batch " << p.batch << ", "
                                  << p.micro_batches << " micro-batch(es)): " << o.repeats
                                  << " timed step(s)");

@@ -106,8 +106,8 @@ struct ProfileOptions {
   int repeats = 5;       // timed steps (medians); 0 = bytes only
   int concurrency = -1;  // measure placement with up to N processes (-1: cores + 2; 0: not)
   std::string output;
-  std::string device;  // --device SPEC: describe another device (plan/profile.hpp)
-  std::string from;    // --from PROFILE: rescale (--device) or retime an existing profile
+  std::string device;   // --device SPEC: describe another device (plan/profile.hpp)
+  std::string from;     // --from PROFILE: rescale (--device) or retime an existing profile
   bool retime = false;  // --retime: measure --from's times again on this host
 };
 
