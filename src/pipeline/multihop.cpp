@@ -435,6 +435,7 @@ class OwnerRuntime : public RankRuntime {
 
   void aggregate() override {
     obs::Span span(obs::Activity::kAggregation);
+    const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
     if (emu_.active()) {
       // Every owner uploads its parts 1 and P and downloads the average over its own link once
       // its device has ended its last span (the host ran it faster); this rank's owners do so
@@ -443,9 +444,11 @@ class OwnerRuntime : public RankRuntime {
       const auto now = Clock::now();
       auto until = now;
       for (const auto& o : owners_) {
-        const int64_t floats =
-            static_cast<int64_t>(o->first.params.size() + o->first.buffers.size() +
-                                 o->last.params.size() + o->last.buffers.size());
+        // Averaged momentum travels with the parameters.
+        const int64_t floats = static_cast<int64_t>(
+            o->first.params.size() + o->first.buffers.size() + o->last.params.size() +
+            o->last.buffers.size() +
+            (momentum ? o->first.momentum.size() + o->last.momentum.size() : 0));
         const double transfer = emu_.aggregation_seconds(o->id, floats * 4);
         longest = std::max(longest, transfer);
         until = std::max(until, std::max(now, emu_.free_at(emulate::owner_entity(o->id))) +
@@ -456,7 +459,6 @@ class OwnerRuntime : public RankRuntime {
       emulate::RankEmulator::sleep_until(until);
     }
     const auto t0 = Clock::now();
-    const bool momentum = s_.policy == optim::OptimizerStatePolicy::kAverage;
     // Late owners join with weight 0; with --late-policy drop they still receive the average.
     const std::vector<int> late = agree_on_late(late_, t_.owners, s_.stragglers.active());
     double total = 0;

@@ -203,8 +203,10 @@ Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail
   g.after.assign(O + H * N, 0.0);
   const int m = s.average_momentum ? 2 : 1;  // summed tensors of a parameter's size
   const double bytes = static_cast<double>(m * (p.param_bytes(0, a) + p.param_bytes(z, S)));
+  // What an emulated owner uploads (and downloads): its parts' parameters, momentum too when
+  // it is averaged, and buffers (multihop.cpp OwnerRuntime::aggregate).
   const int64_t emulated_bytes =
-      p.param_bytes(0, a) + p.buffer_bytes(0, a) + p.param_bytes(z, S) + p.buffer_bytes(z, S);
+      m * (p.param_bytes(0, a) + p.param_bytes(z, S)) + p.buffer_bytes(0, a) + p.buffer_bytes(z, S);
   for (int k = 0; k < s.owners; ++k) {
     const int r = k % O;
     g.busy[r] += s.owner_device_of(k).slowdown * p.average_s_per_byte * bytes;

@@ -389,6 +389,23 @@ TEST(CostModel, EmulatedOwnerIsASumOfEmulatedSpansAndTransfers) {
   EXPECT_GT(pr.paper_round_s, 0);
 }
 
+TEST(CostModel, EmulatedOwnersUploadTheirMomentumWhenItIsAveraged) {
+  // Parts 1 and P hold 1 MB of parameters; the owner's link moves 1 MB/s each way. FedAvg
+  // uploads and downloads the parameters (2 s); with --optimizer-state average the momentum
+  // as well (4 s).
+  const Profile p =
+      make_profile({0.001, 0.001, 0.001}, {0.002, 0.002, 0.002}, {400000, 0, 600000}, 1000);
+  EmulatedDevice owner;
+  owner.up = {8e6, 0};
+  owner.down = {8e6, 0};
+  Scenario s = emulated_scenario(p, 1, 1, {1, 2}, owner, EmulatedDevice{});
+  const Prediction reset = simulate(s);
+  s.average_momentum = true;
+  const Prediction average = simulate(s);
+  EXPECT_NEAR(reset.round_s - reset.train_s, 2.0, 0.01);
+  EXPECT_NEAR(average.round_s - average.train_s, 4.0, 0.01);
+}
+
 TEST(CostModel, EmulationWithIdentityDevicesChangesNothing) {
   const Profile p =
       make_profile({0.01, 0.02, 0.02, 0.03}, {0.02, 0.04, 0.04, 0.06}, {0, 0, 0, 0}, 1000000);
