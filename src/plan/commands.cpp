@@ -285,7 +285,14 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
       MPSL_LOG(Info, "retiming " << o.from << " (" << p.model << ", batch " << p.batch << ", "
                                  << p.micro_batches << " micro-batch(es)): " << o.repeats
                                  << " timed step(s)");
+      const int threads_before = p.threads;
       p = plan::retime_profile(*model, p, o.repeats, common.seed);
+      // Its placement slowdowns and hops were measured with its thread count.
+      if (p.threads != threads_before)
+        obs::log_warn("--retime: '" + o.from + "' was measured with " +
+                      std::to_string(threads_before) + " thread(s), the retime ran with " +
+                      std::to_string(p.threads) + " (give --threads " +
+                      std::to_string(threads_before) + " to compare like with like)");
     }
   } else {
     auto model = nn::make_model(o.model);
