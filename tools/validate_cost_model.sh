@@ -149,27 +149,24 @@ s = next(json.loads(l) for l in open(sys.argv[1]) if '\"run_start\"' in l)
 print(s['model'], s['stages'], s['owners'], s['schedule'], s['micro_batches'], s['batch'],
       s['train_images'])" "$m")
     read -r model n k sched micro batch images <<< "$args"
-    mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic --synthetic-count "$images" \
-      --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
-      --schedule "$sched" --micro-batches "$micro" --threads 1 \
-      --profile "$OUT/profile-$model-b$batch-m$micro.json" --dry-run > "${m%.jsonl}.pred"
-    # The same with the profile's times at the speed the probe saw just before the run.
+    # predict PROFILE OUT: the run's dry run with PROFILE.
+    predict() {
+      mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic --synthetic-count "$images" \
+        --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
+        --schedule "$sched" --micro-batches "$micro" --threads 1 --profile "$1" --dry-run > "$2"
+    }
     prof=$OUT/profile-$model-b$batch-m$micro.json
+    predict "$prof" "${m%.jsonl}.pred"
+    # The same with the profile's times at the speed the probe saw just before the run.
     if [ -s "${m%.jsonl}.probe.json" ] && [ -s "${prof%.json}.probe.json" ]; then
       f=$(python3 -c "import sys; print(float(sys.argv[1]) / float(sys.argv[2]))" \
         "$(probe_seconds "${m%.jsonl}.probe.json")" "$(probe_seconds "${prof%.json}.probe.json")")
       "$MPSL" profile --from "$prof" --device "slow=$f" --quiet --output "${m%.jsonl}.now.json"
-      mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic --synthetic-count "$images" \
-        --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
-        --schedule "$sched" --micro-batches "$micro" --threads 1 \
-        --profile "${m%.jsonl}.now.json" --dry-run > "${m%.jsonl}.now.pred"
+      predict "${m%.jsonl}.now.json" "${m%.jsonl}.now.pred"
       echo "$f" > "${m%.jsonl}.speed"
     fi
     if [ -s "${m%.jsonl}.retimed.json" ]; then
-      mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic --synthetic-count "$images" \
-        --batch "$batch" --batches-per-epoch "$(steps_of "$model")" --owners "$k" --stages "$n" \
-        --schedule "$sched" --micro-batches "$micro" --threads 1 \
-        --profile "${m%.jsonl}.retimed.json" --dry-run > "${m%.jsonl}.retimed.pred"
+      predict "${m%.jsonl}.retimed.json" "${m%.jsonl}.retimed.pred"
     fi
   done
   $TABLES grid "$OUT"/grid/*.jsonl

@@ -66,22 +66,23 @@ assert b['concurrency'] == a['concurrency'] and b['hop_s'] == a['hop_s']
 else
   fail "profile --from --retime"
 fi
-# expect_profile_error NAME PATTERN ARGS...: exit 2 with the message, no output file.
-expect_profile_error() {
+# expect_input_error NAME PATTERN COMMAND ARGS...: exit 2 with one error line matching PATTERN,
+# and no output file.
+expect_input_error() {
   local name=$1 pattern=$2
   shift 2
-  timeout 60 "$MPSL" profile --output "$T/bad-profile.json" "$@" > /dev/null 2> "$T/err"
+  timeout 60 "$MPSL" "$@" --output "$T/bad.json" > /dev/null 2> "$T/err"
   local rc=$?
-  if [ $rc = 2 ] && grep -q -- "$pattern" "$T/err" && [ ! -e "$T/bad-profile.json" ]; then
+  if [ $rc = 2 ] && grep -q -- "$pattern" "$T/err" && [ ! -e "$T/bad.json" ]; then
     pass "$name: $(cat "$T/err")"
   else
-    fail "$name: exit $rc, $(cat "$T/err")"
+    fail "$name: exit $rc, stderr $(cat "$T/err")"
   fi
 }
-expect_profile_error "--retime without --from" "needs --from" --retime
-expect_profile_error "--retime of a rescaled profile" "describes another device" \
+expect_input_error "--retime without --from" "needs --from" profile --retime
+expect_input_error "--retime of a rescaled profile" "describes another device" profile \
   --from "$T/slow.json" --retime
-expect_profile_error "--from with --model" "not both" --from "$T/p.json" --model vgg19 --retime
+expect_input_error "--from with --model" "not both" profile --from "$T/p.json" --model vgg19 --retime
 
 # The placement slowdown forks copies of the profiling process: their first step after fork()
 # copies every page it writes (copy-on-write). vgg11 at batch 1 writes 1.5 GB of weights,
@@ -110,17 +111,11 @@ else
   fail "plan: $OUT"
 fi
 
-# expect_plan_error NAME PATTERN ARGS...: exit 2 with one error line matching PATTERN.
+# expect_plan_error NAME PATTERN ARGS...: plan from the profile above refuses ARGS.
 expect_plan_error() {
   local name=$1 pattern=$2
   shift 2
-  timeout 60 "$MPSL" plan --profile "$T/p.json" --output "$T/bad.json" "$@" > /dev/null 2> "$T/err"
-  local rc=$?
-  if [ $rc = 2 ] && grep -q -- "$pattern" "$T/err"; then
-    pass "$name: $(cat "$T/err")"
-  else
-    fail "$name: exit $rc, stderr $(cat "$T/err")"
-  fi
+  expect_input_error "$name" "$pattern" plan --profile "$T/p.json" "$@"
 }
 expect_plan_error "memory too small" "smallest memory that fits is" --owners 4 --stages 2 --node-memory 1M
 # The smallest memory for one stage and for two (from the answers to a far too small memory):
