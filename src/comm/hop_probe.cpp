@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -152,6 +153,11 @@ HopTimes measure_hop_times(const std::string& executable, int processes, int64_t
     MPI_Error_string(rc, text, &len);
     out.problem = std::string("MPI_Comm_spawn of ") + std::to_string(processes) +
                   " probe processes failed: " + text;
+    // Slurm's PMIx, which starts srun's tasks, cannot spawn processes; mpirun's runtime can.
+    if (std::getenv("SLURM_STEP_ID") && !std::getenv("OMPI_COMM_WORLD_SIZE"))
+      out.problem +=
+          "; a process started by srun cannot spawn others: run mpsl profile "
+          "directly in the job script, or under mpirun -n 1";
     return out;
   }
   MPI_Comm_set_errhandler(children, MPI_ERRORS_RETURN);

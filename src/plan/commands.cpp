@@ -15,6 +15,16 @@
 
 namespace mpsl::plan {
 
+// "1,4,8" (appending piecewise: GCC 12 warns falsely about `"," + std::to_string(c)`).
+static std::string comma_list(const std::vector<int>& values) {
+  std::string out;
+  for (int v : values) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(v);
+  }
+  return out;
+}
+
 namespace {
 
 nlohmann::json split_json(const std::vector<int>& v) {
@@ -125,7 +135,10 @@ void print_profile(const Profile& p) {
     for (size_t n = 1; n < p.concurrency.size(); ++n)
       std::printf("%s %.2fx as long with %zu processes training", n > 1 ? "," : "",
                   p.concurrency[n], n + 1);
-    std::printf(" on this host\n");
+    if (p.placement_cpus > 0)
+      std::printf(" on this host's %d CPU(s)\n", p.placement_cpus);
+    else
+      std::printf(" on this host\n");
   }
   if (p.hop_s.size() >= 2) {
     std::printf("a hop (%s) takes", obs::format_bytes(kHopProbeBytes).c_str());
@@ -161,8 +174,7 @@ int inspect_json(const std::string& path) {
     return 0;
   }
   const PlanFile f = read_plan(path);
-  std::string cuts;
-  for (int c : f.split) cuts += (cuts.empty() ? "" : ",") + std::to_string(c);
+  const std::string cuts = comma_list(f.split);
   std::printf("plan for %s: %d owners, %d stage(s), batch %d, schedule %s: --split %s\n",
               f.model.c_str(), f.owners, f.stages, f.batch, f.schedule.c_str(), cuts.c_str());
   if (j.contains("objective"))
@@ -367,10 +379,8 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
     if (!out) throw RuntimeFailure("cannot write '" + tmp + "'");
   });
   if (!common.quiet) {
-    std::string cuts;
-    for (int c : res.split.cuts) cuts += (cuts.empty() ? "" : ",") + std::to_string(c);
-    std::string even;
-    for (int c : res.even) even += (even.empty() ? "" : ",") + std::to_string(c);
+    const std::string cuts = plan::comma_list(res.split.cuts);
+    const std::string even = plan::comma_list(res.even);
     std::printf("plan: %s, %d owners, %d stage(s): --split %s\n", profile.model.c_str(), r.owners,
                 res.scenario.stages(), cuts.c_str());
     std::printf("  slowest forward stage %s + slowest backward stage %s = %s per batch\n",
@@ -388,8 +398,7 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
                   plan::secs(x.busy_s).c_str());
     }
     if (res.objective_split.cuts != res.split.cuts) {
-      std::string opt;
-      for (int c : res.objective_split.cuts) opt += (opt.empty() ? "" : ",") + std::to_string(c);
+      const std::string opt = plan::comma_list(res.objective_split.cuts);
       std::printf("  the paper objective's optimum (--split %s): objective %s, round %s\n",
                   opt.c_str(), plan::secs(res.objective_split.objective()).c_str(),
                   plan::secs(res.objective_prediction.round_s).c_str());

@@ -158,15 +158,30 @@ int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_fl
 
 namespace {
 
-// The speed of each of `busy` ranks computing at once: the profile's measured slowdown on its
-// host (when the ranks share that many cores), else an even share of the cores.
+// As many processes on the profiled host as load its cores the way `processes` ranks load the
+// run's s.cores: the profile measured placement and hops with n processes on its
+// placement_cpus CPUs (the same count when not known).
+double profiled_processes(const Scenario& s, int processes) {
+  const int P = s.profile->placement_cpus;
+  return P > 0 && s.cores > 0 && P != s.cores ? processes * static_cast<double>(P) / s.cores
+                                              : static_cast<double>(processes);
+}
+
+// The speed of each of `busy` ranks computing at once: the profile's measured slowdown
+// (interpolated; beyond its table, its last slowdown per process), else an even share of the
+// cores.
 double share_rate(const Scenario& s, int busy) {
   if (s.cores <= 0 || busy <= 1) return 1.0;
   const auto& c = s.profile->concurrency;
   if (!c.empty() && s.threads == 1) {
-    const size_t n = static_cast<size_t>(busy);
-    if (n <= c.size()) return 1.0 / c[n - 1];
-    return 1.0 / (c.back() * static_cast<double>(n) / static_cast<double>(c.size()));
+    const double n = profiled_processes(s, busy);
+    if (n <= 1) return 1.0;
+    const double size = static_cast<double>(c.size());
+    if (n > size) return 1.0 / (c.back() * n / size);
+    const size_t lo = static_cast<size_t>(std::floor(n));
+    const double f = n - static_cast<double>(lo);
+    const double slowdown = lo >= c.size() ? c.back() : c[lo - 1] + f * (c[lo] - c[lo - 1]);
+    return 1.0 / slowdown;
   }
   return std::min(1.0, static_cast<double>(s.cores) / (busy * std::max(1, s.threads)));
 }
@@ -582,7 +597,8 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       if (s.cores > 0 && s.threads == 1) {
         int n = 2;
         for (int r = 0; r < R; ++r) n += r != m.src && r != m.dest && ranks[r].task != Task::kNone;
-        if (n > s.cores) m.t += hop_wait_s(p, n);
+        if (n > s.cores)
+          m.t += hop_wait_s(p, static_cast<int>(std::lround(profiled_processes(s, n))));
       }
     } else {
       m.t = now + transfer_s(from, to, m.bytes);

@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "mpsl/comm/hop_probe.hpp"
+#include "mpsl/core/cpus.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/finite.hpp"
 #include "mpsl/core/rng.hpp"
@@ -287,6 +288,7 @@ nlohmann::json Profile::to_json() const {
           {"average_s_per_byte", average_s_per_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
+          {"placement_cpus", placement_cpus},
           {"hop_s", hop_s},
           {"copy_s_per_byte", copy_s_per_byte},
           {"check_s_per_byte", check_s_per_byte},
@@ -323,6 +325,7 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.check_s_per_byte = j.value("check_s_per_byte", 0.0);
     p.assemble_s_per_sample = j.value("assemble_s_per_sample", 0.0);
     if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
+    p.placement_cpus = j.value("placement_cpus", 0);
     if (j.contains("hop_s")) p.hop_s = j["hop_s"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
       UnitProfile x;
@@ -588,6 +591,15 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
       std::atomic<int> warm{0};  // the process has taken its first step
     };
     const int max_n = s.concurrency;
+    // Ranks that share cores are unbound (mpirun binds only when each rank has a core), but
+    // this process may be bound (`mpirun -n 1 mpsl profile` binds it to one core): its forked
+    // copies would share that core and read twice the slowdown.
+    const WidenedAffinity widened;
+    p.placement_cpus = widened.cpus();
+    if (widened.cpus() > widened.cpus_before())
+      MPSL_LOG(Info, "profile: this process was bound to " << widened.cpus_before()
+                                                           << " CPU(s); placement runs on all "
+                                                           << widened.cpus() << " it may use");
     void* shared = mmap(nullptr, sizeof(StepCounter) * max_n, PROT_READ | PROT_WRITE,
                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     MPSL_CHECK(shared != MAP_FAILED, "profile: mmap of the step counters failed");
@@ -673,6 +685,9 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
       p.concurrency.push_back(median_of(ratios[n]));
   }
   if (s.hop_processes >= 2) {
+    // Unbound as the placement processes (above): a singleton's MPI runtime, started here,
+    // and the probe processes it spawns inherit this process's mask.
+    const WidenedAffinity widened;
     const comm::HopTimes hops =
         comm::measure_hop_times(s.executable, s.hop_processes, kHopProbeBytes, 100);
     if (hops.hop_s.empty())

@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <numeric>
 #include <optional>
-#include <thread>
 #include <tuple>
 
 #include <mpi.h>
@@ -18,6 +17,7 @@
 #include "mpsl/comm/audit.hpp"
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/comm/watchdog.hpp"
+#include "mpsl/core/cpus.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/core/finite.hpp"
 #include "mpsl/emulate/emulate.hpp"
@@ -276,7 +276,8 @@ struct Predictions {
   std::vector<plan::RankPrediction> ranks;
 };
 
-// Cores the ranks share: all ranks on one host share its cores; ranks on different hosts are
+// Cores the ranks share: all ranks on one host share the CPUs they may run on (the union of
+// their affinity masks: a Slurm job's cgroup, mpirun's binding); ranks on different hosts are
 // taken to have a node each (0).
 int shared_cores(int world) {
   char name[MPI_MAX_PROCESSOR_NAME] = {};
@@ -289,7 +290,11 @@ int shared_cores(int world) {
     if (std::strncmp(all.data(), all.data() + r * MPI_MAX_PROCESSOR_NAME, MPI_MAX_PROCESSOR_NAME) !=
         0)
       return 0;
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::vector<unsigned char> mine = affinity_mask_bytes();
+  std::vector<unsigned char> masks(static_cast<size_t>(world) * kCpuMaskBytes);
+  MPSL_MPI_CHECK(MPI_Allgather(mine.data(), kCpuMaskBytes, MPI_UNSIGNED_CHAR, masks.data(),
+                               kCpuMaskBytes, MPI_UNSIGNED_CHAR, MPI_COMM_WORLD));
+  return std::max(1, union_cpu_count(masks));
 }
 
 // The cost model's view of an emulated device (emulate/emulate.hpp).
@@ -1117,9 +1122,11 @@ void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model
     std::printf("%s\n", line.c_str());
   }
   if (pred.available) {
-    std::printf(
-        "predicted round time: %.3f s (round 1)%s\n", pred.round_s.front(),
-        cores > 0 ? (" with the ranks sharing " + std::to_string(cores) + " cores").c_str() : "");
+    std::printf("predicted round time: %.3f s (round 1)%s\n", pred.round_s.front(),
+                cores > 0 ? (" with the ranks sharing " + std::to_string(cores) +
+                             (cores == 1 ? " core" : " cores"))
+                                .c_str()
+                          : "");
   } else {
     std::printf("(%s)\n",
                 profile ? pred.note.c_str() : "no predictions: give --profile FILE or --plan FILE");

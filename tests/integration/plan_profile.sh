@@ -144,6 +144,29 @@ else
   fail "--dry-run: $DRY"
 fi
 
+# The cores ranks share are the CPUs they may run on: two ranks bound to one CPU share one.
+DRY=$(timeout 120 mpirun -n 2 --cpu-set 0 --bind-to core "$MPSL" train $B --stages 1 \
+  --profile "$T/p.json" --dry-run 2>&1)
+if echo "$DRY" | grep -q "with the ranks sharing 1 core$"; then
+  pass "--dry-run: ranks bound to one CPU share 1 core"
+else
+  fail "--dry-run with both ranks on CPU 0: $DRY"
+fi
+
+# A profile run bound to one CPU (as mpirun binds one rank) still measures placement on every
+# CPU it may use: its forked processes would otherwise share that one CPU.
+if timeout 120 taskset -c 0 "$MPSL" profile --model lenet5 --batch 8 --repeats 2 --threads 1 \
+  --concurrency 2 --quiet --output "$T/bound.json" && $PY -c "
+import json, os, sys
+p = json.load(open(sys.argv[1]))
+assert p['placement_cpus'] == len(os.sched_getaffinity(0)), (p['placement_cpus'], os.sched_getaffinity(0))
+assert len(p['concurrency']) == 2, p['concurrency']
+" "$T/bound.json"; then
+  pass "profile under taskset -c 0 measures placement on all the CPUs it may use"
+else
+  fail "profile bound to one CPU"
+fi
+
 if mpsl_run 3 train $B --plan "$T/plan.json" --rounds 2 --quiet --metrics "$T/m.jsonl" > /dev/null &&
   $PY -c "
 import json, sys

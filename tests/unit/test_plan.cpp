@@ -279,6 +279,36 @@ TEST(CostModel, SharedCoresSlowBusyRanks) {
   EXPECT_GT(shared, 1.8 * alone);
 }
 
+TEST(CostModel, PlacementMeasuredOnOtherCpusIsScaledToTheRunsCores) {
+  // Three ranks of equal work. The profile measured 1, 2, 3, 4 processes on 2 CPUs: 1.0, 1.0,
+  // 1.5 and 2.0 times as slow.
+  Profile p =
+      make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001}, {0, 0, 0, 0}, 1000);
+  p.concurrency = {1.0, 1.0, 1.5, 2.0};
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 8;
+  s.steps.assign(8, 4);
+  s.cores = 2;
+  const double unknown_cpus = simulate(s).train_s;
+  p.placement_cpus = 2;
+  EXPECT_DOUBLE_EQ(simulate(s).train_s, unknown_cpus);  // measured on the run's core count
+  // One core: 2 ranks load it as 4 processes load 2 CPUs (2.0x), 3 ranks beyond the table
+  // (2.0 per 4 processes: 3.0x). Before placement_cpus the table was read as if for 1 core.
+  s.cores = 1;
+  const double one_core = simulate(s).train_s;
+  p.placement_cpus = 0;
+  EXPECT_DOUBLE_EQ(simulate(s).train_s, unknown_cpus);
+  EXPECT_GT(one_core, 1.5 * unknown_cpus);
+  // Four cores: 3 ranks as 1.5 processes on 2 CPUs: full speed, a rank per core.
+  p.placement_cpus = 2;
+  s.cores = 4;
+  const double four_cores = simulate(s).train_s;
+  s.cores = 0;  // a node each
+  EXPECT_NEAR(four_cores, simulate(s).train_s, 1e-9);
+}
+
 TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
   // Two stages average 2 copies of 1 MB and of 3 MB at 0.1 s per MB: 0.2 s and 0.6 s of work.
   Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},

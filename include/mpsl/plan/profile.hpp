@@ -92,6 +92,9 @@ struct Profile {
   // not measured. Shared cores are rarely n/cores-fast: caches, memory bandwidth and the
   // hypervisor all take their share.
   std::vector<double> concurrency;
+  // The CPUs the placement processes could run on (0 = not known): the profiling process's
+  // cpuset, even when its launcher had bound it to fewer (core/cpus.hpp WidenedAffinity).
+  int placement_cpus = 0;
   // Hops on the profiled host (comm/hop_probe.hpp): hop_s[n - 1] = median one-way time of a
   // kHopProbeBytes message between two processes, the receiver waiting as the mailbox does,
   // while n - 2 other processes compute (hop_s[0] unused). Empty when not measured.
