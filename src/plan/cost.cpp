@@ -476,26 +476,16 @@ enum class Sharing {
   kEven,  // equally (processor sharing): round and busy times
   // Stage ranks first. Linux's scheduler favours a rank that has slept over one that has run:
   // stage ranks wait for work most of the time and preempt the busier owner rank when a message
-  // wakes them, and the owner rank gets a core again only after a while (owner_core_wait_s).
-  // Meanwhile the stages behind it keep running forwards whose gradients it
+  // wakes them, and the owner rank gets a core again only after a scheduler slice
+  // (kOwnerCoreWaitS). Meanwhile the stages behind it keep running forwards whose gradients it
   // holds up (fmnist-cnn 1F1B, 3-4 ranks on 2 cores: last stages held 8-10 micro-batches where
   // even sharing says 2). Memory only.
   kStagesFirst
 };
 
-// The longest an owner rank waits for a core while stage ranks hold them (kStagesFirst): as
-// long as the profile's hop probe took to hand a message to a waiting rank with as many
-// processes as the host's ranks, the others computing (hop_s; 0.7-1.1 ms here with 3-4
-// processes on 2 cores). Without hop times, kOwnerCoreWaitS: by hand, a message to a rank
-// waiting for a core was handled 1-2.6 ms after it was sent. (With 2 ms, fmnist-cnn 1F1B
-// N = 3 K = 4's last stage was simulated with 10 micro-batches in flight where 4-7 were held.)
+// The longest an owner rank waits for a core while stage ranks hold them (kStagesFirst):
+// measured here, a message to a rank waiting for a core is handled 1-2.6 ms after it is sent.
 constexpr double kOwnerCoreWaitS = 0.002;
-double owner_core_wait_s(const Scenario& s, int ranks) {
-  const auto& h = s.profile->hop_s;
-  if (h.size() < 2) return kOwnerCoreWaitS;
-  const long n = std::lround(profiled_processes(s, ranks));
-  return h[static_cast<size_t>(std::clamp<long>(n, 2, static_cast<long>(h.size()))) - 1];
-}
 
 // One event simulation. `in_flight_floor` (per rank): memory counts at least that many
 // micro-batches in flight (simulate()).
@@ -507,7 +497,6 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
   const int M = s.micro_batches;
   const int a = s.split.front(), z = s.split.back();
   const int window = s.one_f_one_b ? std::min(M, N + 2) : 1;
-  const double core_wait = owner_core_wait_s(s, R);
 
   // Task lengths at full speed. Crossing a cut costs copies on both sides: the sender
   // reorders its output to plain, the receiver copies it out of MPI and into the part's input.
@@ -815,10 +804,10 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     MPSL_CHECK(++guard < 100000000, "cost simulation does not end");
     for (int r = 0; r < R; ++r) start_task(r);
     // Processor sharing: only ranks computing count (a sleeping stage leaves its core free).
-    // kStagesFirst: stage ranks, and owner ranks that have waited core_wait for a core,
+    // kStagesFirst: stage ranks, and owner ranks that have waited kOwnerCoreWaitS for a core,
     // come first; the other owner ranks share what cores are left.
     auto first = [&](const RankSim& r) {
-      return sharing == Sharing::kEven || !r.owner || r.core_wait_s >= core_wait - eps;
+      return sharing == Sharing::kEven || !r.owner || r.core_wait_s >= kOwnerCoreWaitS - eps;
     };
     int busy = 0, busy_first = 0;
     for (const auto& r : ranks)
@@ -844,7 +833,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
         if (rate_of(r) > 0)
           dt = std::min(dt, r.remaining / rate_of(r));
         else
-          dt = std::min(dt, core_wait - r.core_wait_s);
+          dt = std::min(dt, kOwnerCoreWaitS - r.core_wait_s);
         continue;
       }
       if (r.asleep_until > now + eps) {

@@ -531,15 +531,6 @@ TEST(CostModel, LastStageMemoryCountsForwardsWhileTheOwnerRankWaitsForACore) {
   EXPECT_GE(shared, 2 * own_cores);
   EXPECT_LE(shared, 8 * 4);  // never more than every owner's window
   EXPECT_EQ(simulate(s).round_s, simulate_round_s(s));
-  // With hop times in the profile the owner rank waits what its hop probe took with 4
-  // processes (hop_s[3]) instead of 2 ms: the same with a 2 ms hop, fewer forwards ahead with
-  // a 0.2 ms one.
-  p.hop_s = {0.0, 0.0002, 0.002, 0.002};
-  EXPECT_EQ(last_stage(2), shared);
-  p.hop_s = {0.0, 0.0002, 0.0002, 0.0002};
-  const int quick = last_stage(2);
-  EXPECT_LT(quick, shared);
-  EXPECT_GE(quick, own_cores);
 }
 
 TEST(CostModel, SlowLinkQueuesMicroBatches) {
