@@ -5,8 +5,9 @@
 # runs/<job name>-<job id> holds the metrics (run_end ok, 4 rank summaries), a trace with spans
 # from all 4 ranks, checkpoints, the model, the log and exit_code. Submitted again into the same
 # run folder with more rounds, the job continues from its checkpoint; a job with a bad option
-# ends with exit code 2, recorded in its run folder; tools/study --slurm --wait runs a 2-point
-# study as 2 jobs. The daemons are stopped on exit.
+# ends with exit code 2, recorded in its run folder; mpsl profile runs under srun (no hop
+# probe: it says why) and under mpirun -n 1 (hops, placement on the job's CPUs); tools/study
+# --slurm --wait runs a 2-point study as 2 jobs. The daemons are stopped on exit.
 # Needs root (CI runs as root); it installs the Slurm packages when they are missing.
 set -uo pipefail
 MPSL=$(cd "$(dirname "${1:?usage: slurm_job.sh PATH_TO_MPSL}")" && pwd)/$(basename "$1")
@@ -115,6 +116,36 @@ if [ "$rc" = 2 ] && [ "$(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>/dev/null)" = 
   pass "a job with a bad option exits 2 (sbatch --wait and exit_code agree)"
 else
   fail "bad job: sbatch exit $rc, exit_code $(cat "$T/runs/mpsl-bad-$job3/exit_code" 2>&1)"
+fi
+# mpsl profile in a job: under srun the hop probe cannot spawn (Slurm's PMIx), and the profile
+# says what to do instead and goes on; under mpirun -n 1 (which binds the process to one core)
+# it measures hops, and placement on every CPU the job may use.
+cat > "$T/profile.sbatch" << JOB
+#!/bin/bash
+#SBATCH -n 1
+#SBATCH -c 2
+#SBATCH -t 5
+#SBATCH -o $T/profile-%j.out
+export OMP_NUM_THREADS=1
+P="profile --model lenet5 --batch 8 --repeats 2 --threads 1 --concurrency 3"
+srun -n 1 "$MPSL" \$P --quiet --output "$T/srun.json" 2> "$T/srun.err" || exit 11
+mpirun -n 1 "$MPSL" \$P --quiet --output "$T/mpirun.json" || exit 12
+$PY -c 'import os; print(len(os.sched_getaffinity(0)))' > "$T/job_cpus"
+JOB
+timeout 300 sbatch --wait "$T/profile.sbatch" > /dev/null 2>&1
+rc=$?
+if [ "$rc" = 0 ] && grep -q "a process started by srun cannot spawn others" "$T/srun.err" &&
+  $PY -c "
+import json, sys
+s, m = (json.load(open(f)) for f in sys.argv[1:3])
+cpus = int(open(sys.argv[3]).read())
+assert not s.get('hop_s') and len(s['concurrency']) == 3, s.get('hop_s')
+assert len(m['hop_s']) == 3 and all(0 < h < 0.05 for h in m['hop_s'][1:]), m['hop_s']
+assert m['placement_cpus'] == cpus, (m['placement_cpus'], cpus)
+" "$T/srun.json" "$T/mpirun.json" "$T/job_cpus"; then
+  pass "profile in a job: srun says the hop probe cannot spawn and goes on; mpirun -n 1 measures hops and placement on the job's CPUs"
+else
+  fail "profile in a job: sbatch exit $rc; $(cat "$T"/srun.err "$T"/profile-*.out 2>&1 | tail -5)"
 fi
 # tools/study --slurm --wait: one job per point through the same batch script, then the CSV.
 cat > "$T/grid.toml" << 'TOML'
