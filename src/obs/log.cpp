@@ -164,4 +164,13 @@ void Progress::finish() {
   }
 }
 
+std::string join_ints(const std::vector<int>& values) {
+  std::string out;
+  for (int v : values) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(v);
+  }
+  return out;
+}
+
 }  // namespace mpsl::obs

@@ -15,16 +15,6 @@
 
 namespace mpsl::plan {
 
-// "1,4,8" (appending piecewise: GCC 12 warns falsely about `"," + std::to_string(c)`).
-static std::string comma_list(const std::vector<int>& values) {
-  std::string out;
-  for (int v : values) {
-    if (!out.empty()) out += ',';
-    out += std::to_string(v);
-  }
-  return out;
-}
-
 namespace {
 
 nlohmann::json split_json(const std::vector<int>& v) {
@@ -174,7 +164,7 @@ int inspect_json(const std::string& path) {
     return 0;
   }
   const PlanFile f = read_plan(path);
-  const std::string cuts = comma_list(f.split);
+  const std::string cuts = obs::join_ints(f.split);
   std::printf("plan for %s: %d owners, %d stage(s), batch %d, schedule %s: --split %s\n",
               f.model.c_str(), f.owners, f.stages, f.batch, f.schedule.c_str(), cuts.c_str());
   if (j.contains("objective"))
@@ -379,8 +369,8 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
     if (!out) throw RuntimeFailure("cannot write '" + tmp + "'");
   });
   if (!common.quiet) {
-    const std::string cuts = plan::comma_list(res.split.cuts);
-    const std::string even = plan::comma_list(res.even);
+    const std::string cuts = obs::join_ints(res.split.cuts);
+    const std::string even = obs::join_ints(res.even);
     std::printf("plan: %s, %d owners, %d stage(s): --split %s\n", profile.model.c_str(), r.owners,
                 res.scenario.stages(), cuts.c_str());
     std::printf("  slowest forward stage %s + slowest backward stage %s = %s per batch\n",
@@ -398,7 +388,7 @@ int run_plan(const CommonOptions& common, const PlanOptions& o) {
                   plan::secs(x.busy_s).c_str());
     }
     if (res.objective_split.cuts != res.split.cuts) {
-      const std::string opt = plan::comma_list(res.objective_split.cuts);
+      const std::string opt = obs::join_ints(res.objective_split.cuts);
       std::printf("  the paper objective's optimum (--split %s): objective %s, round %s\n",
                   opt.c_str(), plan::secs(res.objective_split.objective()).c_str(),
                   plan::secs(res.objective_prediction.round_s).c_str());

@@ -8,6 +8,7 @@
 #include "mpsl/io/checkpoint.hpp"
 #include "mpsl/io/model_file.hpp"
 #include "mpsl/nn/zoo.hpp"
+#include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
 #include "mpsl/obs/metrics.hpp"
 #include "mpsl/plan/planner.hpp"
@@ -192,20 +193,14 @@ int inspect_model_file(const std::string& path) {
               static_cast<unsigned long long>(m.state.steps));
   for (const auto& e : m.state.layout.tensors) {
     std::string dims;
-    for (auto d : e.dims) dims += (dims.empty() ? "" : "x") + std::to_string(d);
+    for (auto d : e.dims) {
+      if (!dims.empty()) dims += 'x';  // piecewise: GCC 12 warns falsely about "x" + to_string
+      dims += std::to_string(d);
+    }
     std::printf("  units/%03d/%-28s %s\n", e.unit, e.name.substr(e.name.find('.') + 1).c_str(),
                 dims.c_str());
   }
   return 0;
-}
-
-std::string join_ints(const std::vector<int>& v) {
-  std::string s;
-  for (int x : v) {
-    if (!s.empty()) s += ',';
-    s += std::to_string(x);
-  }
-  return s;
 }
 
 void describe_part(const io::Location& f, const std::string& group) {
@@ -255,7 +250,7 @@ int inspect_checkpoint(const std::string& path) {
       "schedule %s, %d micro-batch(es)\n",
       t.value("world_size", 0), t.value("owner_ranks", 0), t.value("stages", 0),
       t.contains("split") && !t.at("split").empty()
-          ? join_ints(t.at("split").get<std::vector<int>>()).c_str()
+          ? obs::join_ints(t.at("split").get<std::vector<int>>()).c_str()
           : "-",
       t.value("owners", 0), t.value("schedule", std::string("?")).c_str(),
       t.value("micro_batches", 1));
@@ -277,7 +272,8 @@ int inspect_checkpoint(const std::string& path) {
                 r.write_seconds);
     total += r.summary.bytes;
     if (r.role == "stage") {
-      std::printf("    per-owner copies of its part: owners %s\n", join_ints(r.owners).c_str());
+      std::printf("    per-owner copies of its part: owners %s\n",
+                  obs::join_ints(r.owners).c_str());
       for (int k : r.owners) {
         const std::string group = "copies/" + std::to_string(k);
         describe_part(f, group);

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace mpsl::obs {
 
@@ -39,6 +40,9 @@ inline void log_info(std::string_view m) {
 inline void log_debug(std::string_view m) {
   log_message(LogLevel::kDebug, m);
 }
+
+// "1,4,8": integers as printed options and messages show them (a split, the owners of a rank).
+std::string join_ints(const std::vector<int>& values);
 
 // Redraws one status line ("\r...") while stderr is a terminal (or MPSL_PROGRESS=1: under
 // mpirun a rank's stderr is a pipe); elsewhere (files, pipes, CI logs) it prints nothing but
