@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <vector>
@@ -37,15 +38,17 @@ void sleep_barrier(MPI_Comm comm) {
   wait_for(r, "barrier");
 }
 
-constexpr int kTagStamp = 1, kTagData = 2, kTagStop = 3, kTagResult = 4;
+constexpr int kTagStop = 3, kTagResult = 4;
 
 // One message size, `repeats` times, between children 0 (sender) and 1 (receiver) while children
 // 2..n-1 compute; returns the receiver's median one-way time (0 on the other children).
 double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
   int rank = 0;
   MPSL_MPI_CHECK(MPI_Comm_rank(world, &rank));
+  Mailbox box(world);  // collective: every child
   sleep_barrier(world);
   double median = 0;
+  std::vector<double> hops;
   if (rank >= 2 && rank < n) {  // a busy neighbour, until child 0 says stop
     int stop = 0, done = 0;
     MPI_Request r;
@@ -55,42 +58,34 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
       MPSL_MPI_CHECK(MPI_Test(&r, &done, MPI_STATUS_IGNORE));
     }
   } else if (rank < 2) {
-    const PollBackOff back_off = PollBackOff::from_environment();
-    std::vector<float> buffer(static_cast<size_t>(bytes / 4), 1.f);
-    std::vector<double> hops;
+    // The pair sends and waits with the runtime's own mailbox (its doorbell and back-off); the
+    // sender's clock travels in the message's first two floats.
+    const int64_t floats = std::max<int64_t>(2, bytes / 4);
+    if (rank == 0) box.listen(1, 1, 1);
+    if (rank == 1) box.listen(0, floats, 1);
     for (int i = 0; i < repeats; ++i) {
+      const int micro = i % 1024;
       if (rank == 0) {  // computes, sends its "activation", computes on until it is sent
         compute_for(0.003);
+        float* b = box.send_buffer(floats);
+        std::fill(b, b + floats, 1.f);
         const double sent = now_s();
-        MPI_Request rs[2];
-        MPSL_MPI_CHECK(MPI_Isend(&sent, 1, MPI_DOUBLE, 1, kTagStamp, world, &rs[0]));
-        MPSL_MPI_CHECK(MPI_Isend(buffer.data(), static_cast<int>(buffer.size()), MPI_FLOAT, 1,
-                                 kTagData, world, &rs[1]));
-        int done = 0;
-        while (!done) {
-          compute_for(0.001);
-          MPSL_MPI_CHECK(MPI_Testall(2, rs, &done, MPI_STATUSES_IGNORE));
-        }
+        std::memcpy(b, &sent, sizeof sent);
+        box.send(b, floats, 1, MessageKind::kActivation, 0, micro);
+        compute_for(0.001);
+        box.flush();
         // Until the receiver has it: the next repeat starts from a quiet pair.
-        int ack = 0;
-        MPI_Request ra;
-        MPSL_MPI_CHECK(MPI_Irecv(&ack, 1, MPI_INT, 1, kTagStamp, world, &ra));
-        wait_for(ra, "receiver's acknowledgement");
-      } else {  // waits as comm::Mailbox::wait does
+        box.release(box.wait());
+      } else {
+        const Mailbox::Message m = box.wait();
         double sent = 0;
-        MPI_Request rr[2];
-        MPSL_MPI_CHECK(MPI_Irecv(&sent, 1, MPI_DOUBLE, 0, kTagStamp, world, &rr[0]));
-        MPSL_MPI_CHECK(MPI_Irecv(buffer.data(), static_cast<int>(buffer.size()), MPI_FLOAT, 0,
-                                 kTagData, world, &rr[1]));
-        int done = 0, idle = 0;
-        while (true) {
-          MPSL_MPI_CHECK(MPI_Testall(2, rr, &done, MPI_STATUSES_IGNORE));
-          if (done) break;
-          back_off.pause(idle);
-        }
+        std::memcpy(&sent, m.data, sizeof sent);
         hops.push_back(now_s() - sent);
-        int ack = 1;
-        MPSL_MPI_CHECK(MPI_Send(&ack, 1, MPI_INT, 0, kTagStamp, world));
+        box.release(m);
+        float* ack = box.send_buffer(1);
+        ack[0] = 1.f;
+        box.send(ack, 1, 0, MessageKind::kActivationGrad, 0, micro);
+        box.flush();
       }
     }
     if (rank == 0)

@@ -90,6 +90,9 @@ PollBackOff PollBackOff::from_environment() {
   PollBackOff b;
   if (const char* v = std::getenv("MPSL_POLL_SLEEP_US")) b.max_sleep_us = std::max(0, std::atoi(v));
   if (const char* v = std::getenv("MPSL_POLL_SPIN")) b.spin_polls = std::max(0, std::atoi(v));
+  if (const char* v = std::getenv("MPSL_DOORBELL")) b.doorbell = std::atoi(v) != 0;
+  if (const char* v = std::getenv("MPSL_DOORBELL_TIMEOUT_US"))
+    b.doorbell_timeout_us = std::max(1, std::atoi(v));
   return b;
 }
 
@@ -100,7 +103,7 @@ void PollBackOff::pause(int& idle) const {
   }
 }
 
-Mailbox::Mailbox(MPI_Comm comm) : comm_(comm) {}
+Mailbox::Mailbox(MPI_Comm comm) : comm_(comm), bells_(std::make_unique<Doorbells>(comm)) {}
 
 Mailbox::~Mailbox() {
   if (MpiEnvironment::finalized()) return;
@@ -115,6 +118,7 @@ Mailbox::~Mailbox() {
 }
 
 void Mailbox::listen(int source, int64_t max_floats, int depth) {
+  all_sources_local_ = all_sources_local_ && bells_->local(source);
   for (int d = 0; d < depth; ++d) {
     auto r = std::make_unique<Recv>();
     r->source = source;
@@ -186,6 +190,7 @@ void Mailbox::post_send(Send* slot, int64_t floats, int dest, int tag) {
   MPSL_MPI_CHECK(MPI_Isend(slot->buffer.data(), static_cast<int>(floats), MPI_FLOAT, dest, tag,
                            comm_, &slot->request));
   slot->dest = dest;
+  bells_->ring(dest);
   stats_.comm_seconds += since(t);
 }
 
@@ -321,6 +326,16 @@ bool Mailbox::progress() {
         s.busy = false;
         any = true;
       }
+      // This call may have moved a pending send on (a message MPI held back in this rank, the
+      // next fragments of a long one) and its receiver has to poll to see it: ring again, once
+      // per destination.
+      std::vector<int>& rung = t_rung_;
+      rung.clear();
+      for (Send* s : pending)
+        if (std::find(rung.begin(), rung.end(), s->dest) == rung.end()) {
+          rung.push_back(s->dest);
+          bells_->ring(s->dest);
+        }
     }
   }
   stats_.comm_seconds += since(t);
@@ -339,7 +354,7 @@ Mailbox::Message Mailbox::wait(const std::vector<int>& preferred_sources) {
     progress();
     if (!ready_.empty()) break;
     stall.check();
-    back_off_.pause(idle);
+    idle_step(idle, back_off_.doorbell_timeout_us * 1e-6);
   }
   // Time inside MPI calls counts as communication, the rest of the wait as waiting.
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
@@ -358,12 +373,37 @@ bool Mailbox::wait_for(Message& out, const std::vector<int>& preferred_sources, 
       got = true;
       break;
     }
-    if (since(t0) >= timeout_s) break;
-    back_off_.pause(idle);
+    const double left = timeout_s - since(t0);
+    if (left <= 0) break;
+    idle_step(idle, std::min(left, back_off_.doorbell_timeout_us * 1e-6));
   }
   stats_.wait_seconds += since(t0) - (stats_.comm_seconds - comm_before);
   if (got) out = take(preferred_sources);
   return got;
+}
+
+bool Mailbox::sends_pending() const {
+  for (const auto& s : sends_)
+    if (s->request != MPI_REQUEST_NULL) return true;
+  return false;
+}
+
+void Mailbox::idle_step(int& idle, double max_s) {
+  // The doorbell only when every ring can reach us (peers on this node) and this rank has no
+  // send of its own in progress (MPI advances it only while we poll).
+  if (!back_off_.doorbell || !all_sources_local_ || sends_pending() ||
+      idle < back_off_.spin_polls) {
+    back_off_.pause(idle);
+    return;
+  }
+  ++idle;
+  if (!deferred_.empty())  // an emulated send is due then: be up to post it
+    max_s = std::min(
+        max_s, std::chrono::duration<double>(deferred_.front().release - Clock::now()).count());
+  const uint32_t armed = bells_->arm();
+  progress();  // what arrived between the last poll and arm() rang before we listened
+  if (ready_.empty()) bells_->sleep(armed, max_s);
+  bells_->disarm();
 }
 
 bool Mailbox::poll(Message& out, const std::vector<int>& preferred_sources) {

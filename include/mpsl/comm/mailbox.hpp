@@ -3,8 +3,9 @@
 // samples, and every message is recorded (kind, peer, bytes) in the audit log (comm/audit.hpp).
 //
 // Receives are posted early (several per peer) into buffers the mailbox owns; sends are
-// non-blocking from pooled buffers. A rank that waits polls with a short, growing sleep instead
-// of spinning a core, which matters when ranks outnumber cores.
+// non-blocking from pooled buffers. A rank that waits for peers on its own node sleeps on its
+// doorbell (comm/doorbell.hpp) until one of them sends to it; otherwise it polls with a short,
+// growing sleep instead of spinning a core, which matters when ranks outnumber cores.
 #pragma once
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "mpsl/comm/audit.hpp"
+#include "mpsl/comm/doorbell.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 
 namespace mpsl::comm {
@@ -79,11 +81,16 @@ struct MailboxStats {
 };
 
 // How the mailbox waits between polls that find nothing: `spin_polls` polls, then sleeps of
-// 20 us doubling up to `max_sleep_us` (spinning steals cores from ranks that share them).
+// 20 us doubling up to `max_sleep_us` (spinning steals cores from ranks that share them), or,
+// when every peer it listens to is on this node and none of its sends is pending, sleeps on its
+// doorbell for up to `doorbell_timeout_us`.
 struct PollBackOff {
   int spin_polls = 5;
   int max_sleep_us = 200;
-  // MPSL_POLL_SPIN and MPSL_POLL_SLEEP_US override the defaults.
+  bool doorbell = true;
+  int doorbell_timeout_us = 1000;
+  // MPSL_POLL_SPIN, MPSL_POLL_SLEEP_US, MPSL_DOORBELL (0: off) and MPSL_DOORBELL_TIMEOUT_US
+  // override the defaults.
   static PollBackOff from_environment();
   // After the idle-th fruitless poll in a row (counts `idle` up).
   void pause(int& idle) const;
@@ -91,6 +98,7 @@ struct PollBackOff {
 
 class Mailbox {
  public:
+  // Collective over `comm` (the doorbells' shared segment).
   explicit Mailbox(MPI_Comm comm);
   ~Mailbox();
   Mailbox(const Mailbox&) = delete;
@@ -127,6 +135,8 @@ class Mailbox {
   void flush();
 
   const MailboxStats& stats() const { return stats_; }
+  // Times a doorbell woke this rank from a sleep (0 when it never slept on one).
+  int64_t doorbell_wakeups() const { return bells_->wakeups(); }
   // Bytes held in receive buffers and in the send pool (which grows to the most sends in
   // transfer at once): what the mailbox adds to the rank's memory.
   int64_t receive_buffer_bytes() const;
@@ -171,6 +181,10 @@ class Mailbox {
   uint64_t post_counter_ = 0;
   PollBackOff back_off_ = PollBackOff::from_environment();
   bool progress();  // tests all requests; true when something completed
+  // One idle step of a wait: a doorbell sleep of at most `max_s` seconds when one can be used,
+  // else the back-off's pause.
+  void idle_step(int& idle, double max_s);
+  bool sends_pending() const;
   // progress()'s scratch, kept to allocate nothing per poll.
   std::vector<int> t_arrived_, t_index_, t_done_;
   std::vector<MPI_Request> t_requests_;
@@ -178,6 +192,9 @@ class Mailbox {
   std::vector<Send*> t_sends_;
 
   MPI_Comm comm_;
+  std::unique_ptr<Doorbells> bells_;  // rung always; slept on only when back_off_.doorbell
+  bool all_sources_local_ = true;     // every peer listen() was given shares our node
+  std::vector<int> t_rung_;           // progress()'s scratch: destinations rung this call
   std::vector<std::unique_ptr<Recv>> recvs_;
   std::vector<std::unique_ptr<Send>> sends_;
   std::deque<int> ready_;  // receive indices in arrival order

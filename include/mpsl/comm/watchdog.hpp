@@ -2,11 +2,12 @@
 // (in the spirit of Horovod's stall check), and the line a rank prints when the launcher ends
 // it because another rank died.
 //
-// Every wait of the pipeline polls (MPI_Test plus a short sleep), so the waiting rank itself
-// watches the clock: after --stall-warn seconds it says what it waits for and from whom; after
-// --stall-abort seconds (off by default) it ends the job with MPI_Abort. When a rank dies
-// (signal, out of memory), mpirun names it and ends the others with SIGTERM; each survivor then
-// prints one line naming itself, its role and what it was waiting for (usually the dead rank).
+// Every wait of the pipeline polls (MPI_Test plus a short sleep, or a doorbell sleep of at most
+// 1 ms), so the waiting rank itself watches the clock: after --stall-warn seconds it says what
+// it waits for and from whom; after --stall-abort seconds (off by default) it ends the job with
+// MPI_Abort. When a rank dies (signal, out of memory), mpirun names it and ends the others with
+// SIGTERM; each survivor then prints one line naming itself, its role and what it was waiting
+// for (usually the dead rank).
 #pragma once
 
 #include <atomic>

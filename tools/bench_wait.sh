@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# How a rank waits, side by side in one run: the mailbox's doorbell (comm/doorbell.hpp: an idle
+# rank sleeps until a peer on its node sends to it) against polling with 20-200 us sleeps
+# (MPSL_DOORBELL=0), on configurations with as many ranks as cores and more. fmnist-cnn,
+# batch 64, synthetic data, one thread per rank; the two sides alternate, each configuration
+# REPS times. Prints per configuration the median round time (rounds 2 on) and the CPU seconds
+# all ranks used per round, of both, and their ratios.
+#
+#   tools/bench_wait.sh [--reps N] [--rounds R] [--out FILE.md]
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${MPSL_BUILD_DIR:-$REPO/build}
+REPS=5 ROUNDS=8 OUT=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --reps) REPS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    *) echo "bench_wait.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[ "$ROUNDS" -ge 3 ] || { echo "bench_wait.sh: --rounds must be at least 3" >&2; exit 2; }
+[ -x "$BUILD/mpsl" ] || "$REPO/tools/build.sh"
+MPSL=$BUILD/mpsl
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMP_NUM_THREADS=1
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+# name schedule stages owners micro-batches
+CONFIGS=("1f1b 1 4 4" "mpsl 2 4 1" "1f1b 2 4 4" "1f1b 3 4 4" "mpsl 3 8 1")
+
+# run CONFIG DOORBELL FILE: one training run; appends "round_s cpu_s_per_round" to FILE.
+run() {
+  read -r sched n k micro <<< "$1"
+  MPSL_DOORBELL=$2 mpirun -x MPSL_DOORBELL -n $((1 + n)) "$MPSL" train --model fmnist-cnn \
+    --synthetic --synthetic-count $((k * 64 * 4)) --batch 64 --batches-per-epoch 4 \
+    --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
+    --threads 1 --quiet --metrics "$T/m.jsonl" > /dev/null
+  python3 - "$T/m.jsonl" >> "$3" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+rounds = [r["seconds"] for r in rows if r["event"] == "round_end"]
+cpu = sum(r["cpu_s"] for r in rows if r["event"] == "rank_summary")
+print(statistics.median(rounds[1:]), cpu / len(rounds))
+PY
+}
+
+for c in "${CONFIGS[@]}"; do
+  f=$T/$(echo "$c" | tr ' ' _)
+  : > "$f.bell"; : > "$f.poll"
+  for rep in $(seq 1 "$REPS"); do
+    run "$c" 1 "$f.bell"
+    run "$c" 0 "$f.poll"
+    echo "$c rep $rep: doorbell $(tail -1 "$f.bell"), polling $(tail -1 "$f.poll") (round s, CPU s per round)" >&2
+  done
+done
+
+{
+  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $(nproc) cores)"
+  echo
+  echo "| schedule | N | K | ranks | round s, doorbell | round s, polling | ratio | CPU s/round, doorbell | polling | ratio |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  for c in "${CONFIGS[@]}"; do
+    f=$T/$(echo "$c" | tr ' ' _)
+    python3 - "$c" "$f.bell" "$f.poll" <<'PY'
+import statistics, sys
+sched, n, k, micro = sys.argv[1].split()
+b = [tuple(map(float, l.split())) for l in open(sys.argv[2])]
+p = [tuple(map(float, l.split())) for l in open(sys.argv[3])]
+br, pr = statistics.median(x[0] for x in b), statistics.median(x[0] for x in p)
+bc, pc = statistics.median(x[1] for x in b), statistics.median(x[1] for x in p)
+label = f"{sched} M={micro}" if sched == "1f1b" else sched
+print(f"| {label} | {n} | {k} | {int(n) + 1} | {br:.3f} | {pr:.3f} | {br / pr:.2f} | {bc:.3f} | {pc:.3f} | {bc / pc:.2f} |")
+PY
+  done
+  echo
+  echo "ratio < 1: the doorbell is faster (or uses less CPU)."
+} | tee "${OUT:-/dev/null}"
