@@ -58,7 +58,7 @@ for c in "${CONFIGS[@]}"; do
 done
 
 {
-  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $(nproc) cores)"
+  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $(env -u OMP_NUM_THREADS nproc) cores)"
   echo
   echo "| schedule | N | K | ranks | round s, doorbell | round s, polling | ratio | CPU s/round, doorbell | polling | ratio |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

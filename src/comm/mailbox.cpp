@@ -96,11 +96,14 @@ PollBackOff PollBackOff::from_environment() {
   return b;
 }
 
+int PollBackOff::sleep_us(int idle) const {
+  if (idle <= spin_polls) return 0;
+  return std::min(max_sleep_us, 20 << std::min(3, (idle - spin_polls) / 20));
+}
+
 void PollBackOff::pause(int& idle) const {
-  if (++idle > spin_polls) {
-    const int us = std::min(max_sleep_us, 20 << std::min(3, (idle - spin_polls) / 20));
+  if (const int us = sleep_us(++idle); us > 0)
     std::this_thread::sleep_for(std::chrono::microseconds(us));
-  }
 }
 
 Mailbox::Mailbox(MPI_Comm comm) : comm_(comm), bells_(std::make_unique<Doorbells>(comm)) {}
@@ -389,14 +392,15 @@ bool Mailbox::sends_pending() const {
 }
 
 void Mailbox::idle_step(int& idle, double max_s) {
-  // The doorbell only when every ring can reach us (peers on this node) and this rank has no
-  // send of its own in progress (MPI advances it only while we poll).
-  if (!back_off_.doorbell || !all_sources_local_ || sends_pending() ||
-      idle < back_off_.spin_polls) {
+  // The doorbell only when every ring can reach us (peers on this node).
+  if (!back_off_.doorbell || !all_sources_local_ || idle < back_off_.spin_polls) {
     back_off_.pause(idle);
     return;
   }
   ++idle;
+  // A send of ours in progress moves on only while we call MPI (with shared-memory single copy
+  // it just awaits the receiver's completion note): wake as often as polling would.
+  if (sends_pending()) max_s = std::min(max_s, back_off_.sleep_us(idle) * 1e-6);
   if (!deferred_.empty())  // an emulated send is due then: be up to post it
     max_s = std::min(
         max_s, std::chrono::duration<double>(deferred_.front().release - Clock::now()).count());

@@ -82,8 +82,8 @@ struct MailboxStats {
 
 // How the mailbox waits between polls that find nothing: `spin_polls` polls, then sleeps of
 // 20 us doubling up to `max_sleep_us` (spinning steals cores from ranks that share them), or,
-// when every peer it listens to is on this node and none of its sends is pending, sleeps on its
-// doorbell for up to `doorbell_timeout_us`.
+// when every peer it listens to is on this node, sleeps on its doorbell for up to
+// `doorbell_timeout_us` (no longer than those sleeps while a send of its own is pending).
 struct PollBackOff {
   int spin_polls = 5;
   int max_sleep_us = 200;
@@ -92,6 +92,8 @@ struct PollBackOff {
   // MPSL_POLL_SPIN, MPSL_POLL_SLEEP_US, MPSL_DOORBELL (0: off) and MPSL_DOORBELL_TIMEOUT_US
   // override the defaults.
   static PollBackOff from_environment();
+  // The sleep after the idle-th fruitless poll in a row (0 while spinning).
+  int sleep_us(int idle) const;
   // After the idle-th fruitless poll in a row (counts `idle` up).
   void pause(int& idle) const;
 };
