@@ -45,7 +45,10 @@ constexpr int kTagStop = 3, kTagResult = 4;
 double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
   int rank = 0;
   MPSL_MPI_CHECK(MPI_Comm_rank(world, &rank));
-  Mailbox box(world);  // collective: every child
+  // The mailbox on a communicator of its own: its receives take any tag, and must not take
+  // the stop and result messages sent on `world`. Both collective: every child.
+  const Communicator box_comm = Communicator(world, false).dup();
+  Mailbox box(box_comm.get());
   sleep_barrier(world);
   double median = 0;
   std::vector<double> hops;
