@@ -46,8 +46,13 @@ Doorbells::Doorbells(MPI_Comm comm) {
   MPSL_MPI_CHECK(MPI_Comm_size(node.comm, &node_size));
   segment_bytes_ = sizeof(Bell) * static_cast<size_t>(node_size);
 
+  int size = 0;
+  MPSL_MPI_CHECK(MPI_Comm_size(comm, &size));
+  bells_.assign(static_cast<size_t>(size), nullptr);
+
   // The node's first rank creates the segment under a fresh name and tells the others; every
   // rank maps it; the name is removed once all have, so nothing is left behind in /dev/shm.
+  // Should any of it fail on this node, its ranks go without doorbells (they poll).
   static int created = 0;
   std::array<char, 64> name{};
   int failed = 0;
@@ -60,31 +65,41 @@ Doorbells::Doorbells(MPI_Comm comm) {
       fd = shm_open(name.data(), O_CREAT | O_EXCL | O_RDWR, 0600);
       if (fd < 0 && errno != EEXIST) break;
     }
-    if (fd < 0 || ftruncate(fd, static_cast<off_t>(segment_bytes_)) != 0) failed = 1;
+    if (fd < 0) {
+      problem_ = errno_text("shm_open");
+    } else if (ftruncate(fd, static_cast<off_t>(segment_bytes_)) != 0) {
+      problem_ = errno_text("ftruncate");
+      shm_unlink(name.data());
+    }
     if (fd >= 0) close(fd);
-    if (failed && fd >= 0) shm_unlink(name.data());
+    failed = problem_.empty() ? 0 : 1;
   }
   MPSL_MPI_CHECK(MPI_Bcast(name.data(), static_cast<int>(name.size()), MPI_CHAR, 0, node.comm));
   MPSL_MPI_CHECK(MPI_Bcast(&failed, 1, MPI_INT, 0, node.comm));
-  MPSL_CHECK(!failed, "the doorbells' shared memory " + std::string(name.data()) +
-                          " could not be created on the node's first rank");
-  std::string problem;
+  if (failed) {
+    if (problem_.empty()) problem_ = "the node's first rank could not create it";
+    return;
+  }
   const int fd = shm_open(name.data(), O_RDWR, 0600);
   if (fd < 0) {
-    problem = errno_text("shm_open");
+    problem_ = errno_text("shm_open");
   } else {
     void* at = mmap(nullptr, segment_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (at == MAP_FAILED)
-      problem = errno_text("mmap");
+      problem_ = errno_text("mmap");
     else
       segment_ = at;
     close(fd);
   }
-  int bad = problem.empty() ? 0 : 1, any_bad = 0;
+  int bad = problem_.empty() ? 0 : 1, any_bad = 0;
   MPSL_MPI_CHECK(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, node.comm));
   if (node_rank == 0) shm_unlink(name.data());
-  MPSL_CHECK(!bad, "the doorbells' shared memory " + std::string(name.data()) + ": " + problem);
-  MPSL_CHECK(!any_bad, "another rank of this node could not map the doorbells' shared memory");
+  if (any_bad) {
+    if (segment_) munmap(segment_, segment_bytes_);
+    segment_ = nullptr;
+    if (problem_.empty()) problem_ = "another rank of this node could not map it";
+    return;
+  }
 
   // ftruncate zero-filled the segment; each rank starts its own bell's life.
   Bell* bells = static_cast<Bell*>(segment_);
@@ -92,8 +107,6 @@ Doorbells::Doorbells(MPI_Comm comm) {
   MPSL_MPI_CHECK(MPI_Barrier(node.comm));  // every bell is live before anyone rings
 
   // Which rank of `comm` is which rank of the node.
-  int size = 0;
-  MPSL_MPI_CHECK(MPI_Comm_size(comm, &size));
   std::vector<int> ranks(static_cast<size_t>(size)), on_node(static_cast<size_t>(size));
   for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
   MPI_Group group = MPI_GROUP_NULL, node_group = MPI_GROUP_NULL;
@@ -103,7 +116,6 @@ Doorbells::Doorbells(MPI_Comm comm) {
   MPI_Group_free(&group);
   MPI_Group_free(&node_group);
   MPSL_MPI_CHECK(rc);
-  bells_.assign(static_cast<size_t>(size), nullptr);
   for (int r = 0; r < size; ++r) {
     const int n = on_node[static_cast<size_t>(r)];
     if (n != MPI_UNDEFINED) bells_[static_cast<size_t>(r)] = &bells[n];

@@ -8,6 +8,7 @@
 
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
+#include "mpsl/obs/log.hpp"
 #include "mpsl/obs/trace.hpp"
 
 namespace mpsl::comm {
@@ -106,7 +107,14 @@ void PollBackOff::pause(int& idle) const {
     std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
 
-Mailbox::Mailbox(MPI_Comm comm) : comm_(comm), bells_(std::make_unique<Doorbells>(comm)) {}
+Mailbox::Mailbox(MPI_Comm comm) : comm_(comm), bells_(std::make_unique<Doorbells>(comm)) {
+  if (!bells_->available()) {
+    if (back_off_.doorbell)
+      obs::log_warn("no doorbells for waiting ranks (shared memory: " + bells_->problem() +
+                    "): they poll instead");
+    back_off_.doorbell = false;
+  }
+}
 
 Mailbox::~Mailbox() {
   if (MpiEnvironment::finalized()) return;

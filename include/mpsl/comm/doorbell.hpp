@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "mpsl/comm/mpi_environment.hpp"
@@ -33,6 +34,11 @@ class Doorbells {
   ~Doorbells();  // unmaps the segment: local, never waits for other ranks
   Doorbells(const Doorbells&) = delete;
   Doorbells& operator=(const Doorbells&) = delete;
+
+  // False when this node's segment could not be made (`problem()` says why): ring() does
+  // nothing then and the other calls must not be used; waiting ranks poll instead.
+  bool available() const { return mine_ != nullptr; }
+  const std::string& problem() const { return problem_; }
 
   // Whether rank `r` of the communicator shares this node's segment (its doorbell can be rung).
   bool local(int r) const { return bells_.at(static_cast<size_t>(r)) != nullptr; }
@@ -63,6 +69,7 @@ class Doorbells {
   Bell* mine_ = nullptr;
   std::vector<Bell*> bells_;  // per rank of the communicator; null on other nodes
   int64_t wakeups_ = 0;
+  std::string problem_;
 };
 
 }  // namespace mpsl::comm
