@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What a hop costs when ranks share cores: the one-way time of a message between two MPI ranks
-# whose receiver waits as mpsl's mailbox does, alone (2 ranks) and beside 1, 2, ... ranks that
+# whose receiver polls as mpsl's mailbox did before doorbells (MPSL_DOORBELL=0), alone (2 ranks) and beside 1, 2, ... ranks that
 # compute (tools/lib/hop_latency.c), for a few message sizes. The cost model charges a local
 # message its latency (plan/profile.hpp kLocalLatency) plus its copy on the receiver's share of
 # a core; on a host with more ranks than cores the measured hop is longer (docs/cost-model-

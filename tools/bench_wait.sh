@@ -20,7 +20,8 @@ while [ $# -gt 0 ]; do
     *) echo "bench_wait.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-[ "$ROUNDS" -ge 3 ] || { echo "bench_wait.sh: --rounds must be at least 3" >&2; exit 2; }
+[[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench_wait.sh: --reps must be a positive integer, got '$REPS'" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || { echo "bench_wait.sh: --rounds must be a number >= 3, got '$ROUNDS'" >&2; exit 2; }
 [ -x "$BUILD/mpsl" ] || "$REPO/tools/build.sh"
 MPSL=$BUILD/mpsl
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
