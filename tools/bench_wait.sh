@@ -8,8 +8,7 @@
 #
 #   tools/bench_wait.sh [--reps N] [--rounds R] [--out FILE.md]
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${MPSL_BUILD_DIR:-$REPO/build}
+source "$(dirname "$0")/lib/bench_common.sh"
 REPS=5 ROUNDS=8 OUT=""
 while [ $# -gt 0 ]; do
   case $1 in
@@ -22,10 +21,9 @@ while [ $# -gt 0 ]; do
 done
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench_wait.sh: --reps must be a positive integer, got '$REPS'" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || { echo "bench_wait.sh: --rounds must be a number >= 3, got '$ROUNDS'" >&2; exit 2; }
-[ -x "$BUILD/mpsl" ] || "$REPO/tools/build.sh"
-MPSL=$BUILD/mpsl
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OMP_NUM_THREADS=1
+bc_build
+bc_mpi_oversubscribed
+bc_warn_if_busy
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
@@ -35,7 +33,7 @@ CONFIGS=("1f1b 1 4 4" "mpsl 2 4 1" "1f1b 2 4 4" "1f1b 3 4 4" "mpsl 3 8 1")
 # run CONFIG DOORBELL FILE: one training run; appends "round_s cpu_s_per_round" to FILE.
 run() {
   read -r sched n k micro <<< "$1"
-  MPSL_DOORBELL=$2 mpirun -x MPSL_DOORBELL -n $((1 + n)) "$MPSL" train --model fmnist-cnn \
+  MPSL_DOORBELL=$2 mpirun -x MPSL_DOORBELL -n $((1 + n)) "$MPSL_BIN" train --model fmnist-cnn \
     --synthetic --synthetic-count $((k * 64 * 4)) --batch 64 --batches-per-epoch 4 \
     --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
     --threads 1 --quiet --metrics "$T/m.jsonl" > /dev/null
@@ -59,7 +57,7 @@ for c in "${CONFIGS[@]}"; do
 done
 
 {
-  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $(env -u OMP_NUM_THREADS nproc) cores)"
+  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $CORES cores)"
   echo
   echo "| schedule | N | K | ranks | round s, doorbell | round s, polling | ratio | CPU s/round, doorbell | polling | ratio |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -51,7 +51,6 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
   Mailbox box(box_comm.get());
   sleep_barrier(world);
   double median = 0;
-  std::vector<double> hops;
   if (rank >= 2 && rank < n) {  // a busy neighbour, until child 0 says stop
     int stop = 0, done = 0;
     MPI_Request r;
@@ -64,11 +63,12 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
     // The pair sends and waits with the runtime's own mailbox (its doorbell and back-off); the
     // sender's clock travels in the message's first two floats.
     const int64_t floats = std::max<int64_t>(2, bytes / 4);
+    std::vector<double> hops;
     if (rank == 0) box.listen(1, 1, 1);
     if (rank == 1) box.listen(0, floats, 1);
     for (int i = 0; i < repeats; ++i) {
       const int micro = i % 1024;
-      if (rank == 0) {  // computes, sends its "activation", computes on until it is sent
+      if (rank == 0) {  // computes, sends its "activation", computes on, waits until it is sent
         compute_for(0.003);
         float* b = box.send_buffer(floats);
         std::fill(b, b + floats, 1.f);

@@ -467,9 +467,7 @@ void Mailbox::flush() {
   const auto t0 = Clock::now();
   const double comm_before = stats_.comm_seconds;
   progress();
-  bool pending = !deferred_.empty();  // emulated sends not yet posted
-  for (auto& s : sends_) pending |= s->request != MPI_REQUEST_NULL;
-  if (!pending) return;
+  if (deferred_.empty() && !sends_pending()) return;  // deferred: emulated sends not yet posted
   obs::Span span(obs::Activity::kWait);
   StallClock stall([this] {
     std::string to;
@@ -478,10 +476,7 @@ void Mailbox::flush() {
     return "its sends to complete (received by " + to + ")";
   });
   int idle = 0;
-  while (true) {
-    bool busy = !deferred_.empty();
-    for (auto& s : sends_) busy |= s->request != MPI_REQUEST_NULL;
-    if (!busy) break;
+  while (!deferred_.empty() || sends_pending()) {
     stall.check();
     if (!progress() && ++idle > 50) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
