@@ -1191,42 +1191,26 @@ class StageRuntime : public RankRuntime {
       if (!late[k] || !s_.stragglers.carry) targets.push_back(&c);
       weights.push_back(late[k] ? 0.0 : static_cast<double>(s_.plan.samples[k]));
     }
-    optim::PartSums& sums = fedavg_sums_;
-    optim::weighted_sums_into(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage,
-                              sums);
-    // Emulation: the sums are a compute span of this stage's device. (Sleeps are not busy.)
+    const bool carry_global = s_.stragglers.carry && any_late;
+    if (carry_global) {
+      if (!global_) global_.emplace(copies_.front());
+    } else {
+      global_.reset();
+    }
+    // Emulation: the averaging is a compute span of this stage's device. (Sleeps are not busy.)
     double slept = 0;
     auto sleep_until = [&slept](Clock::time_point t) {
       const auto before = Clock::now();
       emulate::RankEmulator::sleep_until(t);
       slept += since(before);
     };
-    if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0));
-    if (t_.replicas > 1) {  // the replicas of this stage add up their owners' weighted sums
-      const auto reduce_start = Clock::now();
-      int64_t bytes = 0;
-      for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
-        if (!v->empty()) {
-          comm::audit_message("replica-weighted-sum", -1,
-                              static_cast<int64_t>(v->size() * sizeof(double)), true);
-          comm::allreduce_sum(v->data(), static_cast<int64_t>(v->size()), replica_group_.get());
-          bytes += static_cast<int64_t>(v->size() * sizeof(double));
-        }
-      // Emulation: each replica is a node of its own; the reduction crosses their links.
-      const double ring =
-          emu_.ring_allreduce_seconds(emulate::stage_entity(stage_), bytes, t_.replicas);
-      if (ring > 0) {
-        emu_.account_aggregation(ring);
-        sleep_until(reduce_start + std::chrono::duration_cast<Clock::duration>(
-                                       std::chrono::duration<double>(ring)));
-      }
-    }
-    optim::assign_average(sums, total, targets, s_.policy);
-    if (s_.stragglers.carry && any_late) {
-      if (!global_) global_.emplace(copies_.front());
-      optim::assign_average(sums, total, {&*global_}, s_.policy);
+    if (t_.replicas == 1) {
+      // Every copy of this stage is here: averaged in place, chunk by chunk, with no sums kept.
+      if (carry_global) targets.push_back(&*global_);
+      optim::average_in_place(all, weights, total, targets, s_.policy);
+      if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0));
     } else {
-      global_.reset();
+      reduce_and_average(all, weights, total, targets, carry_global, t0, sleep_until);
     }
     if (!s_.stragglers.carry)
       for (int k : mine_)
@@ -1236,6 +1220,38 @@ class StageRuntime : public RankRuntime {
           copies_[local_[k]].steps = n;
         }
     busy_ += since(t0.wall) - slept;
+  }
+
+  // FedAvg over the replicas of this stage: each sums its owners' copies, the replicas add up
+  // their sums (an all-reduce in double), and each sets its copies to the average.
+  template <typename SleepUntil>
+  void reduce_and_average(const std::vector<const nn::PartState*>& all,
+                          const std::vector<double>& weights, double total,
+                          const std::vector<nn::PartState*>& targets, bool carry_global,
+                          const emulate::SpanStart& t0, SleepUntil& sleep_until) {
+    optim::PartSums& sums = fedavg_sums_;
+    optim::weighted_sums_into(all, weights, s_.policy == optim::OptimizerStatePolicy::kAverage,
+                              sums);
+    if (emu_.active()) sleep_until(emu_.compute(emulate::stage_entity(stage_), t0));
+    const auto reduce_start = Clock::now();
+    int64_t bytes = 0;
+    for (auto* v : {&sums.params, &sums.buffers, &sums.momentum})
+      if (!v->empty()) {
+        comm::audit_message("replica-weighted-sum", -1,
+                            static_cast<int64_t>(v->size() * sizeof(double)), true);
+        comm::allreduce_sum(v->data(), static_cast<int64_t>(v->size()), replica_group_.get());
+        bytes += static_cast<int64_t>(v->size() * sizeof(double));
+      }
+    // Emulation: each replica is a node of its own; the reduction crosses their links.
+    const double ring =
+        emu_.ring_allreduce_seconds(emulate::stage_entity(stage_), bytes, t_.replicas);
+    if (ring > 0) {
+      emu_.account_aggregation(ring);
+      sleep_until(reduce_start +
+                  std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(ring)));
+    }
+    optim::assign_average(sums, total, targets, s_.policy);
+    if (carry_global) optim::assign_average(sums, total, {&*global_}, s_.policy);
   }
 
   std::pair<double, double> evaluate(const data::Dataset*) override {
@@ -1380,7 +1396,7 @@ class StageRuntime : public RankRuntime {
   double busy_ = 0;
   emulate::RankEmulator emu_;
   std::optional<nn::PartState> global_;  // the aggregate, when late owners carry their copies
-  optim::PartSums fedavg_sums_;          // FedAvg's sums, kept from round to round
+  optim::PartSums fedavg_sums_;          // with replicas: FedAvg's sums, kept from round to round
 };
 
 }  // namespace

@@ -142,12 +142,15 @@ int64_t untouched_gradient_scratch_bytes(const Profile& p, int b, int e) {
 }
 
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
-                           int owner_ranks, int stage, int stages, int window, bool momentum_sums) {
+                           int owner_ranks, int stage, int stages, int window, bool momentum_sums,
+                           bool replicated) {
   const int64_t in_b = p.cut_bytes(b), out_b = p.cut_bytes(e);
-  // FedAvg sums the copies in double (optim/fedavg.hpp): twice a copy's parameters and buffers,
-  // kept from round to round. Every stage rank sums, also a replica holding one owner's copy
-  // (the replicas reduce these sums) and a stage of K = 1.
-  const int64_t sums = 2 * (p.param_bytes(b, e) * (momentum_sums ? 2 : 1) + p.buffer_bytes(b, e));
+  // FedAvg: a stage with all its owners' copies averages them in place, with no sums. The
+  // replicas of a stage sum their copies in double (optim/fedavg.hpp) to reduce the sums over
+  // the replicas: twice a copy's parameters and buffers, kept from round to round, also for a
+  // replica holding one owner's copy.
+  const int64_t sums =
+      replicated ? 2 * (p.param_bytes(b, e) * (momentum_sums ? 2 : 1) + p.buffer_bytes(b, e)) : 0;
   // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
   return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) -
          untouched_gradient_scratch_bytes(p, b, e) + sums +
@@ -188,9 +191,9 @@ double share_rate(const Scenario& s, int busy) {
 
 // FedAvg at the round's end. Owner ranks: the weighted sums of their owners' parts 1 and P and
 // the reduction over the owner ranks, after (--emulate) the slowest of their owners has
-// uploaded and downloaded its parts. Stage ranks: the weighted sums of their copies and, with
-// replicas, a reduction over the replicas of the stage (a ring all-reduce of the sums, in
-// double: 2 (H - 1) steps of a share of them; measured with 4 replicas of a vgg19 stage on 2
+// uploaded and downloaded its parts. Stage ranks: the average of their copies in place or, with
+// replicas, their weighted sums and a reduction over the replicas (a ring all-reduce of the sums,
+// in double: 2 (H - 1) steps of a share of them; measured with 4 replicas of a vgg19 stage on 2
 // cores, 1.1 GB: 0.5-0.9 s). --emulate: the sums run at the stage device's speed and the
 // reduction lasts at least the ring over the replicas' links (multihop.cpp StageRuntime).
 struct Aggregation {
@@ -224,7 +227,11 @@ Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail
       m * (p.param_bytes(0, a) + p.param_bytes(z, S)) + p.buffer_bytes(0, a) + p.buffer_bytes(z, S);
   for (int k = 0; k < s.owners; ++k) {
     const int r = k % O;
-    g.busy[r] += s.owner_device_of(k).slowdown * p.average_s_per_byte * bytes;
+    // The runtime first checks each copy's parameters for non-finite values, then sums.
+    g.busy[r] +=
+        s.owner_device_of(k).slowdown *
+        (p.check_s_per_byte * static_cast<double>(p.param_bytes(0, a) + p.param_bytes(z, S)) +
+         p.average_s_per_byte * bytes);
     if (s.emulated)
       g.wait[r] =
           std::max(g.wait[r], (owner_tail.empty() ? 0.0 : owner_tail[k]) +
@@ -237,8 +244,14 @@ Aggregation aggregation(const Scenario& s, const std::vector<double>& owner_tail
     for (int i = 0; i < N; ++i) {
       const Device& d = s.stage_device(i);
       const int b = s.split[i], e = s.split[i + 1];
-      const double sums = d.slowdown * p.average_s_per_byte *
-                          static_cast<double>(m * p.param_bytes(b, e)) * s.owners_of_replica(h);
+      // Each copy's parameters are first checked for non-finite values. Without replicas, the
+      // stage averages its copies in place (optim::average_in_place).
+      const int served = s.owners_of_replica(h);
+      const double part_bytes = static_cast<double>(m * p.param_bytes(b, e));
+      const double sums =
+          d.slowdown * (p.check_s_per_byte * static_cast<double>(p.param_bytes(b, e)) * served +
+                        (H > 1 ? p.average_s_per_byte * part_bytes * served
+                               : p.in_place_average_s(part_bytes, served)));
       const int64_t sum_bytes = 2 * (m * p.param_bytes(b, e) + p.buffer_bytes(b, e));  // doubles
       const double ring = H > 1 ? 2.0 * (H - 1) * transfer_s(d, d, sum_bytes / H) : 0.0;
       const int r = O + h * N + i;
@@ -943,7 +956,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       rp.owners_served = served;
       rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
       rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O,
-                                         i, N, window, s.average_momentum);
+                                         i, N, window, s.average_momentum, s.replicas > 1);
       rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),
                                              served, O, i, N, window);
       if (s.test_samples > 0 && x.replica == 0) {  // replica 0 evaluates

@@ -241,6 +241,8 @@ Profile Profile::scaled(const Device& d) const {
   }
   p.loss_s *= f;
   p.average_s_per_byte *= f;
+  p.in_place_average_s_per_byte *= f;
+  p.in_place_average_s_per_part_byte *= f;
   p.copy_s_per_byte *= f;
   p.check_s_per_byte *= f;
   p.assemble_s_per_sample *= f;
@@ -286,6 +288,8 @@ nlohmann::json Profile::to_json() const {
           {"base_rss_bytes", base_rss_bytes},
           {"loss_s", loss_s},
           {"average_s_per_byte", average_s_per_byte},
+          {"in_place_average_s_per_byte", in_place_average_s_per_byte},
+          {"in_place_average_s_per_part_byte", in_place_average_s_per_part_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
           {"placement_cpus", placement_cpus},
@@ -320,6 +324,8 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.base_rss_bytes = j.value("base_rss_bytes", int64_t{0});
     p.loss_s = j.value("loss_s", 0.0);
     p.average_s_per_byte = j.value("average_s_per_byte", 0.0);
+    p.in_place_average_s_per_byte = j.value("in_place_average_s_per_byte", 0.0);
+    p.in_place_average_s_per_part_byte = j.value("in_place_average_s_per_part_byte", 0.0);
     p.evaluate_s_per_sample = j.value("evaluate_s_per_sample", 0.0);
     p.copy_s_per_byte = j.value("copy_s_per_byte", 0.0);
     p.check_s_per_byte = j.value("check_s_per_byte", 0.0);
@@ -435,6 +441,39 @@ namespace {
 // Times on this host now: every unit's forward and backward, the loss, the optimiser step,
 // FedAvg, evaluation, copies, checks and batch assembly; the slowdown of processes sharing the
 // cores (s.concurrency) and hop waits (s.hop_processes) only when asked for.
+// FedAvg in place: its time is a part of once per element (the sum's conversion and division)
+// and a part per copy (read, and written back), so it is measured on 2 and on 4 copies of a
+// part larger than the caches (32 Mi parameters), after a first call that faults pages in.
+void measure_in_place_average(Profile& p) {
+  constexpr int64_t kParams = int64_t{32} << 20;
+  auto seconds_for = [&](int k) {
+    std::vector<nn::PartState> copies(k);
+    std::vector<nn::PartState*> targets;
+    std::vector<const nn::PartState*> sources;
+    for (auto& c : copies) {
+      c.layout.param_count = kParams;
+      c.params = nn::FloatBuffer(kParams);
+      c.params.fill(0.25f);
+      c.momentum = nn::FloatBuffer(kParams);
+      c.momentum.fill(0.f);
+      targets.push_back(&c);
+      sources.push_back(&c);
+    }
+    const std::vector<double> weights(k, 1.0);
+    std::vector<double> t;
+    for (int it = 0; it < 4; ++it) {
+      const auto t0 = Clock::now();
+      optim::average_in_place(sources, weights, k, targets, optim::OptimizerStatePolicy::kReset);
+      if (it > 0) t.push_back(since(t0));
+    }
+    return median_of(t);
+  };
+  const double two = seconds_for(2), four = seconds_for(4), bytes = kParams * 4.0;
+  p.in_place_average_s_per_byte = std::max(0.0, (four - two) / 2) / bytes;
+  p.in_place_average_s_per_part_byte =
+      std::max(0.0, two / bytes - 2 * p.in_place_average_s_per_byte);
+}
+
 void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p) {
   const int64_t mb = s.batch / s.micro_batches;
   const int S = model.num_units();
@@ -491,20 +530,23 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
   }
   p.loss_s = median_of(loss_t);
 
-  // FedAvg: averaging copies is memory-bound; seconds per byte of one copy.
+  // FedAvg: averaging copies is memory-bound; seconds per byte of one copy, with kept sums.
   {
     nn::PartState other = state;
     std::vector<nn::PartState*> copies{&state, &other};
-    std::vector<double> avg_t;
+    const std::vector<const nn::PartState*> sources{&state, &other};
+    std::vector<double> sums_t;
     optim::PartSums sums;  // as the runtimes keep theirs: the first call faults its pages in
     for (int it = 0; it < 3; ++it) {
       const auto t0 = Clock::now();
-      optim::average_copies(copies, {1.0, 1.0}, optim::OptimizerStatePolicy::kReset, &sums);
-      avg_t.push_back(since(t0));
+      optim::weighted_sums_into(sources, {1.0, 1.0}, false, sums);
+      optim::assign_average(sums, 2.0, copies, optim::OptimizerStatePolicy::kReset);
+      sums_t.push_back(since(t0));
     }
     const double bytes = 2.0 * (state.params.size() + state.buffers.size()) * 4.0;
-    p.average_s_per_byte = bytes > 0 ? median_of(avg_t) / bytes : 0.0;
+    p.average_s_per_byte = bytes > 0 ? median_of(sums_t) / bytes : 0.0;
   }
+  measure_in_place_average(p);
   // Evaluation: inference of the whole model, per sample (at the micro-batch size).
   {
     nn::PartProgram inf(model, 0, S, mb, false, false);

@@ -347,7 +347,8 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
       const double step_s =
           p.micro_batches * (p.forward(0, S) + p.loss_s + p.backward(0, S)) + p.step(0, S);
       double r = total * step_s;
-      if (fp.owners > 1) r += p.average_s_per_byte * p.param_bytes(0, S) * fp.owners;
+      if (fp.owners > 1)
+        r += p.in_place_average_s(static_cast<double>(p.param_bytes(0, S)), fp.owners);
       r += p.evaluate_s_per_sample * test_images;
       out.round_s.push_back(r);
       out.train_s.push_back(total * step_s);
@@ -452,7 +453,6 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
   std::vector<OwnerProgress> progress_of(plan.owners);
   const train::StragglerPolicy stragglers = train::make_straggler_policy(o, false);
   std::optional<nn::PartState> global;  // the aggregate, when late owners carry their copies
-  optim::PartSums fedavg_sums;          // FedAvg's sums, kept from round to round
   // --emulate: each simulated owner's steps take its device's compute factor times longer
   // (links play no part in one process).
   const emulate::Emulation emulation =
@@ -646,16 +646,13 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
         any_late |= late;
         owner_rounds.push_back({k, plan.round_steps(k, round), late, -1.0, 0.0});
       }
-      optim::PartSums& sums = fedavg_sums;
-      optim::weighted_sums_into(all, weights, policy == optim::OptimizerStatePolicy::kAverage,
-                                sums);
-      optim::assign_average(sums, total, targets, policy);
       if (stragglers.carry && any_late) {
         if (!global) global.emplace(states[0]);
-        optim::assign_average(sums, total, {&*global}, policy);
+        targets.push_back(&*global);
       } else {
         global.reset();
       }
+      optim::average_in_place(all, weights, total, targets, policy);
     }
     nn::PartState& model_now = global ? *global : states[0];
     train::EvalResult ev;

@@ -188,36 +188,53 @@ INSTANTIATE_TEST_SUITE_P(Models, SteadyStateStep,
                            return n;
                          });
 
-// FedAvg at a round's end with the sums the runtimes keep: after the first round it allocates
-// nothing the size of a tensor (freshly allocated sums are new pages every round), and the
-// average is the one fresh sums give.
-TEST(SteadyStateAllocation, FedAvgWithKeptSumsAllocatesNoTensors) {
+// FedAvg at a round's end allocates nothing the size of a tensor: the stages and the single
+// process average in place (no sums at all); the owner ranks and replicated stages, which reduce
+// sums over ranks, keep theirs from round to round (freshly allocated sums are new pages every
+// round). Both give the average that fresh sums give.
+TEST(SteadyStateAllocation, FedAvgAllocatesNoTensors) {
   if (!MPSL_COUNT_ALLOCATIONS) GTEST_SKIP() << "AddressSanitizer owns malloc";
   auto model = nn::make_model("fmnist-cnn");
-  std::vector<nn::PartState> copies, fresh;
+  std::vector<nn::PartState> in_place, kept, fresh;
   for (int k = 0; k < 3; ++k) {
-    copies.emplace_back(*model, 0, model->num_units());
-    copies.back().initialise(*model, 1 + k);
+    in_place.emplace_back(*model, 0, model->num_units());
+    in_place.back().initialise(*model, 1 + k);
   }
-  fresh = copies;
+  kept = fresh = in_place;
   const std::vector<double> weights{1.0, 2.0, 3.0};
-  std::vector<nn::PartState*> kept_ptrs, fresh_ptrs;
-  for (auto& c : copies) kept_ptrs.push_back(&c);
-  for (auto& c : fresh) fresh_ptrs.push_back(&c);
+  auto pointers = [](std::vector<nn::PartState>& v) {
+    std::vector<nn::PartState*> p;
+    for (auto& c : v) p.push_back(&c);
+    return p;
+  };
+  const auto in_place_ptrs = pointers(in_place), kept_ptrs = pointers(kept),
+             fresh_ptrs = pointers(fresh);
+  const std::vector<const nn::PartState*> kept_sources(kept_ptrs.begin(), kept_ptrs.end()),
+      fresh_sources(fresh_ptrs.begin(), fresh_ptrs.end());
   for (const auto policy :
        {optim::OptimizerStatePolicy::kAverage, optim::OptimizerStatePolicy::kReset}) {
+    const bool momentum = policy == optim::OptimizerStatePolicy::kAverage;
     optim::PartSums sums;
-    optim::average_copies(kept_ptrs, weights, policy, &sums);  // round 1: allocates the sums
-    optim::average_copies(fresh_ptrs, weights, policy);
-    for (auto& c : copies) c.params[0] += 1.f;  // round 2 averages something new
-    for (auto& c : fresh) c.params[0] += 1.f;
-    const Counted c =
-        count_allocations([&] { optim::average_copies(kept_ptrs, weights, policy, &sums); });
-    optim::average_copies(fresh_ptrs, weights, policy);
-    EXPECT_LE(c.largest, kLargestBookkeeping) << c.count << " allocations, " << c.bytes << " bytes";
-    for (size_t k = 0; k < copies.size(); ++k)
-      for (int64_t i = 0; i < copies[k].params.size(); ++i)
-        ASSERT_EQ(copies[k].params[i], fresh[k].params[i]) << "copy " << k << ", parameter " << i;
+    auto two_steps = [&](const std::vector<const nn::PartState*>& sources,
+                         const std::vector<nn::PartState*>& targets, optim::PartSums& s) {
+      optim::weighted_sums_into(sources, weights, momentum, s);
+      optim::assign_average(s, 6.0, targets, policy);
+    };
+    two_steps(kept_sources, kept_ptrs, sums);  // round 1: allocates the sums
+    for (auto* v : {&in_place, &kept, &fresh})
+      for (auto& c : *v) c.params[0] += 1.f;  // round 2 averages something new
+    const Counted a =
+        count_allocations([&] { optim::average_copies(in_place_ptrs, weights, policy); });
+    const Counted b = count_allocations([&] { two_steps(kept_sources, kept_ptrs, sums); });
+    optim::PartSums new_sums;
+    two_steps(fresh_sources, fresh_ptrs, new_sums);
+    EXPECT_LE(a.largest, kLargestBookkeeping) << a.count << " allocations, " << a.bytes << " bytes";
+    EXPECT_LE(b.largest, kLargestBookkeeping) << b.count << " allocations, " << b.bytes << " bytes";
+    for (size_t k = 0; k < fresh.size(); ++k)
+      for (int64_t i = 0; i < fresh[k].params.size(); ++i) {
+        ASSERT_EQ(kept[k].params[i], fresh[k].params[i]) << "copy " << k << ", parameter " << i;
+        ASSERT_EQ(in_place[k].params[i], fresh[k].params[i]) << "copy " << k << ", parameter " << i;
+      }
   }
 }
 

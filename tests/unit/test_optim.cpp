@@ -4,9 +4,13 @@
 
 #include <vector>
 
+#include <cstring>
+
 #include "mpsl/core/rng.hpp"
 #include "mpsl/nn/layers.hpp"
 #include "mpsl/nn/model.hpp"
+#include "mpsl/nn/zoo.hpp"
+#include "mpsl/optim/fedavg.hpp"
 #include "mpsl/optim/sgd.hpp"
 
 namespace mpsl::optim {
@@ -89,6 +93,79 @@ TEST(Sgd, StepUpdatesStateVersionAndCount) {
     EXPECT_FLOAT_EQ(st.momentum[i], 1.9f);
     EXPECT_NEAR(st.params[i], w0[i] - 0.1f - 0.19f, 1e-6);
   }
+}
+
+// FedAvg in place (the stages, the single process): the weighted average in double, written to
+// every target, over units whose tensors span many of its chunks (resnet18's stem and first
+// blocks: 150k parameters, batch-norm buffers), and bitwise what the two steps over kept sums
+// (the owner ranks, replicated stages) give.
+class FedAvgInPlace : public ::testing::TestWithParam<OptimizerStatePolicy> {};
+
+TEST_P(FedAvgInPlace, IsTheWeightedAverageOfTheSources) {
+  const OptimizerStatePolicy policy = GetParam();
+  auto model = nn::make_model("resnet18");
+  std::vector<nn::PartState> c;
+  for (int k = 0; k < 3; ++k) {
+    c.emplace_back(*model, 0, 4);
+    c.back().initialise(*model, 11 + k);
+    for (int64_t i = 0; i < c.back().momentum.size(); ++i)
+      c.back().momentum[i] = 0.001f * static_cast<float>((i + k) % 97);
+    for (int64_t i = 0; i < c.back().buffers.size(); ++i)
+      c.back().buffers[i] = 0.5f + 0.01f * static_cast<float>((i * (k + 1)) % 53);
+  }
+  ASSERT_GT(c[0].layout.param_count, 10 * 4096);
+  ASSERT_GT(c[0].layout.buffer_count, 0);
+  nn::PartState aggregate(*model, 0, 4);  // a target outside the sources (late owners kept)
+  const std::vector<nn::PartState> before = c;
+  // Owner 2 is late: weight 0, not a target, keeps its copy.
+  const std::vector<double> weights{1.0, 3.0, 0.0};
+  const uint64_t v2 = c[2].version;
+  average_in_place({&c[0], &c[1], &c[2]}, weights, 4.0, {&c[0], &c[1], &aggregate}, policy);
+
+  auto expect_average = [&](nn::FloatBuffer nn::PartState::*member, const char* what) {
+    for (const nn::PartState* t : {&c[0], &c[1], &aggregate})
+      for (int64_t i = 0; i < (before[0].*member).size(); ++i) {
+        const double sum = 1.0 * (before[0].*member)[i] + 3.0 * (before[1].*member)[i];
+        ASSERT_EQ((t->*member)[i], static_cast<float>(sum / 4.0)) << what << " " << i;
+      }
+  };
+  expect_average(&nn::PartState::params, "parameter");
+  expect_average(&nn::PartState::buffers, "buffer");
+  if (policy == OptimizerStatePolicy::kAverage)
+    expect_average(&nn::PartState::momentum, "momentum");
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_EQ(c[k].version, before[k].version + 1);
+    for (int64_t i = 0; i < c[k].momentum.size(); ++i) {
+      if (policy == OptimizerStatePolicy::kReset) ASSERT_EQ(c[k].momentum[i], 0.f);
+      if (policy == OptimizerStatePolicy::kKeep) ASSERT_EQ(c[k].momentum[i], before[k].momentum[i]);
+    }
+  }
+  // The late owner's copy, not a target, is untouched.
+  EXPECT_EQ(c[2].version, v2);
+  EXPECT_EQ(std::memcmp(c[2].params.data(), before[2].params.data(), c[2].params.size() * 4), 0);
+
+  // The two steps over sums, from the same copies, give the same bits.
+  std::vector<nn::PartState> d = before;
+  PartSums sums;
+  weighted_sums_into({&d[0], &d[1], &d[2]}, weights, policy == OptimizerStatePolicy::kAverage,
+                     sums);
+  assign_average(sums, 4.0, {&d[0], &d[1]}, policy);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_EQ(std::memcmp(c[k].params.data(), d[k].params.data(), d[k].params.size() * 4), 0);
+    EXPECT_EQ(std::memcmp(c[k].buffers.data(), d[k].buffers.data(), d[k].buffers.size() * 4), 0);
+    EXPECT_EQ(std::memcmp(c[k].momentum.data(), d[k].momentum.data(), d[k].momentum.size() * 4), 0);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Policies, FedAvgInPlace,
+                         ::testing::Values(OptimizerStatePolicy::kReset,
+                                           OptimizerStatePolicy::kAverage,
+                                           OptimizerStatePolicy::kKeep));
+
+TEST(FedAvg, CopiesOfDifferentPartsAreRefused) {
+  auto model = nn::make_model("fmnist-cnn");
+  nn::PartState a(*model, 0, 2), b(*model, 2, 4);
+  EXPECT_THROW(average_copies({&a, &b}, {1.0, 1.0}, OptimizerStatePolicy::kReset), std::exception);
 }
 
 }  // namespace

@@ -330,6 +330,30 @@ TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
   EXPECT_NEAR(shared.round_s, shared.train_s + 0.8, 1e-9);
 }
 
+TEST(CostModel, StagesAverageInPlaceAndReplicasWithSums) {
+  // In place: 1e-8 s per byte of the part plus 5e-8 per byte of each copy; a stage of 3 MB
+  // with 2 copies: 3e6 * (1e-8 + 2 * 5e-8) = 0.33 s, after checking both copies (2 * 3e6 *
+  // 1e-9). A profile without the in-place figures charges the sums' 1e-7 per byte of a copy.
+  Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},
+                           {0, 1000000, 3000000, 0});
+  p.average_s_per_byte = 1e-7;
+  p.check_s_per_byte = 1e-9;
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 2;
+  s.steps = {1, 1};
+  EXPECT_NEAR(simulate(s).aggregate_s, 0.6 + 0.006, 1e-9);
+  p.in_place_average_s_per_part_byte = 1e-8;
+  p.in_place_average_s_per_byte = 5e-8;
+  EXPECT_NEAR(simulate(s).aggregate_s, 0.33 + 0.006, 1e-9);
+  // Two replicas of each stage, an owner each: the sums of one copy (3e6 * 1e-7) and their
+  // ring all-reduce.
+  s.replicas = 2;
+  s.owner_replica = {0, 1};
+  EXPECT_GT(simulate(s).aggregate_s, 0.3 + 0.003);
+}
+
 TEST(CostModel, MessagesWaitOnSharedCoresAsTheHopProbeMeasured) {
   // Two owners on one owner rank, two stages: 3 ranks. The owner's forward of one owner runs
   // while stage 1 works on the other's, so some messages are posted beside a computing rank.
@@ -650,19 +674,22 @@ TEST(CostModel, StageMemoryGrowsByOneCopyPerOwner) {
   EXPECT_EQ(two - one, 12000000);  // params + gradients + momentum
 }
 
-TEST(CostModel, StageMemoryCountsFedAvgSumsFromTheFirstCopy) {
-  // Every stage rank sums its copies in double at a round's end and keeps the sums (2 x 4 MB
-  // here), also with one copy: a replica of --replicas H serving one owner sums it for the
-  // reduction over the replicas (measured: vgg19 units 1-26, 4 replicas of 1 copy, 3629 MiB
-  // peak where the model without the sums said 2373). A second copy adds the copy and its
-  // receive buffers (one more of 1000 bytes each way) only.
+TEST(CostModel, StageMemoryCountsFedAvgSumsOnlyOfReplicas) {
+  // A stage holding all its owners' copies averages them in place: no sums. The replicas of a
+  // stage (--replicas H) sum their copies in double at a round's end to reduce the sums over
+  // the replicas, and keep them (2 x 4 MB here), also with one copy (measured: vgg19 units
+  // 1-26, 4 replicas of 1 copy, 3629 MiB peak where the model without the sums said 2373). A
+  // second copy adds the copy and its receive buffers (one more of 1000 bytes each way) only.
   const Profile p = make_profile({1, 1, 1}, {1, 1, 1}, {0, 4000000, 0});
-  const int64_t one = stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1);
-  const int64_t two = stage_memory_bytes(p, 1, 2, 2, 1, 1, 0, 1, 1);
+  const int64_t alone = stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1);
+  const int64_t one = stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1, false, true);
+  const int64_t two = stage_memory_bytes(p, 1, 2, 2, 1, 1, 0, 1, 1, false, true);
+  EXPECT_EQ(one - alone, 2 * 4000000);  // the sums
   EXPECT_EQ(two - one, 12000000 + 2 * 1000);
-  EXPECT_GE(one, 3 * 4000000 + 2 * 4000000);  // the copy and the sums
-  // --optimizer-state average sums the momentum too: 8 MB more of doubles.
-  EXPECT_EQ(stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1, true) - one, 2 * 4000000);
+  EXPECT_EQ(stage_memory_bytes(p, 1, 2, 2, 1, 1, 0, 1, 1) - alone, 12000000 + 2 * 1000);
+  // --optimizer-state average sums the momentum too: 8 MB more of doubles, with replicas only.
+  EXPECT_EQ(stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1, true, true) - one, 2 * 4000000);
+  EXPECT_EQ(stage_memory_bytes(p, 1, 2, 1, 1, 1, 0, 1, 1, true), alone);
 }
 
 TEST(ProfileWork, SharedScratchpadCountsOncePerProcess) {
@@ -833,8 +860,14 @@ TEST_F(ProfileFile, RoundTripsAndScales) {
   EXPECT_EQ(q.hop_s, with_hops.hop_s);
   EXPECT_DOUBLE_EQ(q.units[3].forward_s, p.units[3].forward_s);
   EXPECT_EQ(q.units[7].param_bytes, p.units[7].param_bytes);
+  // FedAvg both ways: in place, a part per copy (read and written) and a part per element.
+  EXPECT_GT(p.average_s_per_byte, 0);
+  EXPECT_GT(p.in_place_average_s_per_byte, 0);
+  EXPECT_DOUBLE_EQ(q.in_place_average_s_per_byte, p.in_place_average_s_per_byte);
+  EXPECT_DOUBLE_EQ(q.in_place_average_s_per_part_byte, p.in_place_average_s_per_part_byte);
   const Profile slow = q.scaled(Device::parse("slow=20,mem=1G", "x"));
   EXPECT_DOUBLE_EQ(slow.units[3].backward_s, 20 * q.units[3].backward_s);
+  EXPECT_DOUBLE_EQ(slow.in_place_average_s(1e6, 4), 20 * q.in_place_average_s(1e6, 4));
   EXPECT_EQ(slow.units[3].param_bytes, q.units[3].param_bytes);
   EXPECT_EQ(slow.device.memory, int64_t{1} << 30);
   std::ofstream(path("bad.json")) << "{\"format\": \"something\"}";

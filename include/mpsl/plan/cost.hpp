@@ -148,10 +148,11 @@ inline constexpr double kInFlightSpeedMargin = 0.10;
 // Peak memory of stage `stage` of `stages`, holding units [b, e) for K owners (spread over
 // `owner_ranks`) with `in_flight` micro-batches in flight and `window` micro-batches per owner
 // in the pipeline (the planner's memory constraint; simulate() uses the same formula).
-// `momentum_sums`: --optimizer-state average (FedAvg's sums hold the momentum too).
+// `replicated`: the stage has replicas (--replicas), whose FedAvg keeps sums of its copies in
+// double; `momentum_sums`: --optimizer-state average (those sums hold the momentum too).
 int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_flight,
                            int owner_ranks, int stage, int stages, int window,
-                           bool momentum_sums = false);
+                           bool momentum_sums = false, bool replicated = false);
 // Of which: the receive buffers it posts (in_b, out_b: the messages at its input and output).
 int64_t stage_receive_bytes(int64_t in_b, int64_t out_b, int owners, int owner_ranks, int stage,
                             int stages, int window);

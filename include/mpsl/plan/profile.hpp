@@ -74,11 +74,23 @@ struct UnitProfile {
 struct Profile {
   std::string model;
   int batch = 128, micro_batches = 1, threads = 1, repeats = 0;
-  Device device;                     // what the times describe (slowdown relative to measured)
-  int64_t input_bytes = 0;           // one micro-batch of model input (floats)
-  int64_t base_rss_bytes = 0;        // a process with oneDNN and no model
-  double loss_s = 0;                 // softmax cross-entropy of one micro-batch
-  double average_s_per_byte = 0;     // FedAvg: seconds per byte of one copy averaged
+  Device device;               // what the times describe (slowdown relative to measured)
+  int64_t input_bytes = 0;     // one micro-batch of model input (floats)
+  int64_t base_rss_bytes = 0;  // a process with oneDNN and no model
+  double loss_s = 0;           // softmax cross-entropy of one micro-batch
+  // FedAvg as the owner ranks and replicated stages do it (sums in double, reduced over ranks,
+  // then assigned): seconds per byte of one copy averaged.
+  double average_s_per_byte = 0;
+  // FedAvg in place, as the other stages and the single process do it (optim::average_in_place):
+  // seconds per byte of the part, once, plus per byte of each copy (the average is computed once
+  // and copied to every copy). 0 = not measured: average_s_per_byte per copy.
+  double in_place_average_s_per_part_byte = 0;
+  double in_place_average_s_per_byte = 0;
+  // Seconds to average `copies` copies of a part of `bytes` parameter bytes in place.
+  double in_place_average_s(double bytes, int copies) const {
+    if (in_place_average_s_per_byte <= 0) return average_s_per_byte * bytes * copies;
+    return bytes * (in_place_average_s_per_part_byte + copies * in_place_average_s_per_byte);
+  }
   double evaluate_s_per_sample = 0;  // inference through the whole model, per sample
   // What crossing a cut costs the CPUs on both sides beyond the link: copying the activation
   // (reorder to plain, MPI's shared-memory copy, copy into the part's input); seconds per byte.
