@@ -5,7 +5,7 @@
 #    bandwidth, per message, in the "emulation" metrics events), and the round takes at least
 #    the emulated critical path (one owner, one batch in flight: 4 owner-link messages a step);
 #  - compute slowdown: each rank's accounted delay is (factor - 1) x its spans' CPU time, and
-#    a run with every device 3x slower is measurably slower (loose bounds: shared machine);
+#    the round lasts at least a rank's busy time plus its delay (every device 3x slower);
 #  - a round (FedAvg) waits for each owner's device to end its last span;
 #  - the single-process simulation applies the owners' compute factors.
 set -uo pipefail
@@ -109,9 +109,15 @@ for e in ev(sys.argv[2], "emulation"):
     r = e["compute_delay_s"] / busy[e["rank"]]
     parts.append(f"rank {e['rank']} delay/busy {r:.3f}")
     if not 1.2 <= r <= 2.01: errs.append(f"rank {e['rank']}: delay/busy {r:.3f} not in [1.2, 2.01]")
+# Each rank's compute spans and its emulated sleeps follow one another within the round, so the
+# round lasts at least the busiest rank's busy time plus its delay (about 3x its compute). This
+# holds on a loaded machine too, where comparing with the baseline run made just before it
+# does not (another test beside this one slowed the baseline as much as the 3x run: x1.03-1.16).
+need = max(busy[e["rank"]] + e["compute_delay_s"] for e in ev(sys.argv[2], "emulation"))
+if slow < need: errs.append(f"round {slow:.3f} s shorter than a rank's busy time + delay {need:.3f} s")
 ratio = slow / base
-if not 1.5 <= ratio <= 5.0: errs.append(f"round time ratio {ratio:.2f} not in [1.5, 5]")
-print("; ".join(errs) if errs else f"round {slow:.2f} s vs {base:.2f} s (x{ratio:.2f}, expected about 3); " + ", ".join(parts))
+if ratio > 5.0: errs.append(f"round time ratio {ratio:.2f} > 5")
+print("; ".join(errs) if errs else f"round {slow:.2f} s >= busiest rank's busy + delay {need:.2f} s; vs {base:.2f} s unemulated (x{ratio:.2f}, about 3 on an idle machine); " + ", ".join(parts))
 sys.exit(1 if errs else 0)
 EOF
 
