@@ -438,9 +438,6 @@ struct PartInstance {
 
 namespace {
 
-// Times on this host now: every unit's forward and backward, the loss, the optimiser step,
-// FedAvg, evaluation, copies, checks and batch assembly; the slowdown of processes sharing the
-// cores (s.concurrency) and hop waits (s.hop_processes) only when asked for.
 // FedAvg in place: its time is a part of once per element (the sum's conversion and division)
 // and a part per copy (read, and written back), so it is measured on 2 and on 4 copies of a
 // part larger than the caches (32 Mi parameters), after a first call that faults pages in.
@@ -474,6 +471,9 @@ void measure_in_place_average(Profile& p) {
       std::max(0.0, two / bytes - 2 * p.in_place_average_s_per_byte);
 }
 
+// Times on this host now: every unit's forward and backward, the loss, the optimiser step,
+// FedAvg, evaluation, copies, checks and batch assembly; the slowdown of processes sharing the
+// cores (s.concurrency) and hop waits (s.hop_processes) only when asked for.
 void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p) {
   const int64_t mb = s.batch / s.micro_batches;
   const int S = model.num_units();
