@@ -101,12 +101,4 @@ void average_in_place(const std::vector<const nn::PartState*>& sources,
   }
 }
 
-void average_copies(const std::vector<nn::PartState*>& copies, const std::vector<double>& weights,
-                    OptimizerStatePolicy policy) {
-  double total = 0;
-  for (double w : weights) total += w;
-  average_in_place(std::vector<const nn::PartState*>(copies.begin(), copies.end()), weights, total,
-                   copies, policy);
-}
-
 }  // namespace mpsl::optim

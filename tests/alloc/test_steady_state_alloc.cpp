@@ -209,7 +209,9 @@ TEST(SteadyStateAllocation, FedAvgAllocatesNoTensors) {
   };
   const auto in_place_ptrs = pointers(in_place), kept_ptrs = pointers(kept),
              fresh_ptrs = pointers(fresh);
-  const std::vector<const nn::PartState*> kept_sources(kept_ptrs.begin(), kept_ptrs.end()),
+  const std::vector<const nn::PartState*> in_place_sources(in_place_ptrs.begin(),
+                                                           in_place_ptrs.end()),
+      kept_sources(kept_ptrs.begin(), kept_ptrs.end()),
       fresh_sources(fresh_ptrs.begin(), fresh_ptrs.end());
   for (const auto policy :
        {optim::OptimizerStatePolicy::kAverage, optim::OptimizerStatePolicy::kReset}) {
@@ -223,8 +225,8 @@ TEST(SteadyStateAllocation, FedAvgAllocatesNoTensors) {
     two_steps(kept_sources, kept_ptrs, sums);  // round 1: allocates the sums
     for (auto* v : {&in_place, &kept, &fresh})
       for (auto& c : *v) c.params[0] += 1.f;  // round 2 averages something new
-    const Counted a =
-        count_allocations([&] { optim::average_copies(in_place_ptrs, weights, policy); });
+    const Counted a = count_allocations(
+        [&] { optim::average_in_place(in_place_sources, weights, 6.0, in_place_ptrs, policy); });
     const Counted b = count_allocations([&] { two_steps(kept_sources, kept_ptrs, sums); });
     optim::PartSums new_sums;
     two_steps(fresh_sources, fresh_ptrs, new_sums);

@@ -2,9 +2,8 @@
 //   g = grad + weight_decay * w;  buf = momentum * buf + g;  w -= lr * buf
 #include <gtest/gtest.h>
 
-#include <vector>
-
 #include <cstring>
+#include <vector>
 
 #include "mpsl/core/rng.hpp"
 #include "mpsl/nn/layers.hpp"
@@ -165,7 +164,8 @@ INSTANTIATE_TEST_SUITE_P(Policies, FedAvgInPlace,
 TEST(FedAvg, CopiesOfDifferentPartsAreRefused) {
   auto model = nn::make_model("fmnist-cnn");
   nn::PartState a(*model, 0, 2), b(*model, 2, 4);
-  EXPECT_THROW(average_copies({&a, &b}, {1.0, 1.0}, OptimizerStatePolicy::kReset), std::exception);
+  EXPECT_THROW(average_in_place({&a, &b}, {1.0, 1.0}, 2.0, {&a, &b}, OptimizerStatePolicy::kReset),
+               std::exception);
 }
 
 }  // namespace

@@ -309,16 +309,27 @@ TEST(CostModel, PlacementMeasuredOnOtherCpusIsScaledToTheRunsCores) {
   EXPECT_NEAR(four_cores, simulate(s).train_s, 1e-9);
 }
 
-TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
-  // Two stages average 2 copies of 1 MB and of 3 MB at 0.1 s per MB: 0.2 s and 0.6 s of work.
+// Two stages holding 1 MB and 3 MB of parameters, averaged at 1e-7 s per byte of a copy
+// (FedAvg with sums), for two owners of a batch each.
+Profile two_stage_fedavg_profile() {
   Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},
                            {0, 1000000, 3000000, 0});
   p.average_s_per_byte = 1e-7;
+  return p;
+}
+Scenario two_owners_two_stages(const Profile& p) {
   Scenario s;
   s.profile = &p;
   s.split = {1, 2, 3};
   s.owners = 2;
   s.steps = {1, 1};
+  return s;
+}
+
+TEST(CostModel, AggregationSharesCoresUntilEachRankIsDone) {
+  // Two stages average 2 copies of 1 MB and of 3 MB at 0.1 s per MB: 0.2 s and 0.6 s of work.
+  const Profile p = two_stage_fedavg_profile();
+  Scenario s = two_owners_two_stages(p);
   const Prediction own = simulate(s);
   EXPECT_NEAR(own.aggregate_s, 0.6, 1e-9);
   // One core: both at half speed until the first is done (0.4 s), then the second alone
@@ -334,15 +345,9 @@ TEST(CostModel, StagesAverageInPlaceAndReplicasWithSums) {
   // In place: 1e-8 s per byte of the part plus 5e-8 per byte of each copy; a stage of 3 MB
   // with 2 copies: 3e6 * (1e-8 + 2 * 5e-8) = 0.33 s, after checking both copies (2 * 3e6 *
   // 1e-9). A profile without the in-place figures charges the sums' 1e-7 per byte of a copy.
-  Profile p = make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001},
-                           {0, 1000000, 3000000, 0});
-  p.average_s_per_byte = 1e-7;
+  Profile p = two_stage_fedavg_profile();
   p.check_s_per_byte = 1e-9;
-  Scenario s;
-  s.profile = &p;
-  s.split = {1, 2, 3};
-  s.owners = 2;
-  s.steps = {1, 1};
+  Scenario s = two_owners_two_stages(p);
   EXPECT_NEAR(simulate(s).aggregate_s, 0.6 + 0.006, 1e-9);
   p.in_place_average_s_per_part_byte = 1e-8;
   p.in_place_average_s_per_byte = 5e-8;

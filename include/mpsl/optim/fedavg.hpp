@@ -50,8 +50,4 @@ void average_in_place(const std::vector<const nn::PartState*>& sources,
                       const std::vector<double>& weights, double total_weight,
                       const std::vector<nn::PartState*>& targets, OptimizerStatePolicy policy);
 
-// Every copy set to the weighted average of all of them (average_in_place).
-void average_copies(const std::vector<nn::PartState*>& copies, const std::vector<double>& weights,
-                    OptimizerStatePolicy policy);
-
 }  // namespace mpsl::optim
