@@ -404,6 +404,25 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.group("Schedule");
   s.choice("schedule", t.schedule, {"mpsl", "1f1b"}, "pipeline schedule of the stages");
   s.integer("micro-batches", t.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
+  s.custom("max-in-flight", "auto|off|N",
+           "the most micro-batches a stage holds activations for at once (a further one waits "
+           "in its receive buffer); auto: what the cost model predicts for the stage, with every "
+           "rank's predicted activation slots and send buffers created at the start (needs "
+           "--profile or --plan; else no limit)",
+           "auto", [&t](const std::string& text, const Origin& o) {
+             if (text == "auto")
+               t.max_in_flight = -1;
+             else if (text == "off")
+               t.max_in_flight = 0;
+             else {
+               int n = 0;
+               const char* end = text.data() + text.size();
+               auto [ptr, ec] = std::from_chars(text.data(), end, n);
+               if (text.empty() || ec != std::errc() || ptr != end || n < 1)
+                 bad_value("max-in-flight", "auto, off or a positive integer", text, o);
+               t.max_in_flight = n;
+             }
+           });
   s.choice("optimizer-state", t.optimizer_state, {"reset", "average", "keep"},
            "momentum buffers at each round's aggregation: zeroed, averaged, or kept per copy");
   s.group("Stragglers");

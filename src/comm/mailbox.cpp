@@ -162,6 +162,16 @@ int64_t Mailbox::send_pool_bytes() const {
   return n;
 }
 
+void Mailbox::reserve_send_buffers(int count, int64_t floats) {
+  int have = 0;
+  for (const auto& s : sends_) have += static_cast<int64_t>(s->buffer.size()) >= floats ? 1 : 0;
+  for (; have < count; ++have) {
+    auto s = std::make_unique<Send>();
+    s->buffer.resize(static_cast<size_t>(floats));  // zero-filled: its pages are written
+    sends_.push_back(std::move(s));
+  }
+}
+
 float* Mailbox::send_buffer(int64_t floats) {
   for (auto& s : sends_) {
     if (!s->busy && static_cast<int64_t>(s->buffer.size()) >= floats) {

@@ -199,23 +199,42 @@ class InferencePrograms {
 class SlotPool {
  public:
   explicit SlotPool(const nn::PartProgram& p) : program_(p) {}
+  // Creates slots up to `n` now (the run's reservation, Settings::reserved_in_flight). Each is
+  // handed out once before any slot is reused, so all their pages are written within the first n
+  // acquisitions: the reservation shows in the RSS from the first round, not only once a
+  // rank happens to hold that many.
+  void reserve(int n) {
+    for (; created_ < n; ++created_) fresh_.push_back(program_.make_slot());
+  }
   std::unique_ptr<nn::PartSlot> acquire() {
-    if (free_.empty()) {
+    std::unique_ptr<nn::PartSlot> s;
+    if (!fresh_.empty()) {
+      s = std::move(fresh_.back());
+      fresh_.pop_back();
+    } else if (!free_.empty()) {
+      s = std::move(free_.back());
+      free_.pop_back();
+    } else {
       ++created_;
-      return program_.make_slot();
+      s = program_.make_slot();
     }
-    auto s = std::move(free_.back());
-    free_.pop_back();
+    most_in_use_ = std::max(most_in_use_, ++in_use_);
     return s;
   }
-  void release(std::unique_ptr<nn::PartSlot> s) { free_.push_back(std::move(s)); }
-  // The most slots in use at once (the pool never shrinks).
+  void release(std::unique_ptr<nn::PartSlot> s) {
+    free_.push_back(std::move(s));
+    --in_use_;
+  }
+  int in_use() const { return in_use_; }
+  // The most slots in use at once.
+  int most_in_use() const { return most_in_use_; }
+  // Slots created (reserved or grown to; the pool never shrinks).
   int created() const { return created_; }
 
  private:
   const nn::PartProgram& program_;
-  int created_ = 0;
-  std::vector<std::unique_ptr<nn::PartSlot>> free_;
+  int created_ = 0, in_use_ = 0, most_in_use_ = 0;
+  std::vector<std::unique_ptr<nn::PartSlot>> fresh_, free_;
 };
 
 // ---- owner ranks ----------------------------------------------------------------------------
@@ -280,11 +299,14 @@ class OwnerRuntime : public RankRuntime {
       preferred_.push_back(last_stage);
       preferred_.push_back(first_stage);
     }
+    first_slots_.reserve(s.reservation.in_flight);
+    mailbox_.reserve_send_buffers(s.reservation.send_buffers, std::max(out_floats, grad_floats));
     mailbox_.set_describer([this] { return awaiting(); });
   }
 
   const char* role() const override { return "owner"; }
-  int max_in_flight() const override { return first_slots_.created(); }
+  int max_in_flight() const override { return first_slots_.most_in_use(); }
+  int reserved_in_flight() const override { return first_slots_.created(); }
   emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {
@@ -1042,12 +1064,28 @@ class StageRuntime : public RankRuntime {
     for (int p : prev) size[p] = std::max(size[p], in_floats), depth[p] += depth_for(p);
     for (int p : next) size[p] = std::max(size[p], out_floats), depth[p] += depth_for(p);
     for (auto [peer, floats] : size) mailbox_.listen(peer, floats, depth[peer]);
+    limit_ = s.reservation.in_flight;
+    // An activation beyond the limit waits in its receive buffer. With one stage the owner
+    // rank sends both kinds through the same receives: they must hold every message that can
+    // be on its way from it (one per micro-batch in flight), or a gradient could wait behind
+    // activations this rank keeps.
+    if (limit_ > 0 && t_.stages == 1)
+      for (int r : owner_peers)
+        if (mine_on(r) * window > depth[r]) {
+          MPSL_LOG(Warn, "rank " << rank_ << ": no limit on micro-batches in flight (owner rank "
+                                 << r << " can have " << mine_on(r) * window
+                                 << " messages on their way, " << depth[r] << " receives posted)");
+          limit_ = 0;
+        }
+    slots_.reserve(limit_);
+    mailbox_.reserve_send_buffers(s.reservation.send_buffers, std::max(in_floats, out_floats));
     if (stage_ > 0) preferred_.push_back(t_.rank_of_stage(stage_ - 1, replica_));
     if (stage_ < t_.stages - 1) preferred_.push_back(t_.rank_of_stage(stage_ + 1, replica_));
   }
 
   const char* role() const override { return "stage"; }
-  int max_in_flight() const override { return slots_.created(); }
+  int max_in_flight() const override { return slots_.most_in_use(); }
+  int reserved_in_flight() const override { return slots_.created(); }
   emulate::EmulationStats emulation_stats() const override { return emu_.stats(); }
   const comm::Mailbox& mailbox() const override { return mailbox_; }
   RankTimes times() const override {
@@ -1081,14 +1119,27 @@ class StageRuntime : public RankRuntime {
     const bool coordinated = s_.stragglers.coordinated();
     MPI_Request barrier = MPI_REQUEST_NULL;
     if (coordinated) MPSL_MPI_CHECK(MPI_Ibarrier(ctrl_world_.get(), &barrier));
+    const auto full = [&] { return limit_ > 0 && slots_.in_use() >= limit_; };
     while (coordinated || window_open()) {
       comm::Mailbox::Message msg;
-      if (!coordinated) {
+      const bool from_held = !held_.empty() && !full();
+      if (from_held) {
+        msg = held_.front();  // in arrival order: each owner's micro-batches in sequence
+        held_.pop_front();
+      } else if (!coordinated) {
         msg = mailbox_.wait(preferred_);
       } else if (!mailbox_.wait_for(msg, preferred_, 0.002)) {
         int done = 0;
         MPSL_MPI_CHECK(MPI_Test(&barrier, &done, MPI_STATUS_IGNORE));
         if (done) break;
+        continue;
+      }
+      if (!from_held && msg.env.kind == comm::MessageKind::kActivation &&
+          (full() || !held_.empty())) {
+        // At the limit: the activation stays in its receive buffer until a gradient frees
+        // a slot (the slots in use come back: the ranks after this one hold at most their
+        // own limits, and owner ranks answer every activation).
+        held_.push_back(msg);
         continue;
       }
       comm::test_message_hook(rank_);
@@ -1154,6 +1205,7 @@ class StageRuntime : public RankRuntime {
       }
       obs::note_heap();
     }
+    MPSL_CHECK(held_.empty(), "activations left waiting at the end of a window");
     mailbox_.flush();
   }
 
@@ -1391,6 +1443,8 @@ class StageRuntime : public RankRuntime {
   std::vector<bool> poisoned_;         // per owner: the current batch saw a non-finite value
   std::vector<std::vector<float>> saved_buffers_;  // BatchNorm statistics before the batch
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
+  int limit_ = 0;                            // most micro-batches in flight (0: no limit)
+  std::deque<comm::Mailbox::Message> held_;  // activations received beyond the limit
   std::vector<int> preferred_;
   int round_ = 1;
   double busy_ = 0;

@@ -151,12 +151,13 @@ int64_t stage_memory_bytes(const Profile& p, int b, int e, int owners, int in_fl
   // replica holding one owner's copy.
   const int64_t sums =
       replicated ? 2 * (p.param_bytes(b, e) * (momentum_sums ? 2 : 1) + p.buffer_bytes(b, e)) : 0;
-  // The send pool: about two messages in transfer at once (measured: 1-2 of the largest).
+  // The send pool: two messages in transfer at once (measured: 1-2 of the largest; a run with
+  // a reservation creates two up front).
   return p.base_rss_bytes + kMpiRssBytes + owners * p.copy_bytes(b, e) + p.work_bytes(b, e) -
          untouched_gradient_scratch_bytes(p, b, e) + sums +
          in_flight * part_activation_bytes(p, b, e) +
          stage_receive_bytes(in_b, out_b, owners, owner_ranks, stage, stages, window) +
-         2 * std::max(in_b, out_b);
+         kStageSendBuffers * std::max(in_b, out_b);
 }
 
 namespace {
@@ -921,8 +922,9 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       // the first stage has matched it to a posted receive and copied it, so every forward in
       // flight can still hold its buffer, up to the receives posted for this rank (measured:
       // 60-100% of that bound), at least two.
-      const int64_t owner_sends = std::max<int64_t>(2, std::min<int64_t>(rp.max_in_flight, depth)) *
-                                  std::max(p.cut_bytes(a), p.cut_bytes(z));
+      rp.send_buffers =
+          static_cast<int>(std::max<int64_t>(2, std::min<int64_t>(rp.max_in_flight, depth)));
+      const int64_t owner_sends = rp.send_buffers * std::max(p.cut_bytes(a), p.cut_bytes(z));
       rp.peak_bytes =
           p.base_rss_bytes + kMpiRssBytes + rp.model_bytes + p.work_bytes({{0, a}, {z, S}}) -
           untouched_gradient_scratch_bytes(p, 0, a) - untouched_gradient_scratch_bytes(p, z, S) +
@@ -955,6 +957,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       const int served = s.owners_of_replica(x.replica);
       rp.owners_served = served;
       rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
+      rp.send_buffers = kStageSendBuffers;
       rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O,
                                          i, N, window, s.average_momentum, s.replicas > 1);
       rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),

@@ -737,6 +737,33 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
   return plan;
 }
 
+// --max-in-flight: what each rank reserves. auto: rank 0's prediction for every rank (nothing
+// without one); N: every stage holds at most N micro-batches.
+pipeline::Settings::Reservation share_reservation(const Predictions& pred, const TrainOptions& o,
+                                                  const pipeline::Topology& t, int rank) {
+  pipeline::Settings::Reservation r;
+  if (o.max_in_flight == 0) return r;
+  if (o.max_in_flight > 0) {
+    if (!t.is_owner_rank(rank)) r.in_flight = o.max_in_flight;
+    return r;
+  }
+  std::vector<int> v(2 * static_cast<size_t>(t.world_size), 0);
+  if (rank == 0 && pred.available && pred.ranks.size() == static_cast<size_t>(t.world_size))
+    for (int q = 0; q < t.world_size; ++q)
+      v[2 * q] = pred.ranks[q].max_in_flight, v[2 * q + 1] = pred.ranks[q].send_buffers;
+  MPI_Request req;
+  MPSL_MPI_CHECK(
+      MPI_Ibcast(v.data(), static_cast<int>(v.size()), MPI_INT, 0, MPI_COMM_WORLD, &req));
+  comm::wait_watched(req, [] {
+    return "the predicted memory per rank from " + comm::describe_rank(0) +
+           " (--max-in-flight auto)";
+  });
+  comm::audit_message("reservation", 0, static_cast<int64_t>(v.size() * sizeof(int)), rank == 0);
+  r.in_flight = v[2 * rank];
+  r.send_buffers = v[2 * rank + 1];
+  return r;
+}
+
 // The name of rank `rank`'s row group in the trace.
 std::string trace_process_name(const pipeline::Topology& topo, int rank) {
   std::string name = "rank " + std::to_string(rank) + ": ";
@@ -909,6 +936,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                     reporter && !common.quiet && obs::Progress::stderr_is_tty());
   if (live.enabled()) settings.on_step = [&live] { live.step(); };
   settings.nan_skip = o.nan_policy == "skip";
+  settings.reservation = share_reservation(pred, o, topo, rank);
   obs::release_free_heap();  // as in the single process: the runtime's buffers on fresh pages
   auto runtime = pipeline::make_runtime(settings, owner_rank ? &train : nullptr, rank);
   // From here on, a rank ended by the launcher (another rank died) says who it is and what it
@@ -1020,7 +1048,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 
   // One rank_summary per rank (memory and times), gathered on rank 0.
   const pipeline::RankTimes times = runtime->times();
-  constexpr int kFields = 10;
+  constexpr int kFields = 11;
   double mine[kFields] = {static_cast<double>(obs::peak_rss_bytes()),
                           times.busy_s,
                           times.wait_s,
@@ -1030,7 +1058,8 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                           static_cast<double>(runtime->mailbox().receive_buffer_bytes()),
                           static_cast<double>(runtime->mailbox().send_pool_bytes()),
                           static_cast<double>(runtime->max_in_flight()),
-                          obs::process_cpu_seconds() - cpu_at_start};
+                          obs::process_cpu_seconds() - cpu_at_start,
+                          static_cast<double>(runtime->reserved_in_flight())};
   if (rank != 0) comm::audit_message("rank-summary", 0, sizeof mine, true);
   if (!o.audit_dir.empty()) comm::write_audit(o.audit_dir, rank, runtime->role());
   std::vector<double> all(kFields * topo.world_size);
@@ -1049,6 +1078,7 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
                      {"receive_buffer_bytes", static_cast<int64_t>(v[6])},
                      {"send_pool_bytes", static_cast<int64_t>(v[7])},
                      {"max_in_flight", static_cast<int>(v[8])},
+                     {"in_flight_slots", static_cast<int>(v[10])},
                      {"busy_s", v[1]},
                      {"wait_s", v[2]},
                      {"comm_s", v[3]},

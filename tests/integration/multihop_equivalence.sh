@@ -6,6 +6,8 @@
 #    with M = 4, N = 2, 3, three times each, bitwise equal to the single process with M = 4.
 #  - K = 4 owners (non-IID), N = 2, two rounds with FedAvg vs the single-process simulation of the
 #    same per-owner training plus FedAvg: bitwise equal.
+#  - --max-in-flight 1 (K = 4, N = 2) and 1, 2 (K = 1, N = 1, 1f1b M = 4): bitwise equal to the
+#    runs without a limit, and no stage holds more micro-batches than the limit.
 #  - K = 1 owner, three rounds, each --optimizer-state: bitwise equal (the round's end treats the
 #    momentum the same way with one owner as with many).
 #  - Evaluation after every round (owner rank 0 keeps two batches in flight through the stages,
@@ -71,6 +73,35 @@ mpsl_run 4 train $C4 --stages 2 --save-model "$T/k4.h5" > /dev/null \
 mpsl_run 3 train $C4 --stages 2 --schedule 1f1b --micro-batches 1 --save-model "$T/k4b.h5" \
   > /dev/null && same "K=4 (1 owner rank) N=2 1f1b == simulation (bitwise)" "$T/k4ref.h5" \
   "$T/k4b.h5" || fail "K=4 1 owner rank run"
+
+# --max-in-flight N: a stage at its limit leaves further activations in their receive buffers
+# until a gradient frees a slot. The work and its order per owner are the same (bitwise), and
+# no stage ever holds more. With one stage the owner rank sends activations and gradients
+# through the same receives, so a gradient must still get past the activations kept waiting.
+held_at_most() {  # METRICS LIMIT: every stage reserved LIMIT slots and held at most LIMIT
+  $PY - "$1" "$2" <<'PY'
+import json, sys
+stages = [e for e in map(json.loads, open(sys.argv[1]))
+          if e["event"] == "rank_summary" and e["role"] == "stage"]
+limit = int(sys.argv[2])
+assert stages and all(s["max_in_flight"] <= limit for s in stages), stages
+assert all(s["in_flight_slots"] == limit for s in stages), stages
+PY
+}
+mpsl_run 4 train $C4 --stages 2 --max-in-flight 1 --save-model "$T/k4l.h5" --metrics "$T/k4l.jsonl" \
+  > /dev/null && same "K=4 N=2 --max-in-flight 1 == single-process FedAvg simulation (bitwise)" \
+  "$T/k4ref.h5" "$T/k4l.h5" || fail "K=4 N=2 --max-in-flight 1 run"
+held_at_most "$T/k4l.jsonl" 1 && pass "K=4 N=2 --max-in-flight 1: no stage held more than 1" \
+  || fail "K=4 N=2 --max-in-flight 1: a stage held more"
+for lim in 1 2; do
+  mpsl_run 2 train $C --max-steps 12 --stages 1 --schedule 1f1b --micro-batches 4 \
+    --max-in-flight "$lim" --save-model "$T/l1-$lim.h5" --metrics "$T/l1-$lim.jsonl" > /dev/null \
+    && same "K=1 N=1 1f1b M=4 --max-in-flight $lim == single process M=4 (bitwise)" \
+      "$T/s4x12.h5" "$T/l1-$lim.h5" || fail "N=1 --max-in-flight $lim run"
+  held_at_most "$T/l1-$lim.jsonl" "$lim" \
+    && pass "K=1 N=1 1f1b M=4 --max-in-flight $lim: the stage held at most $lim" \
+    || fail "K=1 N=1 --max-in-flight $lim: the stage held more"
+done
 
 # --init-model: every part on every rank starts from the file's weights (here the trained K=4
 # model, so a run that ignored the file would reproduce k4ref.h5 bitwise).

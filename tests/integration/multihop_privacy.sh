@@ -40,7 +40,7 @@ for r in range(R):
     recs += [json.loads(l) for l in open(f"{folder}/audit-rank{r}.jsonl")]
 meta = {"plan-counts", "round-tallies", "eval-count", "rank-summary", "checkpoint-file-summary",
         "checkpoint-manifest", "process-ids", "late-owners", "straggler-finished",
-        "straggler-stop"}
+        "straggler-stop", "reservation"}
 sample, labels = mb * 28 * 28 * 4, {mb, mb * 4, mb * 8}
 bad, n = [], 0
 for x in recs:

@@ -183,12 +183,16 @@ for r in ranks:
     # The cost model posts the same receive buffers as the runtime.
     assert r['predicted_receive_buffer_bytes'] == r['receive_buffer_bytes'] > 0, r
     assert r['max_in_flight'] >= 1 and r['predicted_max_in_flight'] >= 1, r
+    # --max-in-flight auto: every rank created the slots predicted for it up front, and a
+    # stage never held more.
+    assert r['in_flight_slots'] == r['predicted_max_in_flight'], r
+    assert r['role'] == 'owner' or r['max_in_flight'] <= r['predicted_max_in_flight'], r
     # CPU seconds of the rank while it trained: it computed, and it cannot have used more
     # than its one thread for the whole run.
     assert 0 < r['cpu_s'] <= next(e for e in ev if e['event'] == 'run_end')['seconds'] + 0.5, r
     assert r['role'] == 'owner' or r['cpu_s'] >= 0.5 * r['busy_s'] / len(ranks), r
 " "$T/m.jsonl" "$SPLIT"; then
-  pass "train --plan uses the plan's split; metrics carry predictions next to measurements"
+  pass "train --plan uses the plan's split; metrics carry predictions next to measurements; slots reserved as predicted"
 else
   fail "train --plan metrics"
 fi

@@ -75,6 +75,43 @@ TEST(Mailbox, GradientThatArrivedWhileBusyIsTakenBeforeAnEarlierActivation) {
   EXPECT_TRUE(conclusive) << "rank 1 never sent its gradient while rank 0 was busy";
 }
 
+// --max-in-flight auto creates the predicted send buffers up front: the pool then holds them
+// (zero-filled, so resident) and sends up to that many at once take no new buffer.
+TEST(Mailbox, ReservedSendBuffersServeTheSendsWithoutGrowingThePool) {
+  ASSERT_EQ(world_size(), 2) << "run with mpirun -n 2";
+  Communicator comm = Communicator::world().dup();
+  Mailbox box(comm.get());
+  constexpr int64_t kFloats = 1000;
+  constexpr int64_t kBytes = kFloats * static_cast<int64_t>(sizeof(float));
+  if (world_rank() == 0) {
+    box.listen(1, kFloats, 3);
+    for (int i = 0; i < 3; ++i) {
+      Mailbox::Message m = box.wait();
+      EXPECT_EQ(m.env.micro, i);
+      EXPECT_EQ(m.floats, kFloats - i);
+      EXPECT_EQ(m.data[0], static_cast<float>(i));
+      box.release(m);
+    }
+  } else {
+    EXPECT_EQ(box.send_pool_bytes(), 0);
+    box.reserve_send_buffers(3, kFloats);
+    EXPECT_EQ(box.send_pool_bytes(), 3 * kBytes);
+    box.reserve_send_buffers(2, kFloats);  // already there
+    EXPECT_EQ(box.send_pool_bytes(), 3 * kBytes);
+    box.reserve_send_buffers(1, 2 * kFloats);  // none that large yet
+    EXPECT_EQ(box.send_pool_bytes(), 5 * kBytes);
+    // Three sends in transfer at once (none completes before the receiver waits).
+    for (int i = 0; i < 3; ++i) {
+      float* b = box.send_buffer(kFloats - i);
+      b[0] = static_cast<float>(i);
+      box.send(b, kFloats - i, 0, MessageKind::kActivation, 0, i);
+    }
+    box.flush();
+    EXPECT_EQ(box.send_pool_bytes(), 5 * kBytes);
+  }
+  MPSL_MPI_CHECK(MPI_Barrier(comm.get()));
+}
+
 }  // namespace
 }  // namespace mpsl::comm
 

@@ -92,6 +92,7 @@ TEST_F(CliTest, TrainDefaultsMatchTheOptionStruct) {
   EXPECT_EQ(p.train.partition, "iid");
   EXPECT_EQ(p.train.schedule, "mpsl");
   EXPECT_EQ(p.train.micro_batches, 1);
+  EXPECT_EQ(p.train.max_in_flight, -1);  // auto
   EXPECT_EQ(p.train.stages, defaults.stages);
   EXPECT_FALSE(p.train.dry_run);
   EXPECT_EQ(p.common.seed, common.seed);
@@ -385,6 +386,16 @@ TEST_F(CliTest, BadChoices) {
   expect_input_error(train_with({"--partition", "skewed"}), {"--partition", "iid|dirichlet"});
   expect_input_error(train_with({"--log-level", "loud"}), {"--log-level", "error|warn|info|debug"});
   expect_input_error({"convert", "--format", "mnist", "--output", "o.h5"}, {"--format", "cifar10"});
+}
+
+TEST_F(CliTest, MaxInFlightIsAutoOffOrAPositiveCount) {
+  EXPECT_EQ(parse_args(train_with({"--max-in-flight", "auto"})).train.max_in_flight, -1);
+  EXPECT_EQ(parse_args(train_with({"--max-in-flight", "off"})).train.max_in_flight, 0);
+  EXPECT_EQ(parse_args(train_with({"--max-in-flight", "3"})).train.max_in_flight, 3);
+  for (const char* bad : {"0", "-2", "many", "2.5", ""})
+    expect_input_error(
+        train_with({"--max-in-flight", bad}),
+        {"--max-in-flight", "auto, off or a positive integer", "'" + std::string(bad) + "'"});
 }
 
 TEST_F(CliTest, MicroBatchesMustDivideTheBatch) {

@@ -55,6 +55,10 @@ struct TrainOptions {
   // schedule
   std::string schedule = "mpsl";  // mpsl | 1f1b
   int micro_batches = 1;
+  // --max-in-flight: -1 auto (a stage holds at most the micro-batches the cost model predicts
+  // for it, and every rank creates its predicted slots and send buffers up front; no limit
+  // without a profile), 0 off, N: a stage holds at most N
+  int max_in_flight = -1;
   std::string optimizer_state = "reset";  // reset | average | keep (at aggregation)
   // stragglers (README "Stragglers"): when a round may end before every owner has finished
   float round_deadline = 0;          // seconds from the round's start; 0 = none

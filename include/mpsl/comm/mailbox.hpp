@@ -112,6 +112,9 @@ class Mailbox {
   // A buffer of at least `floats` floats to fill and pass to send(); it returns to the pool
   // once the send has completed.
   float* send_buffer(int64_t floats);
+  // Grows the send pool to `count` buffers of at least `floats` floats now (written, so they
+  // count in the RSS from the start; Settings::Reservation).
+  void reserve_send_buffers(int count, int64_t floats);
   void send(float* buffer, int64_t floats, int dest, MessageKind kind, int owner, int micro);
   // The same, but the MPI send is posted only at `release` (emulated links, emulate/); sends
   // are posted in release order as the mailbox makes progress (wait, poll, flush).

@@ -46,6 +46,16 @@ struct Settings {
   // A non-finite loss, activation or gradient: false = end the job (RuntimeFailure naming rank,
   // owner, round, step), true = skip that owner's batch (no update anywhere it was seen).
   bool nan_skip = false;
+  // Memory reserved at the start (--max-in-flight; train_command.cpp takes it from the cost
+  // model's prediction for this rank). in_flight: activation slots created up front; on a
+  // stage also the most micro-batches it holds at once (an activation that arrives beyond
+  // that waits in its receive buffer until a gradient frees a slot). send_buffers: send
+  // buffers, as large as this rank's largest message, created up front. 0: none (grow on
+  // demand, no limit).
+  struct Reservation {
+    int in_flight = 0;
+    int send_buffers = 0;
+  } reservation;
 };
 
 // One owner's round, for the metrics ("round_owners").
@@ -111,8 +121,10 @@ class RankRuntime {
   virtual emulate::EmulationStats emulation_stats() const = 0;
   virtual const comm::Mailbox& mailbox() const = 0;
   virtual const char* role() const = 0;
-  // The most micro-batches this rank held activations for at once (its slots).
+  // The most micro-batches this rank held activations for at once.
   virtual int max_in_flight() const = 0;
+  // The activation slots it created (reserved up front, or grown to).
+  virtual int reserved_in_flight() const = 0;
 };
 
 // Builds the runtime for this rank. `train` is the training set (owner ranks only).

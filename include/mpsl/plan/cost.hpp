@@ -38,6 +38,10 @@ namespace mpsl::plan {
 // heap, holds 15 MiB.
 inline constexpr int64_t kMpiRssBytes = int64_t{11} << 20;
 
+// Send buffers of a stage's mailbox: two messages in transfer at once (measured: 1-2 of the
+// largest), created up front when the run reserves its memory (pipeline::Settings::Reservation).
+inline constexpr int kStageSendBuffers = 2;
+
 // Heap that a part allocates but that never becomes resident when it runs one micro-batch per
 // batch: every layer with parameters keeps a gradient scratch as large as them, which only
 // accumulating micro-batch gradients touches (nn/detail.hpp GradTarget; measured: the first
@@ -115,6 +119,7 @@ struct RankPrediction {
   int owners_served = 0;
   double busy_s = 0;          // compute per round (training + aggregation)
   int max_in_flight = 0;      // slots the rank keeps (batches or micro-batches in flight)
+  int send_buffers = 0;       // the mailbox's send pool, buffers of the rank's largest message
   int64_t peak_bytes = 0;     // predicted peak resident memory
   int64_t model_bytes = 0;    // of which: part copies (params, gradients, momentum, buffers)
   int64_t receive_bytes = 0;  // of which: the mailbox's posted receive buffers
