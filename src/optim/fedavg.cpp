@@ -60,20 +60,29 @@ namespace {
 constexpr int64_t kAverageChunk = 4096;
 
 // Sets dst[i] = float(sum_k weights[k] * src_k[i] / total) for the tensor `member` of every
-// source and target, chunk by chunk.
+// source and target, chunk by chunk. Chunks are independent and every element is summed in
+// owner order whichever thread takes its chunk, so the rank's oneDNN threads (--threads) share
+// them and the result is the same bits for any thread count.
 template <typename Member>
 void average_tensor(const std::vector<const nn::PartState*>& sources,
                     const std::vector<double>& weights, double total,
                     const std::vector<nn::PartState*>& targets, int64_t n, Member member) {
-  std::array<double, kAverageChunk> acc;
-  std::array<float, kAverageChunk> average;
-  for (int64_t begin = 0; begin < n; begin += kAverageChunk) {
-    const int64_t len = std::min(kAverageChunk, n - begin);
-    std::fill_n(acc.begin(), len, 0.0);
-    for (size_t k = 0; k < sources.size(); ++k)
-      accumulate_weighted((sources[k]->*member).data() + begin, weights[k], len, acc.data());
-    for (int64_t i = 0; i < len; ++i) average[i] = static_cast<float>(acc[i] / total);
-    for (nn::PartState* t : targets) std::copy_n(average.data(), len, (t->*member).data() + begin);
+  const int64_t chunks = (n + kAverageChunk - 1) / kAverageChunk;
+#pragma omp parallel if (chunks >= 16)
+  {
+    std::array<double, kAverageChunk> acc;
+    std::array<float, kAverageChunk> average;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t begin = c * kAverageChunk;
+      const int64_t len = std::min(kAverageChunk, n - begin);
+      std::fill_n(acc.begin(), len, 0.0);
+      for (size_t k = 0; k < sources.size(); ++k)
+        accumulate_weighted((sources[k]->*member).data() + begin, weights[k], len, acc.data());
+      for (int64_t i = 0; i < len; ++i) average[i] = static_cast<float>(acc[i] / total);
+      for (nn::PartState* t : targets)
+        std::copy_n(average.data(), len, (t->*member).data() + begin);
+    }
   }
 }
 

@@ -716,7 +716,17 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       return;
     }
     if (r.inbox.empty()) return;
-    Msg m = take(r);
+    Msg m;
+    if (s.stage_in_flight_limit > 0 && r.in_flight >= s.stage_in_flight_limit) {
+      // At its limit a stage takes only gradients; activations wait in the inbox.
+      const auto g = std::find_if(r.inbox.begin(), r.inbox.end(),
+                                  [](const Msg& x) { return x.kind == Kind::kGrad; });
+      if (g == r.inbox.end()) return;
+      m = *g;
+      r.inbox.erase(g);
+    } else {
+      m = take(r);
+    }
     r.current = m;
     const int i = r.stage;
     if (m.kind == Kind::kActivation) {
@@ -958,6 +968,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
       rp.owners_served = served;
       rp.model_bytes = served * p.copy_bytes(s.split[i], s.split[i + 1]);
       rp.send_buffers = kStageSendBuffers;
+      if (s.stage_in_flight_limit > 0) rp.max_in_flight = s.stage_in_flight_limit;  // reserved
       rp.peak_bytes = stage_memory_bytes(p, s.split[i], s.split[i + 1], served, rp.max_in_flight, O,
                                          i, N, window, s.average_momentum, s.replicas > 1);
       rp.receive_bytes = stage_receive_bytes(p.cut_bytes(s.split[i]), p.cut_bytes(s.split[i + 1]),

@@ -383,6 +383,7 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
     sc.owner_ranks = t.owner_ranks;
     sc.one_f_one_b = o.schedule == "1f1b";
     sc.micro_batches = o.micro_batches;
+    sc.stage_in_flight_limit = std::max(0, o.max_in_flight);
     sc.steps = steps;
     sc.cores = cores;
     sc.threads = threads;

@@ -1,6 +1,7 @@
 // Unit tests of the optimiser: SGD with torch.optim.SGD's semantics (dampening 0):
 //   g = grad + weight_decay * w;  buf = momentum * buf + g;  w -= lr * buf
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cstring>
 #include <vector>
@@ -160,6 +161,33 @@ INSTANTIATE_TEST_SUITE_P(Policies, FedAvgInPlace,
                          ::testing::Values(OptimizerStatePolicy::kReset,
                                            OptimizerStatePolicy::kAverage,
                                            OptimizerStatePolicy::kKeep));
+
+TEST(FedAvg, InPlaceAverageIsTheSameBitsForAnyThreadCount) {
+  // A rank with --threads T shares the chunks over T threads; every element is still summed
+  // in owner order. vgg11 units 0-5 (90 chunks, the last one partial).
+  auto model = nn::make_model("vgg11");
+  std::vector<nn::PartState> c;
+  for (int k = 0; k < 4; ++k) {
+    c.emplace_back(*model, 0, 5);
+    c.back().initialise(*model, 40 + k);
+  }
+  ASSERT_GT(c[0].layout.param_count, 50 * 4096);
+  ASSERT_NE(c[0].layout.param_count % 4096, 0);
+  const std::vector<double> weights{5.0, 1.0, 2.0, 7.0};
+  std::vector<nn::PartState> one = c, three = c;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  average_in_place({&one[0], &one[1], &one[2], &one[3]}, weights, 15.0, {&one[0]},
+                   OptimizerStatePolicy::kAverage);
+  omp_set_num_threads(3);
+  average_in_place({&three[0], &three[1], &three[2], &three[3]}, weights, 15.0, {&three[0]},
+                   OptimizerStatePolicy::kAverage);
+  omp_set_num_threads(threads);
+  EXPECT_EQ(std::memcmp(one[0].params.data(), three[0].params.data(), one[0].params.size() * 4), 0);
+  EXPECT_EQ(
+      std::memcmp(one[0].momentum.data(), three[0].momentum.data(), one[0].momentum.size() * 4), 0);
+  EXPECT_NE(std::memcmp(one[0].params.data(), c[0].params.data(), c[0].params.size() * 4), 0);
+}
 
 TEST(FedAvg, CopiesOfDifferentPartsAreRefused) {
   auto model = nn::make_model("fmnist-cnn");

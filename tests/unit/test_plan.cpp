@@ -532,6 +532,42 @@ TEST(CostModel, StageMemoryCountsWhatPilesUpBeforeANearlyAsSlowStage) {
   EXPECT_EQ(simulate(s).round_s, simulate_round_s(s));
 }
 
+TEST(CostModel, StageInFlightLimitCapsTheSlotsAndDelaysOnlyWhenItBinds) {
+  // The scenario above with stage 2 clearly the slower: unlimited, stage 1 holds every owner's
+  // window (16). train --max-in-flight N: the stage reserves N slots (its memory counts N) and
+  // takes no activation while N are in flight.
+  Profile p = make_profile({0.0001, 0.001, 0.001, 0.0001}, {0.0001, 0.002, 0.002, 0.0001},
+                           {0, 0, 0, 0}, 1000);
+  p.micro_batches = 4;
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 4;
+  s.steps.assign(4, 8);
+  s.one_f_one_b = true;
+  s.micro_batches = 4;
+  Device fast = no_link(), slow = no_link();
+  slow.slowdown = 1.5;
+  s.owner_device = fast;
+  s.stage_devices = {fast, slow};
+  const Prediction free = simulate(s);
+  ASSERT_EQ(free.ranks.at(1).max_in_flight, 16);
+  s.stage_in_flight_limit = 4;
+  const Prediction four = simulate(s);
+  EXPECT_EQ(four.ranks.at(1).max_in_flight, 4);
+  EXPECT_EQ(four.ranks.at(2).max_in_flight, 4);
+  const int64_t saved = free.ranks.at(1).peak_bytes - four.ranks.at(1).peak_bytes;
+  EXPECT_GT(saved, 0);
+  EXPECT_EQ(saved % 12, 0);  // 12 slots of the same size fewer
+  // Stage 2 is the bottleneck either way: holding fewer in front of it costs no time.
+  EXPECT_NEAR(four.round_s, free.round_s, 0.02 * free.round_s);
+  // One at a time: every micro-batch makes the whole trip alone.
+  s.stage_in_flight_limit = 1;
+  const Prediction one = simulate(s);
+  EXPECT_EQ(one.ranks.at(1).max_in_flight, 1);
+  EXPECT_GT(one.round_s, 1.3 * free.round_s);
+}
+
 TEST(CostModel, LastStageMemoryCountsForwardsWhileTheOwnerRankWaitsForACore) {
   // 1f1b, 8 owners on one owner rank, 3 stages, 4 ranks on 2 cores. Stage ranks that wake up
   // take the cores from the busy owner rank; for up to a scheduler slice the stages behind it

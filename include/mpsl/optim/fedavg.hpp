@@ -45,7 +45,8 @@ void assign_average(const PartSums& sums, double total_weight,
 // written once; the two steps above stream sums of twice a copy's size once per copy and back
 // (a vgg19 stage of 8 copies of 525 MB: 2.7 s against 0.8). `sources` and `targets` may
 // overlap; a target outside `sources` (an aggregate kept aside) receives the average too.
-// Bitwise the same result as weighted_sums_into + assign_average.
+// Bitwise the same result as weighted_sums_into + assign_average. The chunks are shared over
+// the OpenMP threads (--threads), with the same bits for any count.
 void average_in_place(const std::vector<const nn::PartState*>& sources,
                       const std::vector<double>& weights, double total_weight,
                       const std::vector<nn::PartState*>& targets, OptimizerStatePolicy policy);

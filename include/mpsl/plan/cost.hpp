@@ -71,7 +71,10 @@ struct Scenario {
   int owners = 1;          // K
   int owner_ranks = 1;     // O (owner k on rank k mod O)
   bool one_f_one_b = false;
-  int micro_batches = 1;              // must match the profile's micro-batch size (checked)
+  int micro_batches = 1;  // must match the profile's micro-batch size (checked)
+  // train --max-in-flight N: a stage holds at most N micro-batches (further activations wait
+  // in its inbox until a gradient frees a slot) and reserves N slots; 0: no limit.
+  int stage_in_flight_limit = 0;
   std::vector<int64_t> steps;         // optimiser steps of each owner in the round (size K)
   Device owner_device;                // every owner rank
   std::vector<Device> owner_devices;  // per logical owner (size K); empty = all `owner_device`
