@@ -1205,7 +1205,8 @@ class StageRuntime : public RankRuntime {
       }
       obs::note_heap();
     }
-    MPSL_CHECK(held_.empty(), "activations left waiting at the end of a window");
+    // Activations still held belong to the next window (an owner rank can be ahead, above):
+    // they stay in their receive buffers and are the first work of the next call.
     mailbox_.flush();
   }
 
@@ -1444,7 +1445,8 @@ class StageRuntime : public RankRuntime {
   std::vector<std::vector<float>> saved_buffers_;  // BatchNorm statistics before the batch
   std::map<int64_t, std::unique_ptr<nn::PartSlot>> in_flight_;
   int limit_ = 0;                            // most micro-batches in flight (0: no limit)
-  std::deque<comm::Mailbox::Message> held_;  // activations received beyond the limit
+  std::deque<comm::Mailbox::Message> held_;  // activations received beyond the limit (kept
+                                             // from window to window)
   std::vector<int> preferred_;
   int round_ = 1;
   double busy_ = 0;

@@ -8,7 +8,7 @@
 #    mid-round checkpoint by the test hook MPSL_TEST_EXIT_AFTER_CHECKPOINTS), resume.
 # The compared checkpoint is the one each run writes at its end; the round-2 training loss
 # reported after a mid-round resume equals the uninterrupted run's. Also: the single-process
-# trainer (K = 4 simulated owners) stopped mid-round.
+# trainer (K = 4 simulated owners) stopped mid-round. 1F1B also runs with --max-in-flight 1.
 set -uo pipefail
 MPSL=${1:?usage: checkpoint_resume.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
@@ -64,6 +64,10 @@ check_schedule() {  # LABEL STOP_AFTER STOP_NAME SCHEDULE_OPTIONS...
 # average (FedAvg'd with the weights) rather than the default reset.
 check_schedule mpsl 1 ckpt-r0001-s000004 --schedule mpsl --optimizer-state keep
 check_schedule 1f1b 2 ckpt-r0002-s000002 --schedule 1f1b --micro-batches 2 --optimizer-state average
+# A stage at its --max-in-flight limit keeps activations that arrive early for the next window
+# waiting across the window's end (and the mid-round checkpoint there).
+check_schedule 1f1b-limit1 2 ckpt-r0002-s000002 --schedule 1f1b --micro-batches 2 \
+  --optimizer-state average --max-in-flight 1
 
 # Wall-clock interval: rank 0 looks at the clock between steps and all ranks follow its call.
 d="$T/clock"
