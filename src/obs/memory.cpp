@@ -50,6 +50,22 @@ int64_t current_rss_bytes() {
   return static_cast<int64_t>(resident_pages) * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
 }
 
+int64_t available_memory_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  int64_t kib = -1;
+  while (std::fgets(line, sizeof line, f)) {
+    long long v = 0;
+    if (std::sscanf(line, "MemAvailable: %lld kB", &v) == 1) {
+      kib = v;
+      break;
+    }
+  }
+  std::fclose(f);
+  return kib < 0 ? -1 : kib * 1024;
+}
+
 int64_t heap_in_use_bytes() {
 #ifdef MPSL_HEAP_FROM_SANITIZER
   return static_cast<int64_t>(__sanitizer_get_current_allocated_bytes());

@@ -738,6 +738,32 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
   return plan;
 }
 
+// The ranks of this host are about to grow to their predicted peaks (and, reserving, will
+// within the first round): a warning from the host's first rank when that is more than the
+// host has available, rather than a kill for memory without a word. Collective over the world.
+void warn_if_node_memory_short(int64_t predicted_peak) {
+  MPI_Comm node_comm = MPI_COMM_NULL;
+  MPSL_MPI_CHECK(
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node_comm));
+  const comm::Communicator node(node_comm, true);
+  // What this rank still has to grow by: its RSS now is already out of MemAvailable.
+  const int64_t growth = std::max<int64_t>(0, predicted_peak - obs::current_rss_bytes());
+  int64_t mine[2] = {growth, predicted_peak}, sum[2] = {0, 0};
+  MPSL_MPI_CHECK(MPI_Reduce(mine, sum, 2, MPI_INT64_T, MPI_SUM, 0, node.get()));
+  if (node.rank() != 0) return;
+  const int64_t available = obs::available_memory_bytes();
+  if (available < 0 || sum[0] <= available) return;
+  char host[MPI_MAX_PROCESSOR_NAME] = {};
+  int len = 0;
+  MPSL_MPI_CHECK(MPI_Get_processor_name(host, &len));
+  obs::log_warn("the " + std::to_string(node.size()) + " rank(s) on host " + host +
+                " are predicted to peak at " + obs::format_bytes(sum[1]) + " together, " +
+                obs::format_bytes(sum[0]) + " more than they hold now, and the host has " +
+                obs::format_bytes(available) +
+                " available: the run may be killed for memory in its first round (fewer owners "
+                "or more stages per node lower the peak; mpsl plan --node-memory finds a split)");
+}
+
 // --max-in-flight: what each rank reserves. auto: rank 0's prediction for every rank (nothing
 // without one); N: every stage holds at most N micro-batches.
 pipeline::Settings::Reservation share_reservation(const Predictions& pred, const TrainOptions& o,
@@ -748,20 +774,25 @@ pipeline::Settings::Reservation share_reservation(const Predictions& pred, const
     if (!t.is_owner_rank(rank)) r.in_flight = o.max_in_flight;
     return r;
   }
-  std::vector<int> v(2 * static_cast<size_t>(t.world_size), 0);
+  std::vector<int64_t> v(3 * static_cast<size_t>(t.world_size), 0);
   if (rank == 0 && pred.available && pred.ranks.size() == static_cast<size_t>(t.world_size))
-    for (int q = 0; q < t.world_size; ++q)
-      v[2 * q] = pred.ranks[q].max_in_flight, v[2 * q + 1] = pred.ranks[q].send_buffers;
+    for (int q = 0; q < t.world_size; ++q) {
+      v[3 * q] = pred.ranks[q].max_in_flight;
+      v[3 * q + 1] = pred.ranks[q].send_buffers;
+      v[3 * q + 2] = pred.ranks[q].peak_bytes;
+    }
   MPI_Request req;
   MPSL_MPI_CHECK(
-      MPI_Ibcast(v.data(), static_cast<int>(v.size()), MPI_INT, 0, MPI_COMM_WORLD, &req));
+      MPI_Ibcast(v.data(), static_cast<int>(v.size()), MPI_INT64_T, 0, MPI_COMM_WORLD, &req));
   comm::wait_watched(req, [] {
     return "the predicted memory per rank from " + comm::describe_rank(0) +
            " (--max-in-flight auto)";
   });
-  comm::audit_message("reservation", 0, static_cast<int64_t>(v.size() * sizeof(int)), rank == 0);
-  r.in_flight = v[2 * rank];
-  r.send_buffers = v[2 * rank + 1];
+  comm::audit_message("reservation", 0, static_cast<int64_t>(v.size() * sizeof(int64_t)),
+                      rank == 0);
+  r.in_flight = static_cast<int>(v[3 * rank]);
+  r.send_buffers = static_cast<int>(v[3 * rank + 1]);
+  if (v[3 * rank + 2] > 0) warn_if_node_memory_short(v[3 * rank + 2]);
   return r;
 }
 

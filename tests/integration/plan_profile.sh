@@ -197,6 +197,19 @@ else
   fail "train --plan metrics"
 fi
 
+# A host that cannot hold what its ranks are predicted to peak at is named in a warning before
+# training (a profile whose process baseline claims a petabyte; the run itself is small).
+$PY -c "
+import json, sys
+p = json.load(open(sys.argv[1])); p['base_rss_bytes'] = 10**15
+json.dump(p, open(sys.argv[2], 'w'))" "$T/p.json" "$T/huge.json"
+if out=$(mpsl_run 3 train $B --stages 2 --profile "$T/huge.json" --rounds 1 --quiet 2>&1) &&
+  grep -q "predicted to peak at .* the host has .* available: the run may be killed" <<< "$out"; then
+  pass "a host short of the predicted peak memory gets a warning, and the run goes on"
+else
+  fail "no warning for a host short of memory: $out"
+fi
+
 # The receive buffers of other layouts: one stage (the owner rank is both neighbours), and
 # 1F1B with 3 owners on 2 owner ranks (depth per owner rank), each as the runtime posts them.
 timeout 120 "$MPSL" profile --model fmnist-cnn --batch 16 --micro-batches 2 --repeats 1 --threads 1 \

@@ -15,6 +15,10 @@ double process_cpu_seconds();
 // Current resident set size in bytes (/proc/self/statm); 0 when it cannot be read.
 int64_t current_rss_bytes();
 
+// Memory the host can still give processes without swapping (/proc/meminfo MemAvailable), in
+// bytes; -1 when it cannot be read.
+int64_t available_memory_bytes();
+
 // Bytes the process holds from malloc right now (glibc mallinfo2: in-use arena chunks plus
 // mmapped blocks). Everything mpsl and oneDNN allocate goes through it, so differences of this
 // figure measure what a piece of training state costs, without the noise of page residency.
