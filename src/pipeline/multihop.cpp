@@ -199,7 +199,7 @@ class InferencePrograms {
 class SlotPool {
  public:
   explicit SlotPool(const nn::PartProgram& p) : program_(p) {}
-  // Creates slots up to `n` now (the run's reservation, Settings::reserved_in_flight). Each is
+  // Creates slots up to `n` now (the run's reservation, Settings::Reservation). Each is
   // handed out once before any slot is reused, so all their pages are written within the first n
   // acquisitions: the reservation shows in the RSS from the first round, not only once a
   // rank happens to hold that many.
