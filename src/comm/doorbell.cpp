@@ -15,6 +15,7 @@
 #include <new>
 #include <string>
 
+#include "mpsl/comm/mailbox.hpp"  // Communicator
 #include "mpsl/core/error.hpp"
 
 namespace mpsl::comm {
@@ -25,25 +26,15 @@ long futex(std::atomic<uint32_t>* word, int op, uint32_t value, const timespec* 
   return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, value, timeout, nullptr, 0);
 }
 
-// A node communicator freed when the constructor is done with it.
-struct NodeComm {
-  MPI_Comm comm = MPI_COMM_NULL;
-  ~NodeComm() {
-    if (comm != MPI_COMM_NULL) MPI_Comm_free(&comm);
-  }
-};
-
 std::string errno_text(const char* call) {
   return std::string(call) + ": " + std::strerror(errno);
 }
 }  // namespace
 
 Doorbells::Doorbells(MPI_Comm comm) {
-  NodeComm node;
-  MPSL_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node.comm));
-  int node_rank = 0, node_size = 1;
-  MPSL_MPI_CHECK(MPI_Comm_rank(node.comm, &node_rank));
-  MPSL_MPI_CHECK(MPI_Comm_size(node.comm, &node_size));
+  // Freed when the constructor is done with it.
+  const Communicator node = Communicator(comm, false).split_by_host();
+  const int node_rank = node.rank(), node_size = node.size();
   segment_bytes_ = sizeof(Bell) * static_cast<size_t>(node_size);
 
   int size = 0;
@@ -74,8 +65,8 @@ Doorbells::Doorbells(MPI_Comm comm) {
     if (fd >= 0) close(fd);
     failed = problem_.empty() ? 0 : 1;
   }
-  MPSL_MPI_CHECK(MPI_Bcast(name.data(), static_cast<int>(name.size()), MPI_CHAR, 0, node.comm));
-  MPSL_MPI_CHECK(MPI_Bcast(&failed, 1, MPI_INT, 0, node.comm));
+  MPSL_MPI_CHECK(MPI_Bcast(name.data(), static_cast<int>(name.size()), MPI_CHAR, 0, node.get()));
+  MPSL_MPI_CHECK(MPI_Bcast(&failed, 1, MPI_INT, 0, node.get()));
   if (failed) {
     if (problem_.empty()) problem_ = "the node's first rank could not create it";
     return;
@@ -92,7 +83,7 @@ Doorbells::Doorbells(MPI_Comm comm) {
     close(fd);
   }
   int bad = problem_.empty() ? 0 : 1, any_bad = 0;
-  MPSL_MPI_CHECK(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, node.comm));
+  MPSL_MPI_CHECK(MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, node.get()));
   if (node_rank == 0) shm_unlink(name.data());
   if (any_bad) {
     if (segment_) munmap(segment_, segment_bytes_);
@@ -104,14 +95,14 @@ Doorbells::Doorbells(MPI_Comm comm) {
   // ftruncate zero-filled the segment; each rank starts its own bell's life.
   Bell* bells = static_cast<Bell*>(segment_);
   mine_ = new (&bells[node_rank]) Bell{};
-  MPSL_MPI_CHECK(MPI_Barrier(node.comm));  // every bell is live before anyone rings
+  MPSL_MPI_CHECK(MPI_Barrier(node.get()));  // every bell is live before anyone rings
 
   // Which rank of `comm` is which rank of the node.
   std::vector<int> ranks(static_cast<size_t>(size)), on_node(static_cast<size_t>(size));
   for (int r = 0; r < size; ++r) ranks[static_cast<size_t>(r)] = r;
   MPI_Group group = MPI_GROUP_NULL, node_group = MPI_GROUP_NULL;
   MPSL_MPI_CHECK(MPI_Comm_group(comm, &group));
-  MPSL_MPI_CHECK(MPI_Comm_group(node.comm, &node_group));
+  MPSL_MPI_CHECK(MPI_Comm_group(node.get(), &node_group));
   const int rc = MPI_Group_translate_ranks(group, size, ranks.data(), node_group, on_node.data());
   MPI_Group_free(&group);
   MPI_Group_free(&node_group);

@@ -45,6 +45,11 @@ Communicator Communicator::split(int color, int key) const {
   MPSL_MPI_CHECK(MPI_Comm_split(comm_, color, key, &out));
   return Communicator(out, true);
 }
+Communicator Communicator::split_by_host() const {
+  MPI_Comm out;
+  MPSL_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &out));
+  return Communicator(out, true);
+}
 Communicator Communicator::dup() const {
   MPI_Comm out;
   MPSL_MPI_CHECK(MPI_Comm_dup(comm_, &out));

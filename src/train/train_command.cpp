@@ -742,10 +742,7 @@ train::FederationPlan share_plan(train::FederationPlan plan, int rank) {
 // within the first round): a warning from the host's first rank when that is more than the
 // host has available, rather than a kill for memory without a word. Collective over the world.
 void warn_if_node_memory_short(int64_t predicted_peak) {
-  MPI_Comm node_comm = MPI_COMM_NULL;
-  MPSL_MPI_CHECK(
-      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node_comm));
-  const comm::Communicator node(node_comm, true);
+  const comm::Communicator node = comm::Communicator::world().split_by_host();
   // What this rank still has to grow by: its RSS now is already out of MemAvailable.
   const int64_t growth = std::max<int64_t>(0, predicted_peak - obs::current_rss_bytes());
   int64_t mine[2] = {growth, predicted_peak}, sum[2] = {0, 0};

@@ -496,15 +496,15 @@ TEST(CostModel, EmulatedOwnersOnOneRankOverlap) {
   EXPECT_NEAR(two, simulate(one).train_s, 0.2);
 }
 
-TEST(CostModel, StageMemoryCountsWhatPilesUpBeforeANearlyAsSlowStage) {
-  // 1f1b, 4 owners with 4 micro-batches each (window 4), two stages on nodes of their own.
-  // When stage 2 is clearly the slower, the micro-batches pile up before it: stage 1 holds
-  // every owner's window. At a tie, or with stage 2 a little faster, the simulation alone
-  // has few pile up; memory must count the pile-up anyway (a 5% difference flips with the
-  // machine's drift).
+// 1f1b, 4 owners with 4 micro-batches each (window 4), two one-unit stages of equal work on
+// nodes of their own; the tests set the stages' devices.
+Profile pile_up_profile() {
   Profile p = make_profile({0.0001, 0.001, 0.001, 0.0001}, {0.0001, 0.002, 0.002, 0.0001},
                            {0, 0, 0, 0}, 1000);
   p.micro_batches = 4;
+  return p;
+}
+Scenario pile_up_scenario(const Profile& p) {
   Scenario s;
   s.profile = &p;
   s.split = {1, 2, 3};
@@ -512,8 +512,18 @@ TEST(CostModel, StageMemoryCountsWhatPilesUpBeforeANearlyAsSlowStage) {
   s.steps.assign(4, 8);
   s.one_f_one_b = true;
   s.micro_batches = 4;
+  s.owner_device = no_link();
+  return s;
+}
+
+TEST(CostModel, StageMemoryCountsWhatPilesUpBeforeANearlyAsSlowStage) {
+  // When stage 2 is clearly the slower, the micro-batches pile up before it: stage 1 holds
+  // every owner's window. At a tie, or with stage 2 a little faster, the simulation alone
+  // has few pile up; memory must count the pile-up anyway (a 5% difference flips with the
+  // machine's drift).
+  const Profile p = pile_up_profile();
+  Scenario s = pile_up_scenario(p);
   Device fast = no_link(), slow = no_link();
-  s.owner_device = fast;
   auto stage_one_in_flight = [&](double stage_two_slowdown) {
     slow.slowdown = stage_two_slowdown;
     s.stage_devices = {fast, slow};
@@ -536,19 +546,10 @@ TEST(CostModel, StageInFlightLimitCapsTheSlotsAndDelaysOnlyWhenItBinds) {
   // The scenario above with stage 2 clearly the slower: unlimited, stage 1 holds every owner's
   // window (16). train --max-in-flight N: the stage reserves N slots (its memory counts N) and
   // takes no activation while N are in flight.
-  Profile p = make_profile({0.0001, 0.001, 0.001, 0.0001}, {0.0001, 0.002, 0.002, 0.0001},
-                           {0, 0, 0, 0}, 1000);
-  p.micro_batches = 4;
-  Scenario s;
-  s.profile = &p;
-  s.split = {1, 2, 3};
-  s.owners = 4;
-  s.steps.assign(4, 8);
-  s.one_f_one_b = true;
-  s.micro_batches = 4;
+  const Profile p = pile_up_profile();
+  Scenario s = pile_up_scenario(p);
   Device fast = no_link(), slow = no_link();
   slow.slowdown = 1.5;
-  s.owner_device = fast;
   s.stage_devices = {fast, slow};
   const Prediction free = simulate(s);
   ASSERT_EQ(free.ranks.at(1).max_in_flight, 16);

@@ -36,6 +36,8 @@ class Communicator {
 
   static Communicator world() { return Communicator(MPI_COMM_WORLD, false); }
   Communicator split(int color, int key) const;
+  // The ranks of this communicator on this host (MPI_COMM_TYPE_SHARED), in their order here.
+  Communicator split_by_host() const;
   Communicator dup() const;
 
   MPI_Comm get() const { return comm_; }
