@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the cost model against real runs on this machine and prints the tables of issue 6:
-#   grid      predicted vs measured round time (median of rounds 2..R, R = --rounds, default 5;
-#             round 1 warms up), fmnist-cnn and
+#   grid      predicted vs measured round time (median of rounds 2..R, R = --rounds, default 5,
+#             or more so that rounds 2..R last --min-seconds, default 10, as predicted: the
+#             host's speed moves over seconds; round 1 warms up), fmnist-cnn and
 #             vgg19, N in {1,2,3}, K in {2,4,8}, schedules mpsl and 1f1b; and predicted vs
 #             measured peak memory (RSS) of every rank of those runs. A virtual machine's speed
 #             drifts by tens of percent within an hour, so a speed probe (one second of
@@ -20,12 +21,12 @@
 #
 #   tools/validate_cost_model.sh [--sections "grid headline gain"] [--models "fmnist-cnn vgg19"]
 #       [--owners "2 4 8"] [--stages "1 2 3"] [--schedules "mpsl 1f1b"] [--rounds R] [--out DIR]
-#       [--passes P]
+#       [--passes P] [--min-seconds T]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${MPSL_BUILD_DIR:-$REPO/build}
 SECTIONS="grid headline gain" MODELS="fmnist-cnn vgg19" OWNERS="2 4 8" STAGES="1 2 3"
-SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5 PASSES=1
+SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5 PASSES=1 MIN_SECONDS=10
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -37,11 +38,13 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --passes) PASSES=$2; shift 2 ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    --min-seconds) MIN_SECONDS=$2; shift 2 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     *) echo "validate_cost_model.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 [[ "$PASSES" =~ ^[1-9][0-9]*$ ]] || { echo "validate_cost_model.sh: --passes must be a positive integer, got '$PASSES'" >&2; exit 2; }
+[[ "$MIN_SECONDS" =~ ^[0-9]+([.][0-9]+)?$ ]] || { echo "validate_cost_model.sh: --min-seconds must be a number of seconds, got '$MIN_SECONDS'" >&2; exit 2; }
 [ -x "$BUILD/mpsl" ] || "$REPO/tools/build.sh"
 MPSL=$BUILD/mpsl
 OUT=${OUT:-$REPO/runs/cost-model}
@@ -115,12 +118,16 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
           [ -s "$m" ] && grep -q run_end "$m" && continue
           mkdir -p "$OUT/grid"
           # Skip what this machine cannot hold (the dry run predicts it).
-          need=$(mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic \
+          dry=$(mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic \
             --synthetic-count $((k * batch * steps)) --batch "$batch" --batches-per-epoch "$steps" \
             --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" --threads 1 \
-            --profile "$prof" --dry-run | awk '/predicted peak/ {
+            --profile "$prof" --dry-run)
+          need=$(awk '/predicted peak/ {
                 v = $0; sub(/.*predicted peak /, "", v); split(v, a, " ");
-                f = a[2] == "GiB" ? 2^30 : a[2] == "MiB" ? 2^20 : 2^10; s += a[1] * f } END { printf "%.0f", s }')
+                f = a[2] == "GiB" ? 2^30 : a[2] == "MiB" ? 2^20 : 2^10; s += a[1] * f } END { printf "%.0f", s }' <<< "$dry")
+          # Rounds 2..R long enough (as predicted) to average over the host's speed.
+          rounds=$(awk -v r="$ROUNDS" -v t="$MIN_SECONDS" '/^predicted round time:/ {
+                n = int(t / $4) + 2; if (n > r) r = n } END { print r }' <<< "$dry")
           if [ "$need" -gt $(($(available_bytes) * 8 / 10)) ]; then
             note "skipping $name: predicted $((need >> 20)) MiB, $(($(available_bytes) >> 20)) MiB available"
             continue
@@ -133,7 +140,7 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
             --output "$OUT/grid/$name.retimed.json"
           flock -x $LOCK mpirun -n $((1 + n)) "$MPSL" train --model "$model" --synthetic \
             --synthetic-count $((k * batch * steps)) --batch "$batch" --batches-per-epoch "$steps" \
-            --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
+            --rounds "$rounds" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
             --threads 1 --quiet --profile "$prof" --metrics "$m" > /dev/null
         done
       done

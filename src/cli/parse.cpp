@@ -275,7 +275,8 @@ const std::vector<CommandInfo>& command_table() {
        "[--split train|test]",
        true},
       {"profile", "time and size each unit of a model, as input for plan",
-       "mpsl profile --model NAME --batch N [--micro-batches M] [--repeats R] [--device SPEC] "
+       "mpsl profile --model NAME --batch N [--micro-batches M] [--repeats R] [--min-time S] "
+       "[--device SPEC] "
        "--output PROFILE\n       mpsl profile --from PROFILE (--device SPEC | --retime) --output "
        "PROFILE",
        true},
@@ -508,6 +509,9 @@ void add_profile(SpecList& s, ProfileOptions& p) {
   s.integer("batch", p.batch, 1, "N", "mini-batch size");
   s.integer("micro-batches", p.micro_batches, 1, "M", "micro-batches per batch (must divide it)");
   s.integer("repeats", p.repeats, 0, "R", "timed steps per unit (medians); 0 = bytes only");
+  s.number("min-time", p.min_time, Range::kNonNegative,
+           "and time steps for at least this many seconds (medians over a few seconds describe "
+           "a host whose speed moves; 0 = just the repeats)");
   s.integer("concurrency", p.concurrency, -1, "N",
             "time steps with up to N processes training at once (how ranks sharing this host's "
             "cores slow each other), and hops with up to N MPI processes (spawned); "

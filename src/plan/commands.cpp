@@ -288,7 +288,7 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
                                  << p.micro_batches << " micro-batch(es)): " << o.repeats
                                  << " timed step(s)");
       const int threads_before = p.threads;
-      p = plan::retime_profile(*model, p, o.repeats, common.seed);
+      p = plan::retime_profile(*model, p, o.repeats, o.min_time, common.seed);
       // Its placement slowdowns and hops were measured with its thread count.
       if (p.threads != threads_before)
         obs::log_warn("--retime: '" + o.from + "' was measured with " +
@@ -302,6 +302,7 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
     s.batch = o.batch;
     s.micro_batches = o.micro_batches;
     s.repeats = o.repeats;
+    s.min_time_s = o.min_time;
     s.seed = common.seed;
     // How ranks sharing this host's cores slow each other: up to cores + 2 processes.
     s.concurrency = o.repeats <= 0 ? 0

@@ -395,7 +395,8 @@ struct RankSim {
   double asleep_until = 0;  // --emulate: a stage sleeps until its device has finished
   std::vector<Msg> held;    // --emulate: messages waiting for their release, by release time
   double busy = 0;
-  int next = 0;  // round-robin position (owner ranks)
+  double cpu = 0;  // work done, at full speed (the rank's CPU time)
+  int next = 0;    // round-robin position (owner ranks)
   int in_flight = 0, max_in_flight = 0;
   std::vector<int> preferred;
   double core_wait_s = 0;  // Sharing::kStagesFirst: how long its task has waited for a core
@@ -873,9 +874,10 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     for (int r = 0; r < R; ++r) {
       RankSim& x = ranks[r];
       if (x.task == Task::kNone) continue;
-      if (rate_of(x) > 0)
+      if (rate_of(x) > 0) {
         x.remaining -= dt * rate_of(x);
-      else
+        x.cpu += dt * rate_of(x);
+      } else
         x.core_wait_s += dt;
       x.busy += dt;
       if (x.remaining <= eps) finish_task(r);
@@ -905,6 +907,7 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     RankPrediction rp;
     const RankSim& x = ranks[r];
     rp.busy_s = x.busy + agg.busy[r];
+    rp.cpu_s = x.cpu + agg.busy[r];
     rp.max_in_flight = std::max(1, x.max_in_flight);
     if (in_flight_floor) rp.max_in_flight = std::max(rp.max_in_flight, (*in_flight_floor)[r]);
     if (r < O) {

@@ -707,8 +707,10 @@ int train_single(const CommonOptions& common, const TrainOptions& o, const nn::M
                  {"cpu_s", obs::process_cpu_seconds() - cpu_at_start},
                  {"predicted_peak_bytes", pred.available ? nlohmann::json(pred.ranks[0].peak_bytes)
                                                          : nlohmann::json(nullptr)},
-                 {"predicted_busy_s", pred.available ? nlohmann::json(pred.ranks[0].busy_s)
-                                                     : nlohmann::json(nullptr)}});
+                 {"predicted_busy_s",
+                  pred.available ? nlohmann::json(pred.ranks[0].busy_s) : nlohmann::json(nullptr)},
+                 {"predicted_cpu_s",
+                  pred.available ? nlohmann::json(pred.ranks[0].cpu_s) : nlohmann::json(nullptr)}});
   if (emulator.active()) write_emulation(metrics, 0, "single", emulator.stats());
   write_run_end(metrics, seconds_since(t_start),
                 std::max(plan_steps_until(plan, o.rounds), resume.manifest.total_steps),
@@ -1098,28 +1100,30 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
     for (int r = 0; r < topo.world_size; ++r) {
       const double* v = &all[kFields * r];
       const bool has = pred.available && r < static_cast<int>(pred.ranks.size());
-      metrics.write({{"event", "rank_summary"},
-                     {"rank", r},
-                     {"role", v[4] > 0.5 ? "stage" : "owner"},
-                     {"stage", v[4] > 0.5 ? topo.stage_of_rank(r) + 1 : 0},
-                     {"peak_rss_bytes", static_cast<int64_t>(v[0])},
-                     {"tracked_peak_bytes", static_cast<int64_t>(v[5])},
-                     {"receive_buffer_bytes", static_cast<int64_t>(v[6])},
-                     {"send_pool_bytes", static_cast<int64_t>(v[7])},
-                     {"max_in_flight", static_cast<int>(v[8])},
-                     {"in_flight_slots", static_cast<int>(v[10])},
-                     {"busy_s", v[1]},
-                     {"wait_s", v[2]},
-                     {"comm_s", v[3]},
-                     {"cpu_s", v[9]},
-                     {"predicted_peak_bytes",
-                      has ? nlohmann::json(pred.ranks[r].peak_bytes) : nlohmann::json(nullptr)},
-                     {"predicted_busy_s",
-                      has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)},
-                     {"predicted_receive_buffer_bytes",
-                      has ? nlohmann::json(pred.ranks[r].receive_bytes) : nlohmann::json(nullptr)},
-                     {"predicted_max_in_flight", has ? nlohmann::json(pred.ranks[r].max_in_flight)
-                                                     : nlohmann::json(nullptr)}});
+      metrics.write(
+          {{"event", "rank_summary"},
+           {"rank", r},
+           {"role", v[4] > 0.5 ? "stage" : "owner"},
+           {"stage", v[4] > 0.5 ? topo.stage_of_rank(r) + 1 : 0},
+           {"peak_rss_bytes", static_cast<int64_t>(v[0])},
+           {"tracked_peak_bytes", static_cast<int64_t>(v[5])},
+           {"receive_buffer_bytes", static_cast<int64_t>(v[6])},
+           {"send_pool_bytes", static_cast<int64_t>(v[7])},
+           {"max_in_flight", static_cast<int>(v[8])},
+           {"in_flight_slots", static_cast<int>(v[10])},
+           {"busy_s", v[1]},
+           {"wait_s", v[2]},
+           {"comm_s", v[3]},
+           {"cpu_s", v[9]},
+           {"predicted_peak_bytes",
+            has ? nlohmann::json(pred.ranks[r].peak_bytes) : nlohmann::json(nullptr)},
+           {"predicted_busy_s",
+            has ? nlohmann::json(pred.ranks[r].busy_s) : nlohmann::json(nullptr)},
+           {"predicted_cpu_s", has ? nlohmann::json(pred.ranks[r].cpu_s) : nlohmann::json(nullptr)},
+           {"predicted_receive_buffer_bytes",
+            has ? nlohmann::json(pred.ranks[r].receive_bytes) : nlohmann::json(nullptr)},
+           {"predicted_max_in_flight",
+            has ? nlohmann::json(pred.ranks[r].max_in_flight) : nlohmann::json(nullptr)}});
       MPSL_LOG(Debug, "rank " << r << (v[4] > 0.5 ? " stage" : " owner") << ": busy " << v[1]
                               << " s, waiting " << v[2] << " s, communicating " << v[3] << " s");
     }

@@ -131,5 +131,55 @@ TEST(Doorbells, MailboxWaitWakesOnTheSendNotTheTimeout) {
   EXPECT_LT(cpu, 0.1) << "the waiting rank polled instead of sleeping";
 }
 
+// A rank whose large send is still in transfer sleeps while it waits: its receiver rings it
+// when it has copied the message (Open MPI's single copy completes the send only when the
+// sender reads the receiver's note), so the sender neither polls for its send (it did, every
+// 20-160 us: an owner rank took twice its CPU time on shared cores) nor misses its end.
+TEST(Doorbells, ASenderWaitsAsleepUntilItsReceiverHasCopiedTheMessage) {
+  ASSERT_EQ(world_size(), 2) << "run with mpirun -n 2";
+  setenv("MPSL_DOORBELL_TIMEOUT_US", "20000000", 1);
+  Communicator comm = Communicator::world().dup();
+  Mailbox box(comm.get());
+  unsetenv("MPSL_DOORBELL_TIMEOUT_US");
+  constexpr int64_t kLarge = 2 * 1024 * 1024, kSmall = 16;  // 8 MiB: single copy
+  box.listen(1 - world_rank(), kLarge, 2);
+  double waited = 0, cpu = 0;
+  int64_t wakeups = 0;
+  MPSL_MPI_CHECK(MPI_Barrier(comm.get()));
+  if (world_rank() == 1) {
+    float* b = box.send_buffer(kLarge);
+    std::fill(b, b + kLarge, 2.f);
+    box.send(b, kLarge, 0, MessageKind::kActivation, 0, 0);
+    const auto t0 = Clock::now();
+    const double cpu0 = cpu_seconds();
+    Mailbox::Message m = box.wait();  // rank 0's answer, 1.5 s later
+    waited = seconds_since(t0);
+    cpu = cpu_seconds() - cpu0;
+    wakeups = box.doorbell_wakeups();
+    EXPECT_EQ(m.floats, kSmall);
+    box.release(m);
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    Mailbox::Message m = box.wait();
+    EXPECT_EQ(m.floats, kLarge);
+    EXPECT_EQ(m.data[kLarge - 1], 2.f);
+    box.release(m);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    float* b = box.send_buffer(kSmall);
+    std::fill(b, b + kSmall, 1.f);
+    box.send(b, kSmall, 1, MessageKind::kActivationGrad, 0, 0);
+  }
+  box.flush();
+  MPSL_MPI_CHECK(MPI_Bcast(&waited, 1, MPI_DOUBLE, 1, comm.get()));
+  MPSL_MPI_CHECK(MPI_Bcast(&cpu, 1, MPI_DOUBLE, 1, comm.get()));
+  EXPECT_GT(waited, 1.4);
+  EXPECT_LT(waited, 5.0) << "the answer's ring did not wake the sender";
+  if (world_rank() == 1) {
+    // Woken by the receiver's copy and by the answer.
+    EXPECT_GE(wakeups, 2);
+  }
+  EXPECT_LT(cpu, 0.02) << "the sender polled for its send instead of sleeping";
+}
+
 }  // namespace
 }  // namespace mpsl::comm

@@ -1,6 +1,7 @@
 // The profile file, device descriptions, the cost model and the split planner.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -873,6 +874,36 @@ TEST(Device, ParsesSpecs) {
   EXPECT_THROW(Device::parse("slow=-1", "--device"), InputError);
   EXPECT_THROW(Device::parse("fast=2", "--device"), InputError);
   EXPECT_THROW(Device::parse("bw=lots", "--device"), InputError);
+}
+
+// The placement slowdown is against the mean of the windows alone on both sides of the shared
+// one, and never below an even share of the CPUs.
+TEST(ProfilePlacement, SlowdownIsAgainstBothWindowsAloneAndNeverBeatsAnEvenShare) {
+  EXPECT_DOUBLE_EQ(placement_slowdown(3.3, 1.0, 1.2, 4, 2), 3.0);  // 3.3 / 1.1
+  EXPECT_DOUBLE_EQ(placement_slowdown(1.8, 1.0, 1.0, 4, 2), 2.0);  // 4 on 2 CPUs: at least 2
+  EXPECT_DOUBLE_EQ(placement_slowdown(1.4, 1.0, 1.0, 3, 2), 1.5);
+  EXPECT_DOUBLE_EQ(placement_slowdown(0.9, 1.0, 1.0, 2, 2), 1.0);  // a core each: at least 1
+  EXPECT_DOUBLE_EQ(placement_slowdown(2.2, 1.0, 1.0, 2, 2), 2.2);
+  EXPECT_DOUBLE_EQ(placement_slowdown(1.2, 1.0, 1.0, 2, 0), 2.0);  // no CPU count: as one
+}
+
+// Times are taken over at least min_time_s of steps, however few the repeats asked: a profile
+// of a small model over a fraction of a second described whichever moment it fell on.
+TEST(ProfileTimes, StepsAreTimedForAtLeastTheMinimumTime) {
+  auto model = nn::make_model("fmnist-cnn");
+  ProfileSettings s;
+  s.batch = 8;
+  s.repeats = 2;
+  s.warmup = 1;
+  s.min_time_s = 0.3;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Profile p = measure_profile(*model, s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double step = 0;
+  for (const auto& u : p.units) step += u.forward_s + u.backward_s;
+  EXPECT_GT(p.repeats, 2);  // the timed steps actually taken
+  EXPECT_GE(took, 0.3);
+  EXPECT_GT(p.repeats * step, 0.15);  // medians: about the timed 0.3 s
 }
 
 class ProfileFile : public mpsl::testing::TempDirTest {};

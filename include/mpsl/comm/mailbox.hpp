@@ -192,6 +192,7 @@ class Mailbox {
   // else the back-off's pause.
   void idle_step(int& idle, double max_s);
   bool sends_pending() const;
+  bool sends_pending_off_node() const;  // to a rank whose doorbell we cannot ring
   // progress()'s scratch, kept to allocate nothing per poll.
   std::vector<int> t_arrived_, t_index_, t_done_;
   std::vector<MPI_Request> t_requests_;

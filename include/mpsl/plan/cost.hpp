@@ -121,6 +121,7 @@ struct RankPrediction {
   int units_begin = 0, units_end = 0;  // stage part, or part 1 for owners
   int owners_served = 0;
   double busy_s = 0;          // compute per round (training + aggregation)
+  double cpu_s = 0;           // of which its own work at full speed (its CPU time)
   int max_in_flight = 0;      // slots the rank keeps (batches or micro-batches in flight)
   int send_buffers = 0;       // the mailbox's send pool, buffers of the rank's largest message
   int64_t peak_bytes = 0;     // predicted peak resident memory

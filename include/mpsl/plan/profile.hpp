@@ -145,7 +145,8 @@ struct Profile {
 struct ProfileSettings {
   int batch = 128;
   int micro_batches = 1;
-  int repeats = 5;  // timed steps; 0 = bytes only (no timing)
+  int repeats = 5;        // timed steps; 0 = bytes only (no timing)
+  double min_time_s = 0;  // and time steps for at least this long (when repeats > 0)
   int warmup = 2;
   uint64_t seed = 1;
   int concurrency = 0;  // measure the slowdown with up to this many processes (0 = not)
@@ -163,6 +164,12 @@ inline constexpr int64_t kHopProbeBytes = int64_t{64} << 10;
 // measured n's for larger n; 0 when not measured.
 double hop_wait_s(const Profile& p, int n);
 
+// The placement slowdown of `processes` single-threaded processes computing at once on `cpus`:
+// their mean step time over the mean of the windows alone just before and after, and never
+// less than an even share of the CPUs allows (below it, the host's speed moved).
+double placement_slowdown(double shared_step_s, double alone_before_s, double alone_after_s,
+                          int processes, int cpus);
+
 // Measures `model` on this machine with the current OpenMP thread count.
 Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
 
@@ -170,7 +177,8 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
 // micro-batches), its bytes, placement slowdowns and hop times kept: a machine whose speed
 // drifts (a virtual machine's neighbours) is described as it is at the moment, in seconds
 // rather than the minutes a full profile takes.
-Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, uint64_t seed);
+Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, double min_time_s,
+                       uint64_t seed);
 
 // Median of a non-empty vector (copied).
 double median(std::vector<double> v);
