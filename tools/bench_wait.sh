@@ -5,20 +5,29 @@
 # batch 64, synthetic data, one thread per rank; the two sides alternate, each configuration
 # REPS times. Prints per configuration the median round time (rounds 2 on) and the CPU seconds
 # all ranks used per round, of both, and their ratios.
+# --against send-polling: the other side is the doorbell with a sender polling every 20-160 us
+# while a send of its own is in transfer (MPSL_POLL_SENDS=1, as until fe350da) instead of the
+# receiver ringing it when it has copied the message.
 #
-#   tools/bench_wait.sh [--reps N] [--rounds R] [--out FILE.md]
+#   tools/bench_wait.sh [--reps N] [--rounds R] [--against polling|send-polling] [--out FILE.md]
 set -euo pipefail
 source "$(dirname "$0")/lib/bench_common.sh"
-REPS=5 ROUNDS=8 OUT=""
+REPS=5 ROUNDS=8 OUT="" AGAINST=polling
 while [ $# -gt 0 ]; do
   case $1 in
     --reps) REPS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
+    --against) AGAINST=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h|--help) sed -n 2,9p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
     *) echo "bench_wait.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+case $AGAINST in
+  polling) OTHER="MPSL_DOORBELL=0" ;;
+  send-polling) OTHER="MPSL_POLL_SENDS=1" ;;
+  *) echo "bench_wait.sh: --against must be polling or send-polling, got '$AGAINST'" >&2; exit 2 ;;
+esac
 [[ "$REPS" =~ ^[1-9][0-9]*$ ]] || { echo "bench_wait.sh: --reps must be a positive integer, got '$REPS'" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ ]] && [ "$ROUNDS" -ge 3 ] || { echo "bench_wait.sh: --rounds must be a number >= 3, got '$ROUNDS'" >&2; exit 2; }
 bc_build
@@ -30,10 +39,11 @@ trap 'rm -rf "$T"' EXIT
 # name schedule stages owners micro-batches
 CONFIGS=("1f1b 1 4 4" "mpsl 2 4 1" "1f1b 2 4 4" "1f1b 3 4 4" "mpsl 3 8 1")
 
-# run CONFIG DOORBELL FILE: one training run; appends "round_s cpu_s_per_round" to FILE.
+# run CONFIG SETTING FILE: one training run with the environment SETTING (VAR=value);
+# appends "round_s cpu_s_per_round" to FILE.
 run() {
   read -r sched n k micro <<< "$1"
-  MPSL_DOORBELL=$2 mpirun -x MPSL_DOORBELL -n $((1 + n)) "$MPSL_BIN" train --model fmnist-cnn \
+  env "$2" mpirun -x "${2%%=*}" -n $((1 + n)) "$MPSL_BIN" train --model fmnist-cnn \
     --synthetic --synthetic-count $((k * 64 * 4)) --batch 64 --batches-per-epoch 4 \
     --rounds "$ROUNDS" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
     --threads 1 --quiet --metrics "$T/m.jsonl" > /dev/null
@@ -50,16 +60,16 @@ for c in "${CONFIGS[@]}"; do
   f=$T/$(echo "$c" | tr ' ' _)
   : > "$f.bell"; : > "$f.poll"
   for rep in $(seq 1 "$REPS"); do
-    run "$c" 1 "$f.bell"
-    run "$c" 0 "$f.poll"
-    echo "$c rep $rep: doorbell $(tail -1 "$f.bell"), polling $(tail -1 "$f.poll") (round s, CPU s per round)" >&2
+    run "$c" MPSL_DOORBELL=1 "$f.bell"
+    run "$c" "$OTHER" "$f.poll"
+    echo "$c rep $rep: doorbell $(tail -1 "$f.bell"), $AGAINST $(tail -1 "$f.poll") (round s, CPU s per round)" >&2
   done
 done
 
 {
-  echo "## How ranks wait: doorbell vs polling (fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $CORES cores)"
+  echo "## How ranks wait: doorbell vs $AGAINST ($OTHER; fmnist-cnn, batch 64, 4 batches per owner and round, $ROUNDS rounds, median of $REPS alternating runs, $CORES cores)"
   echo
-  echo "| schedule | N | K | ranks | round s, doorbell | round s, polling | ratio | CPU s/round, doorbell | polling | ratio |"
+  echo "| schedule | N | K | ranks | round s, doorbell | round s, $AGAINST | ratio | CPU s/round, doorbell | $AGAINST | ratio |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${CONFIGS[@]}"; do
     f=$T/$(echo "$c" | tr ' ' _)

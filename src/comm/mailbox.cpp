@@ -99,6 +99,7 @@ PollBackOff PollBackOff::from_environment() {
   if (const char* v = std::getenv("MPSL_DOORBELL")) b.doorbell = std::atoi(v) != 0;
   if (const char* v = std::getenv("MPSL_DOORBELL_TIMEOUT_US"))
     b.doorbell_timeout_us = std::max(1, std::atoi(v));
+  if (const char* v = std::getenv("MPSL_POLL_SENDS")) b.poll_sends = std::atoi(v) != 0;
   return b;
 }
 
@@ -437,7 +438,8 @@ void Mailbox::idle_step(int& idle, double max_s) {
   // an owner rank twice the CPU time the cost model gives it (fmnist-cnn, 4 ranks on 2 cores:
   // 0.20 s per round against 0.14), from the stage ranks that shared its cores. A send to a
   // rank without a doorbell here (another node) is polled for as before.
-  if (sends_pending_off_node()) max_s = std::min(max_s, back_off_.sleep_us(idle) * 1e-6);
+  if (back_off_.poll_sends ? sends_pending() : sends_pending_off_node())
+    max_s = std::min(max_s, back_off_.sleep_us(idle) * 1e-6);
   if (!deferred_.empty())  // an emulated send is due then: be up to post it
     max_s = std::min(
         max_s, std::chrono::duration<double>(deferred_.front().release - Clock::now()).count());

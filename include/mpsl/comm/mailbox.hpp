@@ -85,14 +85,18 @@ struct MailboxStats {
 // How the mailbox waits between polls that find nothing: `spin_polls` polls, then sleeps of
 // 20 us doubling up to `max_sleep_us` (spinning steals cores from ranks that share them), or,
 // when every peer it listens to is on this node, sleeps on its doorbell for up to
-// `doorbell_timeout_us` (no longer than those sleeps while a send of its own is pending).
+// `doorbell_timeout_us` (no longer than those sleeps while a send of its own to another node is
+// pending: a peer on this node rings when it has copied the message).
 struct PollBackOff {
   int spin_polls = 5;
   int max_sleep_us = 200;
   bool doorbell = true;
   int doorbell_timeout_us = 1000;
-  // MPSL_POLL_SPIN, MPSL_POLL_SLEEP_US, MPSL_DOORBELL (0: off) and MPSL_DOORBELL_TIMEOUT_US
-  // override the defaults.
+  // Doorbell sleeps no longer than the polling sleeps while a send of its own is in transfer,
+  // even to a peer that rings when it has copied it (as before; for comparisons).
+  bool poll_sends = false;
+  // MPSL_POLL_SPIN, MPSL_POLL_SLEEP_US, MPSL_DOORBELL (0: off), MPSL_DOORBELL_TIMEOUT_US and
+  // MPSL_POLL_SENDS (1: on) override the defaults.
   static PollBackOff from_environment();
   // The sleep after the idle-th fruitless poll in a row (0 while spinning).
   int sleep_us(int idle) const;
