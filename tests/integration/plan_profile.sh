@@ -52,7 +52,8 @@ for u in p['units']:
     u['forward_s'] = u['backward_s'] = 100.0
 json.dump(p, open(sys.argv[2], 'w'))
 " "$T/p.json" "$T/stale.json"
-if timeout 60 "$MPSL" profile --from "$T/stale.json" --retime --repeats 3 --threads 1 --quiet \
+# (--min-time 0: exactly the 3 repeats, not the default 2 s of steps.)
+if timeout 60 "$MPSL" profile --from "$T/stale.json" --retime --repeats 3 --min-time 0 --threads 1 --quiet \
   --output "$T/retimed.json" && $PY -c "
 import json, sys
 a, b = (json.load(open(f)) for f in sys.argv[1:3])
