@@ -434,10 +434,10 @@ void Mailbox::idle_step(int& idle, double max_s) {
   ++idle;
   // A send of ours in progress moves on only while we call MPI. With shared-memory single copy
   // it just awaits the receiver's completion note, and the receiver rings us when it has
-  // copied the message (progress()), so we sleep. Polling for it every 20-160 us instead took
-  // an owner rank twice the CPU time the cost model gives it (fmnist-cnn, 4 ranks on 2 cores:
-  // 0.20 s per round against 0.14), from the stage ranks that shared its cores. A send to a
-  // rank without a doorbell here (another node) is polled for as before.
+  // copied the message (progress()), so we sleep. Polling for it every 20-160 us instead cost
+  // a sender 0.06 s of CPU over a 1.5 s wait, taken from the ranks sharing its cores (asleep:
+  // 0.001 s; test_doorbell.cpp). A send to a rank without a doorbell here (another node) is
+  // polled for as before.
   if (back_off_.poll_sends ? sends_pending() : sends_pending_off_node())
     max_s = std::min(max_s, back_off_.sleep_us(idle) * 1e-6);
   if (!deferred_.empty())  // an emulated send is due then: be up to post it

@@ -831,8 +831,7 @@ Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, 
   s.repeats = repeats;
   s.min_time_s = min_time_s;
   s.seed = seed;
-  Profile p = old;  // bytes, concurrency and hops stay the profile's
-  p.repeats = repeats;
+  Profile p = old;  // bytes, concurrency and hops stay the profile's (measure_times sets repeats)
   p.threads = omp_get_max_threads();
   measure_times(model, s, p);
   return p;
