@@ -1,11 +1,17 @@
 #include "mpsl/comm/hop_probe.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <mutex>
+#include <thread>
 #include <vector>
 
 #include "mpsl/comm/mailbox.hpp"
@@ -39,6 +45,63 @@ void sleep_barrier(MPI_Comm comm) {
 }
 
 constexpr int kTagStop = 3, kTagResult = 4;
+
+// Ends this process (exit code 1, one line saying why) if the probe has not finished by its
+// deadline: neither MPI_Comm_spawn nor a wait on spawned processes can be cancelled, and a
+// runtime that cannot start them, or a child that never answers, would otherwise hang
+// `mpsl profile` for good. Nothing has been written yet (the profile is written at the end), and
+// the children go with this process's MPI runtime.
+class ProbeDeadline {
+ public:
+  ProbeDeadline(double seconds, int processes) {
+    thread_ = std::thread([this, seconds, processes] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      if (done_cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; }))
+        return;
+      char line[512];
+      std::snprintf(line, sizeof line,
+                    "mpsl: error: profile: the hop probe (%d processes started with "
+                    "MPI_Comm_spawn) has not finished after %.0f s; no profile was written. Rerun "
+                    "with --concurrency 0 to profile without placement and hop times, or set "
+                    "MPSL_HOP_PROBE_DEADLINE_S to wait longer\n",
+                    processes, seconds);
+      const ssize_t rc = ::write(STDERR_FILENO, line, std::strlen(line));
+      (void)rc;
+      std::_Exit(1);
+    });
+  }
+  ~ProbeDeadline() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+    }
+    done_cv_.notify_all();
+    thread_.join();
+  }
+  ProbeDeadline(const ProbeDeadline&) = delete;
+  ProbeDeadline& operator=(const ProbeDeadline&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable done_cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// The probe's deadline: a minute plus two seconds per process (a 2-core host's probe takes about
+// 3 s; one on a 64-core node, 66 processes, runs 65 process counts), or MPSL_HOP_PROBE_DEADLINE_S.
+double probe_deadline_s(int processes) {
+  if (const char* v = std::getenv("MPSL_HOP_PROBE_DEADLINE_S"); v && *v) {
+    char* end = nullptr;
+    const double s = std::strtod(v, &end);
+    MPSL_INPUT_CHECK(end && *end == '\0' && s > 0,
+                     std::string("MPSL_HOP_PROBE_DEADLINE_S must be a positive number of "
+                                 "seconds, not '") +
+                         v + "'");
+    return s;
+  }
+  return 60.0 + 2.0 * processes;
+}
 
 // One message size, `repeats` times, between children 0 (sender) and 1 (receiver) while children
 // 2..n-1 compute; returns the receiver's median one-way time (0 on the other children).
@@ -134,6 +197,7 @@ HopTimes measure_hop_times(const std::string& executable, int processes, int64_t
   const std::string b = std::to_string(bytes), r = std::to_string(repeats);
   std::vector<char*> args = {const_cast<char*>(kHopProbeChildArg), const_cast<char*>(b.c_str()),
                              const_cast<char*>(r.c_str()), nullptr};
+  const ProbeDeadline deadline(probe_deadline_s(processes), processes);
   MPI_Comm children = MPI_COMM_NULL;
   std::vector<int> codes(static_cast<size_t>(processes), MPI_SUCCESS);
   // More processes than cores is the point, whatever the user's Open MPI defaults; unbound, as
@@ -187,6 +251,9 @@ int run_hop_probe_child(int argc, char** argv) {
       wait_for(r, "median from its receiver");
     }
   }
+  // Test hook: a probe that never answers (tests/integration/plan_profile.sh).
+  if (const char* v = std::getenv("MPSL_TEST_HOP_PROBE_STALL_S"); v && *v && env.rank() == 0)
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(v)));
   if (env.rank() == 0)
     MPSL_MPI_CHECK(MPI_Send(hop_s.data(), size, MPI_DOUBLE, 0, kTagResult, parent));
   MPSL_MPI_CHECK(MPI_Comm_disconnect(&parent));

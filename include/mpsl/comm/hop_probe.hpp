@@ -12,7 +12,9 @@
 //   child 0 computes, sends `bytes` and computes on, child 1 waits for it as comm::Mailbox
 //   does, and children 2..n-1 compute all the while; the rest sleep. Result: hop_s[n - 1] =
 //   median one-way time (sender's send to receiver's completed receive) with n processes, index
-//   0 unused (0).
+//   0 unused (0). A probe that has not finished by its deadline (60 s + 2 s per process, or
+//   MPSL_HOP_PROBE_DEADLINE_S) ends this process with exit code 1 and a line saying so: neither
+//   the spawn nor a wait on the children can be cancelled.
 #pragma once
 
 #include <cstdint>
