@@ -120,6 +120,10 @@ void print_profile(const Profile& p) {
               secs(p.backward(0, S) * p.micro_batches).c_str(), secs(p.step(0, S)).c_str(),
               ("batch of " + std::to_string(p.batch)).c_str(),
               obs::format_bytes(p.copy_bytes(0, S)).c_str());
+  if (p.timing_drift > 0)
+    std::printf("%d steps timed; the host's speed moved by %.0f%% between their halves%s\n",
+                p.repeats, 100 * p.timing_drift,
+                p.timing_drift > kTimingDriftWarning ? " (unsteady: profile again)" : "");
   if (!p.concurrency.empty()) {
     std::printf("a step takes");
     for (size_t n = 1; n < p.concurrency.size(); ++n)

@@ -292,6 +292,8 @@ nlohmann::json Profile::to_json() const {
           {"in_place_average_s_per_part_byte", in_place_average_s_per_part_byte},
           {"evaluate_s_per_sample", evaluate_s_per_sample},
           {"concurrency", concurrency},
+          {"concurrency_spread", concurrency_spread},
+          {"timing_drift", timing_drift},
           {"placement_cpus", placement_cpus},
           {"hop_s", hop_s},
           {"copy_s_per_byte", copy_s_per_byte},
@@ -331,6 +333,9 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.check_s_per_byte = j.value("check_s_per_byte", 0.0);
     p.assemble_s_per_sample = j.value("assemble_s_per_sample", 0.0);
     if (j.contains("concurrency")) p.concurrency = j["concurrency"].get<std::vector<double>>();
+    if (j.contains("concurrency_spread"))
+      p.concurrency_spread = j["concurrency_spread"].get<std::vector<double>>();
+    p.timing_drift = j.value("timing_drift", 0.0);
     p.placement_cpus = j.value("placement_cpus", 0);
     if (j.contains("hop_s")) p.hop_s = j["hop_s"].get<std::vector<double>>();
     for (const auto& u : j.at("units")) {
@@ -499,6 +504,7 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
   // 10-30% over seconds (docs/cost-model-validation), and a profile of fmnist-cnn's 7 steps
   // (0.25 s) caught whichever moment it fell on; medians over a few seconds describe the host.
   double timed_s = 0;
+  std::vector<double> step_times;  // whole steps, in order: how steady the host was
   for (int it = 0; it < s.warmup + s.repeats || timed_s < s.min_time_s; ++it) {
     const auto step_start = Clock::now();
     times.forward.assign(S, 0.0);
@@ -517,7 +523,9 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
     optim::sgd_step(state, sgd);
     const double st = since(t1);
     if (it < s.warmup) continue;
-    timed_s += since(step_start);
+    const double step_s = since(step_start);
+    timed_s += step_s;
+    step_times.push_back(step_s);
     for (int u = 0; u < S; ++u) {
       fwd[u].push_back(times.forward[u] / s.micro_batches);
       bwd[u].push_back(times.backward[u] / s.micro_batches);
@@ -527,6 +535,16 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
   }
   prog.set_unit_times(nullptr);
   p.repeats = static_cast<int>(step_t.size());
+  p.timing_drift = timing_drift(step_times);
+  if (p.timing_drift > kTimingDriftWarning) {
+    char text[320];
+    std::snprintf(text, sizeof text,
+                  "profile: this host's speed moved by %.0f%% while the steps were timed (the "
+                  "median step of the first half against the second); the times are medians over "
+                  "both. Profile again, or with a longer --min-time, for steadier numbers",
+                  100 * p.timing_drift);
+    obs::log_warn(text);
+  }
   const double step_total = median_of(step_t);
   const double params_total = static_cast<double>(state.layout.param_count);
   for (int u = 0; u < S; ++u) {
@@ -655,12 +673,16 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
     auto* counters = static_cast<StepCounter*>(shared);
     // Three sweeps, each timing alone first; per n the median of the sweeps (a virtual
     // machine's neighbours come and go).
-    constexpr int kSweeps = 3;
     std::vector<std::vector<double>> ratios(max_n + 1);
     // Each n's window lies between two windows alone, and its slowdown is against their mean:
     // against one window alone at the sweep's start, a drift of the host's speed during the
     // sweep read as a slowdown (4 processes on 2 cores: 1.80 in one profile, 2.19 in the next).
-    for (int sweep = 0; sweep < kSweeps; ++sweep) {
+    // Sweeps that disagree (a neighbour of this virtual machine came or went: 1.00 in one grid's
+    // profile and 1.54 in the next for 2 processes on 2 cores) are measured again.
+    int sweeps = 0;
+    for (; sweeps < kPlacementSweeps ||
+           (sweeps < kMaxPlacementSweeps && placement_sweeps_disagree(ratios));
+         ++sweeps) {
       double alone_before = timed();
       for (int n = 2; n <= max_n; ++n) {
         for (int c = 0; c < n; ++c) new (&counters[c]) StepCounter();
@@ -736,8 +758,21 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
     }
     munmap(shared, sizeof(StepCounter) * max_n);
     p.concurrency = {1.0};
-    for (int n = 2; n <= max_n && static_cast<int>(ratios[n].size()) == kSweeps; ++n)
+    p.concurrency_spread = {1.0};
+    for (int n = 2; n <= max_n && static_cast<int>(ratios[n].size()) == sweeps; ++n) {
       p.concurrency.push_back(median_of(ratios[n]));
+      p.concurrency_spread.push_back(spread_of(ratios[n]));
+    }
+    if (placement_sweeps_disagree(ratios, kPlacementSpreadWarning)) {
+      std::string spreads;
+      for (size_t n = 1; n < p.concurrency_spread.size(); ++n)
+        spreads += (n > 1 ? ", " : "") + std::to_string(n + 1) + ": " +
+                   std::to_string(p.concurrency_spread[n]).substr(0, 4);
+      obs::log_warn("profile: the placement sweeps still disagree after " + std::to_string(sweeps) +
+                    " (largest over smallest slowdown per process count: " + spreads +
+                    "); their medians are kept. This host's speed moves: profile again " +
+                    "for steadier slowdowns");
+    }
   }
   if (s.hop_processes >= 2) {
     // Unbound as the placement processes (above): a singleton's MPI runtime, started here,
@@ -835,6 +870,27 @@ Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, 
   p.threads = omp_get_max_threads();
   measure_times(model, s, p);
   return p;
+}
+
+double timing_drift(const std::vector<double>& step_s) {
+  if (step_s.size() < 4) return 0.0;
+  const auto mid = step_s.begin() + static_cast<std::ptrdiff_t>(step_s.size() / 2);
+  const double a = median_of(std::vector<double>(step_s.begin(), mid));
+  const double b = median_of(std::vector<double>(mid, step_s.end()));
+  if (a <= 0 || b <= 0) return 0.0;
+  return std::max(a, b) / std::min(a, b) - 1.0;
+}
+
+double spread_of(const std::vector<double>& v) {
+  if (v.empty()) return 1.0;
+  const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+  return *lo > 0 ? *hi / *lo : 1.0;
+}
+
+bool placement_sweeps_disagree(const std::vector<std::vector<double>>& ratios, double limit) {
+  for (const auto& r : ratios)
+    if (r.size() >= 2 && spread_of(r) > limit) return true;
+  return false;
 }
 
 double placement_slowdown(double shared_step_s, double alone_before_s, double alone_after_s,

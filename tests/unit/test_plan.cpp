@@ -887,6 +887,38 @@ TEST(ProfilePlacement, SlowdownIsAgainstBothWindowsAloneAndNeverBeatsAnEvenShare
   EXPECT_DOUBLE_EQ(placement_slowdown(1.2, 1.0, 1.0, 2, 0), 2.0);  // no CPU count: as one
 }
 
+// The drift between the halves of the timed steps: a host that slowed by 30% half-way reads
+// 0.3 whichever way, a steady one 0, outliers inside a half do not count (medians).
+TEST(ProfileTimes, DriftComparesTheMediansOfTheTwoHalves) {
+  EXPECT_DOUBLE_EQ(timing_drift({}), 0.0);
+  EXPECT_DOUBLE_EQ(timing_drift({1.0, 5.0, 1.0}), 0.0);  // too few steps to say
+  EXPECT_DOUBLE_EQ(timing_drift({1.0, 1.0, 1.0, 1.0}), 0.0);
+  EXPECT_NEAR(timing_drift({1.0, 1.0, 1.0, 1.3, 1.3, 1.3}), 0.3, 1e-12);
+  EXPECT_NEAR(timing_drift({1.3, 1.3, 1.3, 1.0, 1.0, 1.0}), 0.3, 1e-12);
+  EXPECT_NEAR(timing_drift({1.0, 9.0, 1.0, 1.0, 1.0, 1.0, 7.0, 1.0}), 0.0, 1e-12);
+}
+
+// Placement sweeps are measured again while they disagree by more than 25% for some process
+// count; the spread is the largest slowdown over the smallest.
+TEST(ProfilePlacement, SweepsThatDisagreeAreMeasuredAgain) {
+  EXPECT_DOUBLE_EQ(spread_of({}), 1.0);
+  EXPECT_DOUBLE_EQ(spread_of({1.2, 1.5, 1.0}), 1.5);
+  std::vector<std::vector<double>> r(5);
+  EXPECT_FALSE(placement_sweeps_disagree(r));
+  r[2] = {1.0, 1.03, 1.05};
+  r[3] = {1.6, 1.67, 1.61};
+  EXPECT_FALSE(placement_sweeps_disagree(r));
+  r[2] = {1.0, 1.54, 1.5};  // 2 processes on 2 cores: 1.00 in one profile, 1.54 in the next
+  EXPECT_TRUE(placement_sweeps_disagree(r));
+  r[2] = {1.0, 1.25};
+  EXPECT_FALSE(placement_sweeps_disagree(r));  // at the limit
+  r[4] = {2.0};                                // one sweep: nothing to disagree with
+  EXPECT_FALSE(placement_sweeps_disagree(r));
+  r[3] = {1.5, 2.1};  // 1.4: measured again, not yet worth a warning
+  EXPECT_TRUE(placement_sweeps_disagree(r));
+  EXPECT_FALSE(placement_sweeps_disagree(r, kPlacementSpreadWarning));
+}
+
 // Times are taken over at least min_time_s of steps, however few the repeats asked: a profile
 // of a small model over a fraction of a second described whichever moment it fell on.
 TEST(ProfileTimes, StepsAreTimedForAtLeastTheMinimumTime) {
@@ -904,6 +936,9 @@ TEST(ProfileTimes, StepsAreTimedForAtLeastTheMinimumTime) {
   EXPECT_GT(p.repeats, 2);  // the timed steps actually taken
   EXPECT_GE(took, 0.3);
   EXPECT_GT(p.repeats * step, 0.15);  // medians: about the timed 0.3 s
+  // Measured over those steps: the medians of two halves of real steps never match exactly.
+  EXPECT_GT(p.timing_drift, 0);
+  EXPECT_LT(p.timing_drift, 10);
 }
 
 class ProfileFile : public mpsl::testing::TempDirTest {};
@@ -927,10 +962,14 @@ TEST_F(ProfileFile, RoundTripsAndScales) {
   const std::string file = path("p.json");
   Profile with_hops = p;
   with_hops.hop_s = {0.0, 0.00025, 0.0011};
+  with_hops.concurrency_spread = {1.0, 1.08, 1.31};
+  with_hops.timing_drift = 0.07;
   with_hops.write(file);
   const Profile q = Profile::read(file);
   ASSERT_EQ(q.num_units(), p.num_units());
   EXPECT_EQ(q.hop_s, with_hops.hop_s);
+  EXPECT_EQ(q.concurrency_spread, with_hops.concurrency_spread);
+  EXPECT_DOUBLE_EQ(q.timing_drift, 0.07);
   EXPECT_DOUBLE_EQ(q.units[3].forward_s, p.units[3].forward_s);
   EXPECT_EQ(q.units[7].param_bytes, p.units[7].param_bytes);
   // FedAvg both ways: in place, a part per copy (read and written) and a part per element.

@@ -104,6 +104,12 @@ struct Profile {
   // not measured. Shared cores are rarely n/cores-fast: caches, memory bandwidth and the
   // hypervisor all take their share.
   std::vector<double> concurrency;
+  // How far the sweeps behind each concurrency[n - 1] disagreed: the largest over the smallest
+  // (index 0 unused, 1). Empty when not measured (or in profiles written before it existed).
+  std::vector<double> concurrency_spread;
+  // How much this host's speed moved while the steps were timed: the medians of the first and
+  // the second half of the timed steps, the larger over the smaller, minus 1 (0 = not known).
+  double timing_drift = 0;
   // The CPUs the placement processes could run on (0 = not known): the profiling process's
   // cpuset, even when its launcher had bound it to fewer (core/cpus.hpp WidenedAffinity).
   int placement_cpus = 0;
@@ -169,6 +175,22 @@ double hop_wait_s(const Profile& p, int n);
 // less than an even share of the CPUs allows (below it, the host's speed moved).
 double placement_slowdown(double shared_step_s, double alone_before_s, double alone_after_s,
                           int processes, int cpus);
+
+// timing_drift of these step times (in timing order): |median of the second half / median of
+// the first half - 1|, as the larger over the smaller; 0 with fewer than 4 steps.
+double timing_drift(const std::vector<double>& step_s);
+// A drift above kTimingDriftWarning is reported (a warning). Sweeps that disagree by more than
+// kPlacementSpreadLimit are measured again, at most kMaxPlacementSweeps in all, and reported if
+// they still disagree by more than kPlacementSpreadWarning (on this 2-core virtual machine,
+// 3-5 sweeps of the same process count spread by up to 1.36).
+inline constexpr double kTimingDriftWarning = 0.15;
+inline constexpr double kPlacementSpreadLimit = 1.25, kPlacementSpreadWarning = 1.5;
+inline constexpr int kPlacementSweeps = 3, kMaxPlacementSweeps = 5;
+// Whether the placement sweeps so far (ratios[n] = one slowdown per sweep, for each n measured)
+// disagree by more than `limit` for some n.
+bool placement_sweeps_disagree(const std::vector<std::vector<double>>& ratios,
+                               double limit = kPlacementSpreadLimit);
+double spread_of(const std::vector<double>& v);  // largest / smallest (1 when empty)
 
 // Measures `model` on this machine with the current OpenMP thread count.
 Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
