@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <optional>
@@ -671,7 +672,7 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     MPSL_CHECK(shared != MAP_FAILED, "profile: mmap of the step counters failed");
     auto* counters = static_cast<StepCounter*>(shared);
-    // Three sweeps, each timing alone first; per n the median of the sweeps (a virtual
+    // At least three sweeps, each timing alone first; per n the median of the sweeps (a virtual
     // machine's neighbours come and go).
     std::vector<std::vector<double>> ratios(max_n + 1);
     // Each n's window lies between two windows alone, and its slowdown is against their mean:
@@ -765,9 +766,12 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
     }
     if (placement_sweeps_disagree(ratios, kPlacementSpreadWarning)) {
       std::string spreads;
-      for (size_t n = 1; n < p.concurrency_spread.size(); ++n)
-        spreads += (n > 1 ? ", " : "") + std::to_string(n + 1) + ": " +
-                   std::to_string(p.concurrency_spread[n]).substr(0, 4);
+      for (size_t n = 1; n < p.concurrency_spread.size(); ++n) {
+        char item[48];
+        std::snprintf(item, sizeof item, "%s%zu: %.2f", n > 1 ? ", " : "", n + 1,
+                      p.concurrency_spread[n]);
+        spreads += item;
+      }
       obs::log_warn("profile: the placement sweeps still disagree after " + std::to_string(sweeps) +
                     " (largest over smallest slowdown per process count: " + spreads +
                     "); their medians are kept. This host's speed moves: profile again " +

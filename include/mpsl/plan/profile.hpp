@@ -176,8 +176,8 @@ double hop_wait_s(const Profile& p, int n);
 double placement_slowdown(double shared_step_s, double alone_before_s, double alone_after_s,
                           int processes, int cpus);
 
-// timing_drift of these step times (in timing order): |median of the second half / median of
-// the first half - 1|, as the larger over the smaller; 0 with fewer than 4 steps.
+// timing_drift of these step times (in timing order): the larger of the medians of their first
+// and second half over the smaller, minus 1; 0 with fewer than 4 steps.
 double timing_drift(const std::vector<double>& step_s);
 // A drift above kTimingDriftWarning is reported (a warning). Sweeps that disagree by more than
 // kPlacementSpreadLimit are measured again, at most kMaxPlacementSweeps in all, and reported if
