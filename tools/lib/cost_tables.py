@@ -108,7 +108,63 @@ def repeated(dirs):
         if per_grid[d]))
 
 
+def profiles_section(paths):
+    """The section's profiles (OUT/profile-*.json beside OUT/grid/): how steady the host was."""
+    dirs = sorted({os.path.dirname(os.path.dirname(os.path.abspath(p))) for p in paths})
+    files = [os.path.join(d, f) for d in dirs for f in sorted(os.listdir(d))
+             if f.startswith("profile-") and f.endswith(".json") and not f.endswith(".probe.json")]
+    if not files:
+        return
+    print("\n## Profiles\n")
+    print("Step: the whole model's forward and backward per batch. Drift: the medians of the first "
+          "and second half of the timed steps, larger over smaller (above 15% the profile warns). "
+          "Placement: slowdown with 2, 3, ... processes (spread of its sweeps, largest over "
+          "smallest).\n")
+    print("| profile | steps | step ms | drift | placement (spread) |")
+    print("|---|---:|---:|---:|---|")
+    for f in files:
+        pr = json.load(open(f))
+        step = 1e3 * pr["micro_batches"] * sum(u["forward_s"] + u["backward_s"] for u in pr["units"])
+        drift = f"{100 * pr['timing_drift']:.0f}%" if pr.get("timing_drift") else "-"
+        conc, spread = pr.get("concurrency", []), pr.get("concurrency_spread", [])
+        place = ", ".join(f"{c:.2f}" + (f" ({spread[i]:.2f})" if i < len(spread) else "")
+                          for i, c in enumerate(conc) if i > 0) or "-"
+        print(f"| {os.path.basename(f)} | {pr.get('repeats', 0)} | {step:.2f} | {drift} | {place} |")
+
+
+def cpu_section(paths):
+    """Measured CPU per round (all ranks, round 1 included) against the cost model's."""
+    rows = []
+    for p in paths:
+        ev = events(p)
+        start = next((e for e in ev if e["event"] == "run_start"), None)
+        rounds = [e for e in ev if e["event"] == "round_end"]
+        ranks = sorted((e for e in ev if e["event"] == "rank_summary"), key=lambda e: e["rank"])
+        if not start or len(rounds) < 2 or not ranks or \
+                any("predicted_cpu_s" not in r or "cpu_s" not in r for r in ranks):
+            continue
+        n = len(rounds)
+        cpu = sum(r["cpu_s"] for r in ranks) / n
+        pcpu = sum(r["predicted_cpu_s"] for r in ranks)
+        per = " ".join(f"{r['cpu_s'] / n / r['predicted_cpu_s']:.2f}" for r in ranks
+                       if r["predicted_cpu_s"] > 0)
+        rows.append((start["model"], start["schedule"], start["stages"], start["owners"], n, cpu,
+                     pcpu, per))
+    if not rows:
+        return
+    rows.sort()
+    print("\n## CPU time: measured vs predicted, per run\n")
+    print("The ranks' cpu_s per round (round 1 included) against predicted_cpu_s (each rank's "
+          "work at the profile's speed). Above 1: CPU the model does not know of.\n")
+    print("| model | schedule | N | K | rounds | CPU s/round | predicted CPU s | ratio | per rank |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for m, sc, n, k, r, cpu, pcpu, per in rows:
+        print(f"| {m} | {sc} | {n} | {k} | {r} | {cpu:.3f} | {pcpu:.3f} | {cpu / pcpu:.2f} | {per} |")
+
+
 def grid(paths):
+    profiles_section(paths)
+    cpu_section(paths)
     rows, mem = [], []
     for p in paths:
         row = round_row(p)
