@@ -18,6 +18,7 @@
 #include "mpsl/cli/parse.hpp"
 #include "mpsl/comm/hop_probe.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
+#include "mpsl/comm/spawn.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
@@ -88,6 +89,7 @@ int run_train_under_mpi(int argc, char** argv, const cli::ParsedCommand& cmd) {
   try {
     int rc = cli::run_train(cmd.common, cmd.train);
     if (rc != 0 && size > 1) comm::abort_job(rc, "");
+    comm::report_to_parent(rc);  // a run that `mpsl profile` spawned (comm/spawn.hpp)
     return rc;
   } catch (const InputError& e) {
     if (size == 1) {
@@ -124,6 +126,15 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
+  // A command that a running mpsl spawned (comm/spawn.hpp): the same command line after the
+  // marker; the command reports its end to the parent.
+  const bool spawned = argc > 1 && std::string(argv[1]) == comm::kSpawnedChildArg;
+  if (spawned) {
+    for (int i = 1; i + 1 < argc; ++i) argv[i] = argv[i + 1];
+    argv[--argc] = nullptr;
+    // The parent reads the run's metrics; its result line would only clutter the parent's output.
+    if (!std::freopen("/dev/null", "w", stdout)) return 1;
+  }
   cli::ParsedCommand cmd;
   try {
     cmd = cli::parse_command_line(argc, argv);
@@ -134,6 +145,10 @@ int main(int argc, char** argv) {
     apply_common(cmd.common);
   } catch (const InputError& e) {
     report_input_error(e.what());
+    if (spawned) {  // the parent waits for the exit code, which needs MPI
+      comm::MpiEnvironment env(&argc, &argv);
+      comm::report_to_parent(2);
+    }
     return 2;
   } catch (const std::exception& e) {
     report_failure(e.what());

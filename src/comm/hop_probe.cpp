@@ -16,6 +16,7 @@
 
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
+#include "mpsl/comm/spawn.hpp"
 #include "mpsl/core/error.hpp"
 
 namespace mpsl::comm {
@@ -45,48 +46,6 @@ void sleep_barrier(MPI_Comm comm) {
 }
 
 constexpr int kTagStop = 3, kTagResult = 4;
-
-// Ends this process (exit code 1, one line saying why) if the probe has not finished by its
-// deadline: neither MPI_Comm_spawn nor a wait on spawned processes can be cancelled, and a
-// runtime that cannot start them, or a child that never answers, would otherwise hang
-// `mpsl profile` for good. Nothing has been written yet (the profile is written at the end), and
-// the children go with this process's MPI runtime.
-class ProbeDeadline {
- public:
-  ProbeDeadline(double seconds, int processes) {
-    thread_ = std::thread([this, seconds, processes] {
-      std::unique_lock<std::mutex> lock(mutex_);
-      if (done_cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; }))
-        return;
-      char line[512];
-      std::snprintf(line, sizeof line,
-                    "mpsl: error: profile: the hop probe (%d processes started with "
-                    "MPI_Comm_spawn) has not finished after %.0f s; no profile was written. Rerun "
-                    "with --concurrency 0 to profile without placement and hop times, or set "
-                    "MPSL_HOP_PROBE_DEADLINE_S to wait longer\n",
-                    processes, seconds);
-      const ssize_t rc = ::write(STDERR_FILENO, line, std::strlen(line));
-      (void)rc;
-      std::_Exit(1);
-    });
-  }
-  ~ProbeDeadline() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_ = true;
-    }
-    done_cv_.notify_all();
-    thread_.join();
-  }
-  ProbeDeadline(const ProbeDeadline&) = delete;
-  ProbeDeadline& operator=(const ProbeDeadline&) = delete;
-
- private:
-  std::mutex mutex_;
-  std::condition_variable done_cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
 
 // The probe's deadline: a minute plus two seconds per process (a 2-core host's probe takes about
 // 3 s; one on a 64-core node, 66 processes, runs 65 process counts), or MPSL_HOP_PROBE_DEADLINE_S.
@@ -176,53 +135,18 @@ HopTimes measure_hop_times(const std::string& executable, int processes, int64_t
     out.problem = "nothing to measure";
     return out;
   }
-  // MPI is initialised once per process; the environment lives until the process ends.
-  static std::unique_ptr<MpiEnvironment> env;
-  try {
-    if (!MpiEnvironment::initialized()) env = std::make_unique<MpiEnvironment>(nullptr, nullptr);
-  } catch (const std::exception& e) {
-    out.problem = e.what();
-    return out;
-  }
-  if (MpiEnvironment::finalized()) {
-    out.problem = "MPI is already finalised";
-    return out;
-  }
-  MPI_Comm_set_errhandler(MPI_COMM_SELF, MPI_ERRORS_RETURN);
-  // The children are started by Open MPI's daemon, to which /proc/self/exe is itself.
-  std::string program = executable;
-  std::error_code ec;
-  if (const auto target = std::filesystem::read_symlink(executable, ec); !ec)
-    program = target.string();
   const std::string b = std::to_string(bytes), r = std::to_string(repeats);
-  std::vector<char*> args = {const_cast<char*>(kHopProbeChildArg), const_cast<char*>(b.c_str()),
-                             const_cast<char*>(r.c_str()), nullptr};
-  const ProbeDeadline deadline(probe_deadline_s(processes), processes);
-  MPI_Comm children = MPI_COMM_NULL;
-  std::vector<int> codes(static_cast<size_t>(processes), MPI_SUCCESS);
-  // More processes than cores is the point, whatever the user's Open MPI defaults; unbound, as
-  // mpirun leaves the ranks of an oversubscribed job.
-  MPI_Info info = MPI_INFO_NULL;
-  MPSL_MPI_CHECK(MPI_Info_create(&info));
-  MPSL_MPI_CHECK(MPI_Info_set(info, "map_by", "slot:OVERSUBSCRIBE"));
-  MPSL_MPI_CHECK(MPI_Info_set(info, "bind_to", "none"));
-  const int rc = MPI_Comm_spawn(program.c_str(), args.data(), processes, info, 0, MPI_COMM_SELF,
-                                &children, codes.data());
-  MPI_Info_free(&info);
-  if (rc != MPI_SUCCESS || children == MPI_COMM_NULL) {
-    char text[MPI_MAX_ERROR_STRING] = {0};
-    int len = 0;
-    MPI_Error_string(rc, text, &len);
-    out.problem = std::string("MPI_Comm_spawn of ") + std::to_string(processes) +
-                  " probe processes failed: " + text;
-    // Slurm's PMIx, which starts srun's tasks, cannot spawn processes; mpirun's runtime can.
-    if (std::getenv("SLURM_STEP_ID") && !std::getenv("OMPI_COMM_WORLD_SIZE"))
-      out.problem +=
-          "; a process started by srun cannot spawn others: run mpsl profile "
-          "directly in the job script, or under mpirun -n 1";
-    return out;
-  }
-  MPI_Comm_set_errhandler(children, MPI_ERRORS_RETURN);
+  const double deadline_s = probe_deadline_s(processes);
+  char message[512];
+  std::snprintf(message, sizeof message,
+                "mpsl: error: profile: the hop probe (%d processes started with MPI_Comm_spawn) "
+                "has not finished after %.0f s; no profile was written. Rerun with --concurrency 0 "
+                "to profile without placement and hop times, or set MPSL_HOP_PROBE_DEADLINE_S to "
+                "wait longer",
+                processes, deadline_s);
+  const Deadline deadline(deadline_s, message);
+  MPI_Comm children = spawn_children(executable, {kHopProbeChildArg, b, r}, processes, out.problem);
+  if (children == MPI_COMM_NULL) return out;
   out.hop_s.assign(static_cast<size_t>(processes), 0.0);
   MPI_Request req;
   // Child 0 sends the medians; this process sleeps meanwhile (it must not take a core).

@@ -1,9 +1,12 @@
 #include "mpsl/comm/mpi_environment.hpp"
 
+#include "mpsl/comm/spawn.hpp"
+
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 
+#include "mpsl/comm/spawn.hpp"
 #include "mpsl/comm/watchdog.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
@@ -120,6 +123,7 @@ void abort_job(int code, const std::string& why) {
   std::fflush(stdout);
   if (MpiEnvironment::initialized() && !MpiEnvironment::finalized()) {
     g_aborted = true;
+    tell_parent_before_abort(code);  // a job that `mpsl profile` spawned (comm/spawn.hpp)
     MPI_Abort(MPI_COMM_WORLD, code);
     std::_Exit(code);  // MPI_Abort does not return; this is for a library that does
   }

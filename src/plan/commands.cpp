@@ -11,6 +11,7 @@
 #include "mpsl/nn/zoo.hpp"
 #include "mpsl/obs/log.hpp"
 #include "mpsl/obs/memory.hpp"
+#include "mpsl/plan/calibration.hpp"
 #include "mpsl/plan/planner.hpp"
 
 namespace mpsl::plan {
@@ -139,6 +140,15 @@ void print_profile(const Profile& p) {
     for (size_t n = 1; n < p.hop_s.size(); ++n)
       std::printf("%s %.2f ms with %zu processes", n > 1 ? "," : "", p.hop_s[n] * 1e3, n + 1);
     std::printf(" on this host (the receiver waiting, the others computing)\n");
+  }
+  if (!p.pipeline_calibration.empty()) {
+    std::printf("real pipelines took");
+    for (size_t i = 0; i < p.pipeline_calibration.size(); ++i) {
+      const auto& c = p.pipeline_calibration[i];
+      std::printf("%s %.2fx the predicted round with %d ranks", i > 0 ? "," : "", c.factor,
+                  c.ranks);
+    }
+    std::printf(" (the cost model's calibration)\n");
   }
 }
 
@@ -318,6 +328,20 @@ int run_profile(const CommonOptions& common, const ProfileOptions& o) {
     MPSL_LOG(Info, "profiling " << o.model << ": batch " << o.batch << " (" << o.micro_batches
                                 << " micro-batch(es)), " << o.repeats << " timed step(s)");
     p = plan::measure_profile(*model, s);
+    // What a real pipeline loses beyond placement and hops (plan/calibration.hpp).
+    const int ranks = o.pipeline_ranks >= 0
+                          ? o.pipeline_ranks
+                          : std::min(plan::kDefaultCalibrationRanks, s.concurrency);
+    if (ranks >= 2 && s.concurrency >= 2 && p.threads == 1) {
+      plan::CalibrationSettings c;
+      c.max_ranks = ranks;
+      c.seed = common.seed;
+      plan::calibrate_pipeline(*model, p, c);
+    } else if (o.pipeline_ranks >= 2) {
+      obs::log_warn(
+          "profile: --pipeline-ranks needs placement (--concurrency >= 2) and one "
+          "thread (--threads 1); the pipeline is not calibrated");
+    }
   }
   if (!o.device.empty()) p = p.scaled(plan::Device::parse(o.device, "--device"));
   p.write(o.output);

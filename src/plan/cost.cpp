@@ -174,7 +174,7 @@ double profiled_processes(const Scenario& s, int processes) {
 // The speed of each of `busy` ranks computing at once: the profile's measured slowdown
 // (interpolated; beyond its table, its last slowdown per process), else an even share of the
 // cores.
-double share_rate(const Scenario& s, int busy) {
+double placement_rate(const Scenario& s, int busy) {
   if (s.cores <= 0 || busy <= 1) return 1.0;
   const auto& c = s.profile->concurrency;
   if (!c.empty() && s.threads == 1) {
@@ -188,6 +188,15 @@ double share_rate(const Scenario& s, int busy) {
     return 1.0 / slowdown;
   }
   return std::min(1.0, static_cast<double>(s.cores) / (busy * std::max(1, s.threads)));
+}
+
+// The placement rate, slowed by what a real pipeline of as many ranks on the profiled host lost
+// beyond it (the profile's pipeline calibration, measured with one thread per rank): ranks that
+// wake up, wait and exchange messages between tasks lose time that processes computing all the
+// time, as the placement sweep's, do not (docs/cost-model-validation).
+double share_rate(const Scenario& s, int busy) {
+  if (s.cores <= 0 || s.threads != 1) return placement_rate(s, busy);
+  return placement_rate(s, busy) / pipeline_factor(*s.profile, profiled_processes(s, s.ranks()));
 }
 
 // FedAvg at the round's end. Owner ranks: the weighted sums of their owners' parts 1 and P and

@@ -232,6 +232,19 @@ int64_t Profile::work_bytes(const std::vector<std::pair<int, int>>& ranges) cons
   return std::max<int64_t>(own, 0) + shared;
 }
 
+namespace {
+nlohmann::json calibration_json(const std::vector<PipelineCalibration>& v) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const auto& c : v)
+    a.push_back({{"ranks", c.ranks},
+                 {"factor", c.factor},
+                 {"measured_s", c.measured_s},
+                 {"predicted_s", c.predicted_s},
+                 {"speed", c.speed}});
+  return a;
+}
+}  // namespace
+
 Profile Profile::scaled(const Device& d) const {
   Profile p = *this;
   const double f = d.slowdown;
@@ -297,6 +310,7 @@ nlohmann::json Profile::to_json() const {
           {"timing_drift", timing_drift},
           {"placement_cpus", placement_cpus},
           {"hop_s", hop_s},
+          {"pipeline_calibration", calibration_json(pipeline_calibration)},
           {"copy_s_per_byte", copy_s_per_byte},
           {"check_s_per_byte", check_s_per_byte},
           {"assemble_s_per_sample", assemble_s_per_sample},
@@ -339,6 +353,21 @@ Profile Profile::from_json(const nlohmann::json& j, const std::string& what) {
     p.timing_drift = j.value("timing_drift", 0.0);
     p.placement_cpus = j.value("placement_cpus", 0);
     if (j.contains("hop_s")) p.hop_s = j["hop_s"].get<std::vector<double>>();
+    if (j.contains("pipeline_calibration"))
+      for (const auto& c : j["pipeline_calibration"]) {
+        PipelineCalibration x;
+        x.ranks = c.at("ranks").get<int>();
+        x.factor = c.at("factor").get<double>();
+        x.measured_s = c.value("measured_s", 0.0);
+        x.predicted_s = c.value("predicted_s", 0.0);
+        x.speed = c.value("speed", 1.0);
+        MPSL_INPUT_CHECK(x.ranks >= 1 && x.factor > 0 && std::isfinite(x.factor),
+                         what + ": a pipeline calibration entry has ranks < 1 or a factor <= 0");
+        MPSL_INPUT_CHECK(
+            p.pipeline_calibration.empty() || x.ranks > p.pipeline_calibration.back().ranks,
+            what + ": pipeline calibration entries must have increasing ranks");
+        p.pipeline_calibration.push_back(x);
+      }
     for (const auto& u : j.at("units")) {
       UnitProfile x;
       x.index = u.at("index").get<int>();
@@ -537,7 +566,7 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
   prog.set_unit_times(nullptr);
   p.repeats = static_cast<int>(step_t.size());
   p.timing_drift = timing_drift(step_times);
-  if (p.timing_drift > kTimingDriftWarning) {
+  if (p.timing_drift > kTimingDriftWarning && !s.steps_only) {
     char text[320];
     std::snprintf(text, sizeof text,
                   "profile: this host's speed moved by %.0f%% while the steps were timed (the "
@@ -555,6 +584,7 @@ void measure_times(const nn::Model& model, const ProfileSettings& s, Profile& p)
         params_total > 0 ? step_total * (p.units[u].param_bytes / 4.0) / params_total : 0.0;
   }
   p.loss_s = median_of(loss_t);
+  if (s.steps_only) return;
 
   // FedAvg: averaging copies is memory-bound; seconds per byte of one copy, with kept sums.
   {
@@ -860,7 +890,7 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s) {
 }
 
 Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, double min_time_s,
-                       uint64_t seed) {
+                       uint64_t seed, bool steps_only) {
   MPSL_CHECK(repeats > 0, "retime_profile: no timed steps");
   MPSL_CHECK(old.model == model.name() && old.num_units() == model.num_units(),
              "retime_profile: the profile is not of this model");
@@ -870,10 +900,16 @@ Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, 
   s.repeats = repeats;
   s.min_time_s = min_time_s;
   s.seed = seed;
+  s.steps_only = steps_only;
   Profile p = old;  // bytes, concurrency and hops stay the profile's (measure_times sets repeats)
   p.threads = omp_get_max_threads();
   measure_times(model, s, p);
   return p;
+}
+
+double model_step_s(const Profile& p) {
+  const int S = p.num_units();
+  return p.micro_batches * (p.forward(0, S) + p.backward(0, S) + p.loss_s) + p.step(0, S);
 }
 
 double timing_drift(const std::vector<double>& step_s) {
@@ -904,6 +940,19 @@ double placement_slowdown(double shared_step_s, double alone_before_s, double al
   // share of the CPUs: a ratio below that is the host's speed moving, not placement.
   const double even_share = std::max(1.0, static_cast<double>(processes) / std::max(1, cpus));
   return std::max(shared_step_s / alone, even_share);
+}
+
+double pipeline_factor(const Profile& p, double ranks) {
+  const auto& c = p.pipeline_calibration;
+  if (c.empty()) return 1.0;
+  if (ranks <= c.front().ranks) return c.front().factor;
+  if (ranks >= c.back().ranks) return c.back().factor;
+  for (size_t i = 1; i < c.size(); ++i)
+    if (ranks <= c[i].ranks) {
+      const double f = (ranks - c[i - 1].ranks) / (c[i].ranks - c[i - 1].ranks);
+      return c[i - 1].factor + f * (c[i].factor - c[i - 1].factor);
+    }
+  return c.back().factor;
 }
 
 double hop_wait_s(const Profile& p, int n) {

@@ -10,8 +10,10 @@ trap 'rm -rf "$T"' EXIT
 
 # Without the oversubscription that lib_mpi.bash turns on: the hop probe spawns more processes
 # than cores, as a user's plain `mpsl profile` must.
-if timeout 120 env -u OMPI_MCA_rmaps_base_oversubscribe "$MPSL" profile --model fmnist-cnn \
-  --batch 16 --repeats 2 --threads 1 --quiet --output "$T/p.json" && $PY -c "
+mkdir -p "$T/tmp"
+if TMPDIR=$T/tmp timeout 300 env -u OMPI_MCA_rmaps_base_oversubscribe "$MPSL" profile \
+  --model fmnist-cnn --batch 16 --repeats 2 --threads 1 --quiet --output "$T/p.json" &&
+  [ -z "$(ls "$T/tmp")" ] && $PY -c "
 import json, sys
 p = json.load(open(sys.argv[1]))
 assert p['format'] == 'mpsl-profile' and len(p['units']) == 9, p.keys()
@@ -25,10 +27,38 @@ assert all('joined_work_saving_bytes' in x and 'joined_slot_bytes' in x for x in
 # message taking more than nothing and less than 50 ms.
 h, n = p['hop_s'], len(p['concurrency'])
 assert len(h) == n and h[0] == 0 and all(0 < x < 0.05 for x in h[1:]), (h, n)
-" "$T/p.json"; then
-  pass "profile writes per-unit times and bytes, and hop times"
+# The pipeline calibration (spawned mpsl train runs of 2..cores + 2 ranks): measured and
+# predicted rounds, the host's speed, and a factor that is their ratio at that speed.
+c = p['pipeline_calibration']
+assert [x['ranks'] for x in c] == list(range(2, n + 1)), c
+for x in c:
+    assert x['measured_s'] > 0 and x['predicted_s'] > 0 and 0.3 < x['speed'] < 3, x
+    assert abs(x['factor'] - x['measured_s'] / (x['predicted_s'] * x['speed'])) < 1e-9, x
+    assert 0.3 < x['factor'] < 4, x
+print(' '.join('%d: %.2f' % (x['ranks'], x['factor']) for x in c))
+" "$T/p.json" > "$T/calibration" 2>&1; then
+  pass "profile writes per-unit times and bytes, hop times and its pipeline calibration ($(cat "$T/calibration"))"
 else
-  fail "profile"
+  fail "profile: $(tail -3 "$T/calibration")"
+fi
+
+# A calibration run that fails (test hook: its profile is missing) ends the calibration with a
+# warning naming the exit code; the profile is written with the rank counts measured before it,
+# and a profile asked for none has none.
+if MPSL_TEST_CALIBRATION_FAIL_AT=3 timeout 300 "$MPSL" profile --model fmnist-cnn --batch 16 \
+  --repeats 2 --min-time 0 --concurrency 3 --pipeline-ranks 3 --threads 1 --quiet \
+  --output "$T/failed.json" > /dev/null 2> "$T/err" &&
+  grep -q "pipeline calibration stopped at 3 ranks (the run ended with exit code 2)" "$T/err" &&
+  timeout 120 "$MPSL" profile --model fmnist-cnn --batch 16 --repeats 2 --min-time 0 \
+    --concurrency 2 --pipeline-ranks 0 --threads 1 --quiet --output "$T/none.json" &&
+  $PY -c "
+import json, sys
+a, b = (json.load(open(f))['pipeline_calibration'] for f in sys.argv[1:3])
+assert [x['ranks'] for x in a] == [2] and b == [], (a, b)
+" "$T/failed.json" "$T/none.json"; then
+  pass "a failed calibration run leaves the rank counts before it; --pipeline-ranks 0 measures none"
+else
+  fail "failed calibration: $(cat "$T/err")"
 fi
 
 if timeout 60 "$MPSL" profile --from "$T/p.json" --device slow=20,bw=8Mbit --quiet \
@@ -78,8 +108,9 @@ assert all(0 < u['forward_s'] < 1 and 0 < u['backward_s'] < 1 for u in b['units'
 keys = ('output_bytes', 'param_bytes', 'activation_bytes', 'work_bytes', 'slot_input_bytes')
 assert [[u[k] for k in keys] for u in a['units']] == [[u[k] for k in keys] for u in b['units']]
 assert b['concurrency'] == a['concurrency'] and b['hop_s'] == a['hop_s']
+assert b['pipeline_calibration'] == a['pipeline_calibration'] != []
 " "$T/stale.json" "$T/retimed.json"; then
-  pass "profile --from --retime measures the times again, keeps bytes, placement and hops"
+  pass "profile --from --retime measures the times again, keeps bytes, placement, hops and calibration"
 else
   fail "profile --from --retime"
 fi

@@ -11,6 +11,7 @@
 #include "mpsl/core/error.hpp"
 #include "mpsl/nn/zoo.hpp"
 #include "mpsl/obs/memory.hpp"
+#include "mpsl/plan/calibration.hpp"
 #include "mpsl/plan/cost.hpp"
 #include "mpsl/plan/planner.hpp"
 #include "temp_dir_test.hpp"
@@ -308,6 +309,57 @@ TEST(CostModel, PlacementMeasuredOnOtherCpusIsScaledToTheRunsCores) {
   const double four_cores = simulate(s).train_s;
   s.cores = 0;  // a node each
   EXPECT_NEAR(four_cores, simulate(s).train_s, 1e-9);
+}
+
+TEST(CostModel, PipelineCalibrationSlowsRanksThatShareTheHostsCores) {
+  // Three ranks of compute-bound work on 2 cores; the profile's calibration says real pipelines
+  // of 2 and 4 ranks took 1.1x and 1.3x their prediction: 3 ranks take 1.2x.
+  Profile p =
+      make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001}, {0, 0, 0, 0}, 1000);
+  p.concurrency = {1.0, 1.0, 1.5, 2.0};
+  p.placement_cpus = 2;
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 8;
+  s.steps.assign(8, 4);
+  s.cores = 2;
+  const Prediction plain = simulate(s);
+  p.pipeline_calibration = {{2, 1.1, 0, 0, 1}, {4, 1.3, 0, 0, 1}};
+  const Prediction calibrated = simulate(s);
+  EXPECT_NEAR(calibrated.train_s / plain.train_s, 1.2, 0.01);
+  // The ranks' own work (their CPU at the profile's speed) is what it was: only its pace moved.
+  for (size_t r = 0; r < plain.ranks.size(); ++r)
+    EXPECT_NEAR(calibrated.ranks[r].cpu_s, plain.ranks[r].cpu_s, 1e-9);
+  // Ranks with a node each, or with threads the calibration did not run with: not calibrated.
+  s.cores = 0;
+  const double own_nodes = simulate(s).train_s;
+  p.pipeline_calibration.clear();
+  EXPECT_DOUBLE_EQ(simulate(s).train_s, own_nodes);
+  s.cores = 2;
+  s.threads = 2;
+  const double two_threads = simulate(s).train_s;
+  p.pipeline_calibration = {{2, 1.1, 0, 0, 1}, {4, 1.3, 0, 0, 1}};
+  EXPECT_DOUBLE_EQ(simulate(s).train_s, two_threads);
+}
+
+TEST(PipelineCalibration, FactorIsTheLaterRoundsOverThePredictionAtTheMomentsSpeed) {
+  // Round 1 (building every primitive) is left out; the median of the others over the
+  // prediction, at a host 10% slower than when profiled.
+  EXPECT_NEAR(calibration_factor({9.0, 1.21, 1.32, 1.10}, 1.0, 1.1), 1.1, 1e-12);
+  EXPECT_NEAR(calibration_factor({0.5}, 0.25, 1.0), 2.0, 1e-12);  // one round: itself
+  EXPECT_THROW(calibration_factor({}, 1.0, 1.0), std::exception);
+  // Interpolated between measured rank counts, the nearest outside them, 1 when not measured.
+  Profile p;
+  EXPECT_DOUBLE_EQ(pipeline_factor(p, 3), 1.0);
+  p.pipeline_calibration = {{2, 1.1, 0, 0, 1}, {3, 1.2, 0, 0, 1}, {5, 1.6, 0, 0, 1}};
+  EXPECT_DOUBLE_EQ(pipeline_factor(p, 1), 1.1);
+  EXPECT_DOUBLE_EQ(pipeline_factor(p, 2.5), 1.15);
+  EXPECT_DOUBLE_EQ(pipeline_factor(p, 4), 1.4);
+  EXPECT_DOUBLE_EQ(pipeline_factor(p, 9), 1.6);
+  // fmnist-cnn has 9 units: owners keep one at each end, so at most 7 stages (8 ranks).
+  EXPECT_EQ(max_calibration_ranks(9), 8);
+  EXPECT_EQ(max_calibration_ranks(2), 1);
 }
 
 // Two stages holding 1 MB and 3 MB of parameters, averaged at 1e-7 s per byte of a copy
@@ -964,12 +1016,28 @@ TEST_F(ProfileFile, RoundTripsAndScales) {
   with_hops.hop_s = {0.0, 0.00025, 0.0011};
   with_hops.concurrency_spread = {1.0, 1.08, 1.31};
   with_hops.timing_drift = 0.07;
+  with_hops.pipeline_calibration = {{2, 1.05, 0.5, 0.45, 1.01}, {3, 1.12, 0.4, 0.35, 1.02}};
   with_hops.write(file);
   const Profile q = Profile::read(file);
   ASSERT_EQ(q.num_units(), p.num_units());
   EXPECT_EQ(q.hop_s, with_hops.hop_s);
   EXPECT_EQ(q.concurrency_spread, with_hops.concurrency_spread);
   EXPECT_DOUBLE_EQ(q.timing_drift, 0.07);
+  ASSERT_EQ(q.pipeline_calibration.size(), 2u);
+  EXPECT_EQ(q.pipeline_calibration[1].ranks, 3);
+  EXPECT_DOUBLE_EQ(q.pipeline_calibration[1].factor, 1.12);
+  EXPECT_DOUBLE_EQ(q.pipeline_calibration[0].speed, 1.01);
+  EXPECT_DOUBLE_EQ(q.pipeline_calibration[0].predicted_s, 0.45);
+  // Entries out of order, or factors that cannot be, are a malformed file.
+  {
+    Profile bad = with_hops;
+    bad.pipeline_calibration = {{3, 1.1, 0, 0, 1}, {2, 1.2, 0, 0, 1}};
+    bad.write(path("unordered.json"));
+    EXPECT_THROW(Profile::read(path("unordered.json")), InputError);
+    bad.pipeline_calibration = {{2, 0.0, 0, 0, 1}};
+    bad.write(path("zero.json"));
+    EXPECT_THROW(Profile::read(path("zero.json")), InputError);
+  }
   EXPECT_DOUBLE_EQ(q.units[3].forward_s, p.units[3].forward_s);
   EXPECT_EQ(q.units[7].param_bytes, p.units[7].param_bytes);
   // FedAvg both ways: in place, a part per copy (read and written) and a part per element.

@@ -71,6 +71,16 @@ struct UnitProfile {
   int64_t copy_bytes() const { return param_bytes + optimizer_bytes + buffer_bytes; }
 };
 
+// One calibration run (plan/calibration.hpp): `ranks` ranks on the profiled host (one owner rank,
+// ranks - 1 stages) trained a few rounds; factor = measured / predicted round time, with the
+// prediction's times at the host's speed of the moment (speed: the whole model's step timed just
+// before the run over the profile's step; > 1 = slower now).
+struct PipelineCalibration {
+  int ranks = 0;
+  double factor = 1.0;
+  double measured_s = 0, predicted_s = 0, speed = 1.0;
+};
+
 struct Profile {
   std::string model;
   int batch = 128, micro_batches = 1, threads = 1, repeats = 0;
@@ -117,6 +127,10 @@ struct Profile {
   // kHopProbeBytes message between two processes, the receiver waiting as the mailbox does,
   // while n - 2 other processes compute (hop_s[0] unused). Empty when not measured.
   std::vector<double> hop_s;
+  // What a real pipeline on this host loses beyond the above (plan/calibration.hpp): for each
+  // rank count measured, a small `mpsl train` of this model, spawned, against the cost model's
+  // prediction from the rest of this profile. Empty when not measured.
+  std::vector<PipelineCalibration> pipeline_calibration;
   std::vector<UnitProfile> units;
 
   int num_units() const { return static_cast<int>(units.size()); }
@@ -159,6 +173,9 @@ struct ProfileSettings {
   // Measure hop_s with up to this many processes (0 = not); needs MPI_Comm_spawn.
   int hop_processes = 0;
   std::string executable = "/proc/self/exe";  // what the hop probe spawns
+  // Only the units' forward, backward and step times and the loss (no FedAvg, evaluation,
+  // copies, checks or assembly): what a quick look at the host's speed needs.
+  bool steps_only = false;
 };
 
 // The hop probe's message: small enough that its copy is negligible (64 KiB: 0.01 ms between
@@ -169,6 +186,10 @@ inline constexpr int64_t kHopProbeBytes = int64_t{64} << 10;
 // processes share it (n - 2 of them computing): max(0, hop_s[n - 1] - hop_s[1]), the last
 // measured n's for larger n; 0 when not measured.
 double hop_wait_s(const Profile& p, int n);
+
+// The pipeline calibration's factor for `ranks` processes on the profiled host (interpolated
+// between measured rank counts; the nearest measured one outside them); 1 when not measured.
+double pipeline_factor(const Profile& p, double ranks);
 
 // The placement slowdown of `processes` single-threaded processes computing at once on `cpus`:
 // their mean step time over the mean of the windows alone just before and after, and never
@@ -199,8 +220,12 @@ Profile measure_profile(const nn::Model& model, const ProfileSettings& s);
 // micro-batches), its bytes, placement slowdowns and hop times kept: a machine whose speed
 // drifts (a virtual machine's neighbours) is described as it is at the moment, in seconds
 // rather than the minutes a full profile takes.
+// steps_only: only the units' times and the loss (ProfileSettings::steps_only).
 Profile retime_profile(const nn::Model& model, const Profile& old, int repeats, double min_time_s,
-                       uint64_t seed);
+                       uint64_t seed, bool steps_only = false);
+// The whole model's training step of one batch: every unit's forward and backward of each
+// micro-batch, the loss and the optimiser step (from the units' medians).
+double model_step_s(const Profile& p);
 
 // Median of a non-empty vector (copied).
 double median(std::vector<double> v);
