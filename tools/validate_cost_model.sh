@@ -21,12 +21,14 @@
 #
 #   tools/validate_cost_model.sh [--sections "grid headline gain"] [--models "fmnist-cnn vgg19"]
 #       [--owners "2 4 8"] [--stages "1 2 3"] [--schedules "mpsl 1f1b"] [--rounds R] [--out DIR]
-#       [--passes P] [--min-seconds T]
+#       [--passes P] [--min-seconds T] [--pipeline-ranks R]
+# --pipeline-ranks R: profiles calibrate the cost model with real runs of 2..R ranks (-1 =
+# cores + 2; default 0, none: `mpsl profile --pipeline-ranks`; val29 ran with -1)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${MPSL_BUILD_DIR:-$REPO/build}
 SECTIONS="grid headline gain" MODELS="fmnist-cnn vgg19" OWNERS="2 4 8" STAGES="1 2 3"
-SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5 PASSES=1 MIN_SECONDS=10
+SCHEDULES="mpsl 1f1b" OUT="" ROUNDS=5 PASSES=1 MIN_SECONDS=10 PIPELINE_RANKS=0
 ARGS=("$@")
 while [ $# -gt 0 ]; do
   case $1 in
@@ -39,7 +41,8 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --passes) PASSES=$2; shift 2 ;;
     --min-seconds) MIN_SECONDS=$2; shift 2 ;;
-    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+    --pipeline-ranks) PIPELINE_RANKS=$2; shift 2 ;;
+    -h|--help) sed -n 2,26p "$0"; exit 0 ;;
     *) echo "validate_cost_model.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -86,7 +89,7 @@ profile() {  # model batch micro repeats out [concurrency]
   [ -s "$5" ] && return 0
   note "profiling $1 (batch $2, $3 micro-batch(es), $4 repeats)"
   flock -x $LOCK "$MPSL" profile --model "$1" --batch "$2" --micro-batches "$3" --repeats "$4" \
-    --concurrency "${6:--1}" --threads 1 --quiet --output "$5"
+    --concurrency "${6:--1}" --pipeline-ranks "$PIPELINE_RANKS" --threads 1 --quiet --output "$5"
   [ "$4" -gt 0 ] && probe "${5%.json}.probe.json"
   return 0
 }

@@ -518,7 +518,8 @@ void add_profile(SpecList& s, ProfileOptions& p) {
             "-1 = cores + 2, 0 = not");
   s.integer("pipeline-ranks", p.pipeline_ranks, -1, "R",
             "calibrate the cost model with small real runs of 2..R ranks on this host (spawned; "
-            "needs --concurrency): -1 = cores + 2, at most 8; 0 = not");
+            "needs --concurrency): -1 = cores + 2, at most 8; 0 = not (default: experimental, "
+            "one short run per rank count catches the host's slow moments)");
   s.text("device", p.device, "SPEC",
          "describe another device: slow=F,bw=8Mbit,lat=20ms,mem=4G (times scaled by F)");
   s.text("from", p.from, "PROFILE",

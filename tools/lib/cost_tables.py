@@ -119,9 +119,11 @@ def profiles_section(paths):
     print("Step: the whole model's forward and backward per batch. Drift: the medians of the first "
           "and second half of the timed steps, larger over smaller (above 15% the profile warns). "
           "Placement: slowdown with 2, 3, ... processes (spread of its sweeps, largest over "
-          "smallest).\n")
-    print("| profile | steps | step ms | drift | placement (spread) |")
-    print("|---|---:|---:|---:|---|")
+          "smallest). Calibration: real pipelines of 2, 3, ... ranks, measured round over "
+          "predicted at the host's speed of the moment (the factor the cost model applies; "
+          "in brackets the speed, step then over the profile's step).\n")
+    print("| profile | steps | step ms | drift | placement (spread) | calibration (speed) |")
+    print("|---|---:|---:|---:|---|---|")
     for f in files:
         pr = json.load(open(f))
         step = 1e3 * pr["micro_batches"] * sum(u["forward_s"] + u["backward_s"] for u in pr["units"])
@@ -129,7 +131,10 @@ def profiles_section(paths):
         conc, spread = pr.get("concurrency", []), pr.get("concurrency_spread", [])
         place = ", ".join(f"{c:.2f}" + (f" ({spread[i]:.2f})" if i < len(spread) else "")
                           for i, c in enumerate(conc) if i > 0) or "-"
-        print(f"| {os.path.basename(f)} | {pr.get('repeats', 0)} | {step:.2f} | {drift} | {place} |")
+        calib = ", ".join(f"{c['factor']:.2f} ({c['speed']:.2f})"
+                          for c in pr.get("pipeline_calibration", [])) or "-"
+        print(f"| {os.path.basename(f)} | {pr.get('repeats', 0)} | {step:.2f} | {drift} | {place} "
+              f"| {calib} |")
 
 
 def cpu_section(paths):

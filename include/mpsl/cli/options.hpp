@@ -107,10 +107,12 @@ struct ProfileOptions {
   std::string model;
   int batch = 128;
   int micro_batches = 1;
-  int repeats = 5;          // timed steps (medians); 0 = bytes only
-  float min_time = 2.0f;    // and timed for at least this many seconds
-  int concurrency = -1;     // measure placement with up to N processes (-1: cores + 2; 0: not)
-  int pipeline_ranks = -1;  // calibrate with real runs of 2..R ranks (-1: cores + 2, <= 8; 0: not)
+  int repeats = 5;        // timed steps (medians); 0 = bytes only
+  float min_time = 2.0f;  // and timed for at least this many seconds
+  int concurrency = -1;   // measure placement with up to N processes (-1: cores + 2; 0: not)
+  // Calibrate with real runs of 2..R ranks (-1: cores + 2, at most 8; 0: not, the default: one
+  // grid with it, val29, predicted no better; docs/cost-model-validation).
+  int pipeline_ranks = 0;
   std::string output;
   std::string device;   // --device SPEC: describe another device (plan/profile.hpp)
   std::string from;     // --from PROFILE: rescale (--device) or retime an existing profile

@@ -28,8 +28,8 @@
 
 namespace mpsl::plan {
 
-// `mpsl profile`'s default: R = 2..min(cores + 2, kDefaultCalibrationRanks); more ranks than
-// that use the largest measured rank count's factor.
+// `mpsl profile --pipeline-ranks -1`: R = 2..min(cores + 2, kDefaultCalibrationRanks); more
+// ranks than that use the largest measured rank count's factor.
 inline constexpr int kDefaultCalibrationRanks = 8;
 
 struct CalibrationSettings {
