@@ -1,16 +1,10 @@
 #include "mpsl/comm/hop_probe.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 

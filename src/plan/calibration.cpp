@@ -63,13 +63,18 @@ int max_calibration_ranks(int units) {
   return std::max(0, units - 1);
 }
 
+namespace {
+// The median round after the first (which builds every primitive), or the only one.
+double later_rounds_median(const std::vector<double>& round_s) {
+  return median(std::vector<double>(round_s.begin() + (round_s.size() > 1 ? 1 : 0), round_s.end()));
+}
+}  // namespace
+
 double calibration_factor(const std::vector<double>& measured_round_s, double predicted_round_s,
                           double speed) {
   MPSL_CHECK(!measured_round_s.empty() && predicted_round_s > 0 && speed > 0,
              "calibration_factor: nothing measured or predicted");
-  std::vector<double> later(measured_round_s.begin() + (measured_round_s.size() > 1 ? 1 : 0),
-                            measured_round_s.end());
-  return median(later) / (predicted_round_s * speed);
+  return later_rounds_median(measured_round_s) / (predicted_round_s * speed);
 }
 
 void calibrate_pipeline(const nn::Model& model, Profile& p, const CalibrationSettings& s) {
@@ -161,8 +166,7 @@ void calibrate_pipeline(const nn::Model& model, Profile& p, const CalibrationSet
     c.ranks = ranks;
     c.speed = speed;
     c.predicted_s = predicted;
-    c.measured_s =
-        median(std::vector<double>(seconds.begin() + (seconds.size() > 1 ? 1 : 0), seconds.end()));
+    c.measured_s = later_rounds_median(seconds);
     c.factor = calibration_factor(seconds, predicted, speed);
     MPSL_LOG(Info, "profile: " << ranks << " ranks: round " << c.measured_s << " s, predicted "
                                << predicted << " s; the host's speed x" << speed_before

@@ -281,18 +281,24 @@ TEST(CostModel, SharedCoresSlowBusyRanks) {
   EXPECT_GT(shared, 1.8 * alone);
 }
 
+// Three ranks of equal work (an owner rank and two stages), 8 owners of 4 batches each.
+Scenario three_equal_ranks(const Profile& p, int cores) {
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2, 3};
+  s.owners = 8;
+  s.steps.assign(8, 4);
+  s.cores = cores;
+  return s;
+}
+
 TEST(CostModel, PlacementMeasuredOnOtherCpusIsScaledToTheRunsCores) {
   // Three ranks of equal work. The profile measured 1, 2, 3, 4 processes on 2 CPUs: 1.0, 1.0,
   // 1.5 and 2.0 times as slow.
   Profile p =
       make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001}, {0, 0, 0, 0}, 1000);
   p.concurrency = {1.0, 1.0, 1.5, 2.0};
-  Scenario s;
-  s.profile = &p;
-  s.split = {1, 2, 3};
-  s.owners = 8;
-  s.steps.assign(8, 4);
-  s.cores = 2;
+  Scenario s = three_equal_ranks(p, 2);
   const double unknown_cpus = simulate(s).train_s;
   p.placement_cpus = 2;
   EXPECT_DOUBLE_EQ(simulate(s).train_s, unknown_cpus);  // measured on the run's core count
@@ -318,12 +324,7 @@ TEST(CostModel, PipelineCalibrationSlowsRanksThatShareTheHostsCores) {
       make_profile({0.001, 0.01, 0.01, 0.001}, {0.001, 0.02, 0.02, 0.001}, {0, 0, 0, 0}, 1000);
   p.concurrency = {1.0, 1.0, 1.5, 2.0};
   p.placement_cpus = 2;
-  Scenario s;
-  s.profile = &p;
-  s.split = {1, 2, 3};
-  s.owners = 8;
-  s.steps.assign(8, 4);
-  s.cores = 2;
+  Scenario s = three_equal_ranks(p, 2);
   const Prediction plain = simulate(s);
   p.pipeline_calibration = {{2, 1.1, 0, 0, 1}, {4, 1.3, 0, 0, 1}};
   const Prediction calibrated = simulate(s);
