@@ -16,11 +16,18 @@ namespace {
 constexpr int kTagExitCode = 5;
 }  // namespace
 
-Deadline::Deadline(double seconds, std::string message) {
-  thread_ = std::thread([this, seconds, message = std::move(message)] {
+Deadline::Deadline(double seconds, std::string message, std::function<void()> on_expiry) {
+  thread_ = std::thread([this, seconds, message = std::move(message),
+                         on_expiry = std::move(on_expiry)] {
     std::unique_lock<std::mutex> lock(mutex_);
     if (done_cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; }))
       return;
+    if (on_expiry) {
+      try {
+        on_expiry();
+      } catch (...) {  // the exit below matters more than the clean-up
+      }
+    }
     const std::string line = message + "\n";
     const ssize_t rc = ::write(STDERR_FILENO, line.data(), line.size());
     (void)rc;

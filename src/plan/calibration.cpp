@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -41,6 +42,21 @@ class TemporaryFolder {
  private:
   fs::path path_;
 };
+
+// How long a calibration run may take: startup and its rounds ten times slower than the profile
+// says (`expected_s`), or MPSL_CALIBRATION_DEADLINE_S.
+double calibration_deadline_s(double expected_s) {
+  if (const char* v = std::getenv("MPSL_CALIBRATION_DEADLINE_S"); v && *v) {
+    char* end = nullptr;
+    const double s = std::strtod(v, &end);
+    MPSL_INPUT_CHECK(end && *end == '\0' && s > 0,
+                     std::string("MPSL_CALIBRATION_DEADLINE_S must be a positive number of "
+                                 "seconds, not '") +
+                         v + "'");
+    return s;
+  }
+  return 60.0 + 10.0 * expected_s;
+}
 
 // Round times (round_end "seconds") and the last predicted round time of a metrics file.
 bool read_rounds(const fs::path& metrics, std::vector<double>& seconds, double& predicted) {
@@ -135,18 +151,22 @@ void calibrate_pipeline(const nn::Model& model, Profile& p, const CalibrationSet
     MPSL_LOG(Info, "profile: pipeline calibration with " << ranks << " ranks (" << ranks - 1
                                                          << " stage(s), " << s.owners << " owners, "
                                                          << rounds << " rounds)");
-    // A generous deadline: startup, and the rounds ten times slower than the profile says.
-    const double deadline_s = 60.0 + 10.0 * rounds * round_s * ranks;
+    const double deadline_s = calibration_deadline_s(rounds * round_s * ranks);
     char message[512];
     std::snprintf(message, sizeof message,
                   "mpsl: error: profile: the pipeline calibration run with %d ranks (started with "
                   "MPI_Comm_spawn) has not finished after %.0f s; no profile was written. Rerun "
-                  "with --pipeline-ranks 0 to profile without it",
+                  "with --pipeline-ranks 0 to profile without it, or set "
+                  "MPSL_CALIBRATION_DEADLINE_S to wait longer",
                   ranks, deadline_s);
     std::string problem;
     int code = -1;
     {
-      const comm::Deadline deadline(deadline_s, message);
+      // At the deadline the process ends with _Exit: no destructor removes the folder then.
+      const comm::Deadline deadline(deadline_s, message, [&dir] {
+        std::error_code ec;
+        fs::remove_all(dir.path(), ec);
+      });
       code = comm::run_spawned_command(s.executable, args, ranks, problem);
     }
     const double speed_after = code == 0 ? speed_now() : speed_before;

@@ -62,6 +62,23 @@ else
   fail "failed calibration: $(cat "$T/err")"
 fi
 
+# A calibration run that never finishes (its stage sleeps: test hook) ends the profile at the
+# deadline, exit 1 and one line saying what to do; no profile, and its temporary folder is gone
+# although the process ends without destructors.
+mkdir -p "$T/tmp"
+MPSL_TEST_STALL=1:120 MPSL_CALIBRATION_DEADLINE_S=5 TMPDIR="$T/tmp" timeout 100 "$MPSL" profile \
+  --model fmnist-cnn --batch 16 --repeats 2 --min-time 0 --concurrency 2 --pipeline-ranks 2 \
+  --threads 1 --quiet --output "$T/hung.json" > /dev/null 2> "$T/err"
+rc=$?
+if [ $rc = 1 ] && [ "$(grep -c "error:" "$T/err")" = 1 ] &&
+  grep -q "calibration run with 2 ranks (started with MPI_Comm_spawn) has not finished after 5 s" \
+    "$T/err" && grep -q "MPSL_CALIBRATION_DEADLINE_S" "$T/err" && [ ! -e "$T/hung.json" ] &&
+  [ -z "$(find "$T/tmp" -maxdepth 1 -name 'mpsl-calibration-*')" ]; then
+  pass "a calibration run that never finishes ends the profile at its deadline, its folder removed"
+else
+  fail "hung calibration: exit $rc, $(ls "$T/tmp"), stderr $(cat "$T/err")"
+fi
+
 if timeout 60 "$MPSL" profile --from "$T/p.json" --device slow=20,bw=8Mbit --quiet \
   --output "$T/slow.json" && $PY -c "
 import json, sys

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -20,10 +21,12 @@ namespace mpsl::comm {
 inline constexpr const char* kSpawnedChildArg = "--internal-spawned-child";
 
 // Ends this process with exit code 1 and `message` (one line on stderr) unless destroyed within
-// `seconds`. Whatever the process spawned goes with its MPI runtime.
+// `seconds`; `on_expiry` runs first (on the deadline's thread: it may only clean up what the
+// waiting thread does not touch, e.g. remove a temporary folder). Whatever the process spawned
+// goes with its MPI runtime.
 class Deadline {
  public:
-  Deadline(double seconds, std::string message);
+  Deadline(double seconds, std::string message, std::function<void()> on_expiry = {});
   ~Deadline();
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
