@@ -7,7 +7,9 @@
 #             measured peak memory (RSS) of every rank of those runs. A virtual machine's speed
 #             drifts by tens of percent within an hour, so a speed probe (one second of
 #             fmnist-cnn steps) runs beside every profile and before every run; the table also
-#             gives the prediction with the profile's times scaled by probe(run) / probe(profile)
+#             gives the prediction with the profile's times scaled by probe(run) / probe(profile),
+#             with the profile retimed just before the run, and with that retimed profile at the
+#             mean of its speed and the speed of a retime just after the run ("around")
 #   headline  largest per-node memory, multihop (N = 1..4) vs one hop, vgg19 and resnet101,
 #             K in {4,16,100}, batch 128 (predicted from bytes-only profiles)
 #   gain      planner vs an even split by unit count: predicted round-time gain for paper-like
@@ -42,7 +44,7 @@ while [ $# -gt 0 ]; do
     --passes) PASSES=$2; shift 2 ;;
     --min-seconds) MIN_SECONDS=$2; shift 2 ;;
     --pipeline-ranks) PIPELINE_RANKS=$2; shift 2 ;;
-    -h|--help) sed -n 2,26p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,28p "$0"; exit 0 ;;
     *) echo "validate_cost_model.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -145,6 +147,10 @@ if [[ " $SECTIONS " == *" grid "* ]]; then
             --synthetic-count $((k * batch * steps)) --batch "$batch" --batches-per-epoch "$steps" \
             --rounds "$rounds" --owners "$k" --stages "$n" --schedule "$sched" --micro-batches "$micro" \
             --threads 1 --quiet --profile "$prof" --metrics "$m" > /dev/null
+          # And just after it: the mean of the two speeds is the host's during the run, as
+          # near as a measurement outside the run gets.
+          flock -x $LOCK "$MPSL" profile --from "$prof" --retime --repeats 5 --threads 1 --quiet \
+            --output "$OUT/grid/$name.after.json"
         done
       done
     done
@@ -177,6 +183,14 @@ print(s['model'], s['stages'], s['owners'], s['schedule'], s['micro_batches'], s
     fi
     if [ -s "${m%.jsonl}.retimed.json" ]; then
       predict "${m%.jsonl}.retimed.json" "${m%.jsonl}.retimed.pred"
+      # Retimed before and after the run: the before-profile at the mean of both speeds.
+      if [ -s "${m%.jsonl}.after.json" ]; then
+        f=$(python3 -c "import sys; print(0.5 * (1 + float(sys.argv[2]) / float(sys.argv[1])))" \
+          "$(probe_seconds "${m%.jsonl}.retimed.json")" "$(probe_seconds "${m%.jsonl}.after.json")")
+        "$MPSL" profile --from "${m%.jsonl}.retimed.json" --device "slow=$f" --quiet \
+          --output "${m%.jsonl}.around.json"
+        predict "${m%.jsonl}.around.json" "${m%.jsonl}.around.pred"
+      fi
     fi
   done
   $TABLES grid "$OUT"/grid/*.jsonl

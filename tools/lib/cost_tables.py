@@ -183,8 +183,11 @@ def grid(paths):
         speed = float(open(speed_file).read()) if os.path.exists(speed_file) else None
         # With the profile's times measured again just before the run (`profile --retime`).
         retimed = dry_run_predictions(p[: -len(".jsonl")] + ".retimed.pred")
+        # The same at the mean of the speeds retimed just before and just after the run.
+        around = dry_run_predictions(p[: -len(".jsonl")] + ".around.pred")
         rows.append((model, schedule, stages, owners, meas, pred, (pred - meas) / meas,
-                     now[0] if now else None, speed, retimed[0] if retimed else None))
+                     now[0] if now else None, speed, retimed[0] if retimed else None,
+                     around[0] if around else None))
         for e in events(p):
             if e["event"] != "rank_summary":
                 continue
@@ -197,18 +200,24 @@ def grid(paths):
     print("\n## Round time: predicted vs measured (median of rounds 2..R)\n")
     probed = bool(rows) and all(r[7] is not None for r in rows)
     retimed = bool(rows) and all(r[9] is not None for r in rows)
+    around = bool(rows) and all(r[10] is not None for r in rows)
     if probed:
         print("Speed: the probe's step time before the run over its time beside the profile; "
               "'at run speed': the profile's times scaled by it.")
     if retimed:
         print("Retimed: predicted from the profile with its times measured again just before "
               "the run (`mpsl profile --from P --retime`; bytes, placement and hops kept).")
+    if around:
+        print("Around: the retimed profile at the mean of its speed and the speed retimed just "
+              "after the run.")
     print()
     head = "| model | schedule | N | K | measured s | predicted s | error |"
     if probed:
         head += " speed | predicted at run speed s | error |"
     if retimed:
         head += " retimed s | error |"
+    if around:
+        head += " around s | error |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
@@ -217,6 +226,8 @@ def grid(paths):
             line += f" {r[8]:.3f} | {r[7]:.3f} | {100 * (r[7] - r[4]) / r[4]:+.1f}% |"
         if retimed:
             line += f" {r[9]:.3f} | {100 * (r[9] - r[4]) / r[4]:+.1f}% |"
+        if around:
+            line += f" {r[10]:.3f} | {100 * (r[10] - r[4]) / r[4]:+.1f}% |"
         print(line)
 
     def summary(label, err):
@@ -233,6 +244,8 @@ def grid(paths):
             summary("at run speed", lambda r: (r[7] - r[4]) / r[4])
         if retimed:
             summary("retimed before the run", lambda r: (r[9] - r[4]) / r[4])
+        if around:
+            summary("retimed before and after the run", lambda r: (r[10] - r[4]) / r[4])
     mem.sort()
     print("\n## Peak memory per rank: predicted vs measured (peak RSS)\n")
     # In flight: the most batches (micro-batches with 1f1b) the rank held activations for at
