@@ -236,6 +236,29 @@ void grad_check(Net& net, std::vector<float> x, const GradCheck& cfg) {
 
 // ---- 1. gradient checks ----------------------------------------------------------------------
 
+// A new buffer is zero; a copy (constructed or assigned, to a buffer of another size or the
+// same) holds the source's values, and the source is untouched by changes to the copy.
+TEST(FloatBuffer, NewIsZeroAndCopiesHoldTheSourcesValues) {
+  FloatBuffer fresh(1000);
+  for (int64_t i = 0; i < fresh.size(); ++i) ASSERT_EQ(fresh[i], 0.f) << i;
+  FloatBuffer src(1001);
+  for (int64_t i = 0; i < src.size(); ++i) src[i] = 0.5f * static_cast<float>(i) - 7.f;
+  FloatBuffer copy(src);
+  FloatBuffer other_size(3), same_size(1001), empty;
+  other_size = src;
+  same_size = src;
+  empty = src;
+  for (const FloatBuffer* b : {&copy, &other_size, &same_size, &empty}) {
+    ASSERT_EQ(b->size(), src.size());
+    ASSERT_NE(b->data(), src.data());
+    for (int64_t i = 0; i < src.size(); ++i) ASSERT_EQ((*b)[i], src[i]) << i;
+  }
+  copy[5] = 99.f;
+  EXPECT_EQ(src[5], 0.5f * 5 - 7.f);
+  FloatBuffer zero_copy(FloatBuffer(0));
+  EXPECT_EQ(zero_copy.size(), 0);
+}
+
 TEST(NnGradCheck, ConvStride2Pad1Bias) {
   auto m = model_of({1, 3, 7, 7}, layers(conv2d(cs(4, 3, 2, 1))));
   Net net(*m, 2);

@@ -54,6 +54,9 @@ class FloatBuffer {
   void fill(float v);
 
  private:
+  struct Uninitialised {};
+  // Allocated, with only the rounding past `size` zeroed: for a copy that writes every element.
+  FloatBuffer(int64_t size, Uninitialised);
   struct Free {
     void operator()(float* p) const;
   };
