@@ -44,16 +44,7 @@ constexpr int kTagStop = 3, kTagResult = 4;
 // The probe's deadline: a minute plus two seconds per process (a 2-core host's probe takes about
 // 3 s; one on a 64-core node, 66 processes, runs 65 process counts), or MPSL_HOP_PROBE_DEADLINE_S.
 double probe_deadline_s(int processes) {
-  if (const char* v = std::getenv("MPSL_HOP_PROBE_DEADLINE_S"); v && *v) {
-    char* end = nullptr;
-    const double s = std::strtod(v, &end);
-    MPSL_INPUT_CHECK(end && *end == '\0' && s > 0,
-                     std::string("MPSL_HOP_PROBE_DEADLINE_S must be a positive number of "
-                                 "seconds, not '") +
-                         v + "'");
-    return s;
-  }
-  return 60.0 + 2.0 * processes;
+  return deadline_seconds("MPSL_HOP_PROBE_DEADLINE_S", 60.0 + 2.0 * processes);
 }
 
 // One message size, `repeats` times, between children 0 (sender) and 1 (receiver) while children

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <string>
 
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/core/error.hpp"
@@ -15,6 +16,18 @@ namespace mpsl::comm {
 namespace {
 constexpr int kTagExitCode = 5;
 }  // namespace
+
+double deadline_seconds(const char* env_name, double default_s) {
+  const char* v = std::getenv(env_name);
+  if (!v || !*v) return default_s;
+  char* end = nullptr;
+  const double s = std::strtod(v, &end);
+  MPSL_INPUT_CHECK(end && *end == '\0' && s > 0, std::string(env_name) +
+                                                     " must be a positive number of seconds, "
+                                                     "not '" +
+                                                     v + "'");
+  return s;
+}
 
 Deadline::Deadline(double seconds, std::string message, std::function<void()> on_expiry) {
   thread_ = std::thread([this, seconds, message = std::move(message),

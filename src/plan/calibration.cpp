@@ -46,16 +46,7 @@ class TemporaryFolder {
 // How long a calibration run may take: startup and its rounds ten times slower than the profile
 // says (`expected_s`), or MPSL_CALIBRATION_DEADLINE_S.
 double calibration_deadline_s(double expected_s) {
-  if (const char* v = std::getenv("MPSL_CALIBRATION_DEADLINE_S"); v && *v) {
-    char* end = nullptr;
-    const double s = std::strtod(v, &end);
-    MPSL_INPUT_CHECK(end && *end == '\0' && s > 0,
-                     std::string("MPSL_CALIBRATION_DEADLINE_S must be a positive number of "
-                                 "seconds, not '") +
-                         v + "'");
-    return s;
-  }
-  return 60.0 + 10.0 * expected_s;
+  return comm::deadline_seconds("MPSL_CALIBRATION_DEADLINE_S", 60.0 + 10.0 * expected_s);
 }
 
 // Round times (round_end "seconds") and the last predicted round time of a metrics file.

@@ -255,7 +255,8 @@ TEST(FloatBuffer, NewIsZeroAndCopiesHoldTheSourcesValues) {
   }
   copy[5] = 99.f;
   EXPECT_EQ(src[5], 0.5f * 5 - 7.f);
-  FloatBuffer zero_copy(FloatBuffer(0));
+  const FloatBuffer none(0);
+  FloatBuffer zero_copy(none);
   EXPECT_EQ(zero_copy.size(), 0);
 }
 

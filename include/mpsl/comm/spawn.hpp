@@ -20,6 +20,10 @@ namespace mpsl::comm {
 // the child reports its exit code to the parent (report_to_parent).
 inline constexpr const char* kSpawnedChildArg = "--internal-spawned-child";
 
+// A deadline's length: the environment variable `env_name` when set (a positive number of
+// seconds, else an input error naming it), else `default_s`.
+double deadline_seconds(const char* env_name, double default_s);
+
 // Ends this process with exit code 1 and `message` (one line on stderr) unless destroyed within
 // `seconds`; `on_expiry` runs first (on the deadline's thread: it may only clean up what the
 // waiting thread does not touch, e.g. remove a temporary folder). Whatever the process spawned
