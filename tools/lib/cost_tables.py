@@ -63,49 +63,72 @@ def repeated(dirs):
     """The grid measured several times (each grid with its own profiles, taken beside its runs):
     per configuration the median measured round time over the grids against the median
     predicted. A virtual machine's speed drifts by more than the 5% target within minutes, in
-    the runs and in the profiles alike; repeating the grid averages that out of both sides."""
+    the runs and in the profiles alike; repeating the grid averages that out of both sides.
+    Where every grid also retimed its profile before (and after) each run, the medians of those
+    predictions are tabled beside the section profile's."""
+    kinds = [("section's profile", ".pred"), ("retimed before", ".retimed.pred"),
+             ("retimed before and after", ".around.pred")]
     table = {}
     for d in dirs:
         for p in sorted(os.listdir(os.path.join(d, "grid"))):
-            if p.endswith(".jsonl"):
-                r = round_row(os.path.join(d, "grid", p))
-                if r:
-                    table.setdefault(r[0], {})[d] = (r[1], r[2])
+            if not p.endswith(".jsonl"):
+                continue
+            path = os.path.join(d, "grid", p)
+            r = round_row(path)
+            if not r:
+                continue
+            preds = [r[2]]
+            for _, suffix in kinds[1:]:
+                extra = dry_run_predictions(path[: -len(".jsonl")] + suffix)
+                preds.append(extra[0] if extra else None)
+            table.setdefault(r[0], {})[d] = (r[1], preds)
+    # A kind of prediction is tabled only where every run of every grid has it.
+    used = [i for i in range(len(kinds))
+            if table and all(v[1][i] is not None for runs in table.values() for v in runs.values())]
     names = [os.path.basename(os.path.normpath(d)) for d in dirs]
     print(f"\n## Round time over {len(dirs)} grids: median measured vs median predicted\n")
-    print("Each grid's own error per configuration in the last columns.\n")
-    print("| model | schedule | N | K | measured s | predicted s | error | "
-          + " | ".join(names) + " |")
-    print("|---|---|---|---|---|---|---|" + "---|" * len(names))
-    errs, per_grid = [], {d: [] for d in dirs}
+    print("Predictions: " + "; ".join(kinds[i][0] for i in used) + ". Each grid's own error per "
+          f"configuration ({kinds[used[-1]][0] if used else '-'}) in the last columns.\n")
+    head = "| model | schedule | N | K | measured s |"
+    for i in used:
+        head += f" {kinds[i][0]} s | error |"
+    print(head + " " + " | ".join(names) + " |")
+    print("|" + "---|" * (head.count("|") - 1 + len(names)))
+    errs = {i: [] for i in used}
+    per_grid = {i: {d: [] for d in dirs} for i in used}
     for cfg in sorted(table):
         runs = table[cfg]
         meas = statistics.median([m for m, _ in runs.values()])
-        pred = statistics.median([p for _, p in runs.values()])
-        err = (pred - meas) / meas
-        errs.append((cfg[0], abs(err), err))
+        line = f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {meas:.3f} |"
+        for i in used:
+            pred = statistics.median([p[i] for _, p in runs.values()])
+            err = (pred - meas) / meas
+            errs[i].append((cfg[0], abs(err), err))
+            line += f" {pred:.3f} | {100 * err:+.1f}% |"
+            for d, (m, p) in runs.items():
+                per_grid[i][d].append(abs((p[i] - m) / m))
         cells = []
         for d in dirs:
-            if d in runs:
+            if d in runs and used:
                 m, p = runs[d]
-                per_grid[d].append(abs((p - m) / m))
-                cells.append(f"{100 * (p - m) / m:+.0f}%")
+                cells.append(f"{100 * (p[used[-1]] - m) / m:+.0f}%")
             else:
                 cells.append("-")
-        print(f"| {cfg[0]} | {cfg[1]} | {cfg[2]} | {cfg[3]} | {meas:.3f} | {pred:.3f} | "
-              f"{100 * err:+.1f}% | " + " | ".join(cells) + " |")
-    if not errs:
-        return
-    a = [e[1] for e in errs]
-    print(f"\nmedian |error| over the grids' medians: {100 * statistics.median(a):.1f}% over "
-          f"{len(a)} configurations (mean {100 * statistics.mean(a):.1f}%, max {100 * max(a):.1f}%; "
-          f"mean signed error {100 * statistics.mean(e[2] for e in errs):+.1f}%)")
-    for model in sorted({e[0] for e in errs}):
-        m = [e[1] for e in errs if e[0] == model]
-        print(f"  {model}: median |error| {100 * statistics.median(m):.1f}% over {len(m)}")
-    print("each grid alone: " + ", ".join(
-        f"{n} {100 * statistics.median(per_grid[d]):.1f}%" for n, d in zip(names, dirs)
-        if per_grid[d]))
+        print(line + " " + " | ".join(cells) + " |")
+    for i in used:
+        a = [e[1] for e in errs[i]]
+        if not a:
+            continue
+        print(f"\n{kinds[i][0]}: median |error| over the grids' medians "
+              f"{100 * statistics.median(a):.1f}% over {len(a)} configurations (mean "
+              f"{100 * statistics.mean(a):.1f}%, max {100 * max(a):.1f}%; mean signed error "
+              f"{100 * statistics.mean(e[2] for e in errs[i]):+.1f}%)")
+        for model in sorted({e[0] for e in errs[i]}):
+            m = [e[1] for e in errs[i] if e[0] == model]
+            print(f"  {model}: median |error| {100 * statistics.median(m):.1f}% over {len(m)}")
+        print("  each grid alone: " + ", ".join(
+            f"{n} {100 * statistics.median(per_grid[i][d]):.1f}%" for n, d in zip(names, dirs)
+            if per_grid[i][d]))
 
 
 def profiles_section(paths):
