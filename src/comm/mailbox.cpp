@@ -525,4 +525,11 @@ void wait_watched(MPI_Request& request, const std::function<std::string()>& desc
   }
 }
 
+void broadcast_watched(void* buffer, int count, MPI_Datatype type, int root, MPI_Comm comm,
+                       const std::function<std::string()>& describe) {
+  MPI_Request request = MPI_REQUEST_NULL;
+  MPSL_MPI_CHECK(MPI_Ibcast(buffer, count, type, root, comm, &request));
+  wait_watched(request, describe);
+}
+
 }  // namespace mpsl::comm

@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 #include "mpsl/comm/mpi_environment.hpp"
@@ -100,6 +101,10 @@ void append_event(std::string& out, const TraceEvent& e, int pid) {
   if (e.micro >= 0) out += ",\"micro\":" + std::to_string(e.micro);
   if (e.peer >= 0) out += ",\"peer\":" + std::to_string(e.peer);
   if (e.bytes >= 0) out += ",\"bytes\":" + std::to_string(e.bytes);
+  if (e.cpu_us >= 0) {
+    n = std::snprintf(buf, sizeof buf, ",\"cpu_ms\":%.3f", e.cpu_us * 1e-3);
+    out.append(buf, static_cast<size_t>(n));
+  }
   out += "}}";
 }
 
@@ -196,14 +201,20 @@ double Tracer::now_us() const {
       .count();
 }
 
+double Tracer::process_cpu_us() {
+  timespec ts{};
+  if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return 0;
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) * 1e-3;
+}
+
 void Tracer::record(Activity a, double start_us, double end_us, int owner, int micro, int peer,
-                    int64_t bytes) {
+                    int64_t bytes, double cpu_us) {
   if (events_.size() >= kMaxEvents) {
     ++dropped_;
     return;
   }
   events_.push_back(TraceEvent{start_us, end_us - start_us, round_, owner, micro, peer, bytes,
-                               static_cast<uint8_t>(a)});
+                               static_cast<float>(cpu_us), static_cast<uint8_t>(a)});
 }
 
 void Tracer::write(MPI_Comm world, const std::string& path) {

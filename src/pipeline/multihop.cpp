@@ -122,7 +122,8 @@ std::vector<int> agree_on_late(std::vector<int> late, int owners, bool active) {
   MPSL_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
   comm::audit_message("late-owners", rank == 0 ? -1 : 0, static_cast<int64_t>(owners * sizeof(int)),
                       rank == 0);
-  MPSL_MPI_CHECK(MPI_Bcast(late.data(), owners, MPI_INT, 0, MPI_COMM_WORLD));
+  comm::broadcast_watched(late.data(), owners, MPI_INT, 0, MPI_COMM_WORLD,
+                          [] { return std::string("rank 0's list of the round's late owners"); });
   return late;
 }
 
@@ -535,7 +536,8 @@ class OwnerRuntime : public RankRuntime {
     // Everyone learns how many evaluation batches will come.
     obs::Span span(obs::Activity::kEval);
     int64_t count = test ? test->count : 0;
-    MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    comm::broadcast_watched(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD,
+                            [] { return std::string("rank 0's evaluation batch count"); });
     comm::audit_message("eval-count", rank_ == 0 ? -1 : 0, sizeof count, rank_ == 0);
     if (rank_ != 0 || count == 0) return {0, 0};
     // All owners hold the same aggregated parts, except carried late owners: then the
@@ -1310,7 +1312,8 @@ class StageRuntime : public RankRuntime {
   std::pair<double, double> evaluate(const data::Dataset*) override {
     obs::Span span(obs::Activity::kEval);
     int64_t count = 0;
-    MPSL_MPI_CHECK(MPI_Bcast(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD));
+    comm::broadcast_watched(&count, 1, MPI_INT64_T, 0, MPI_COMM_WORLD,
+                            [] { return std::string("rank 0's evaluation batch count"); });
     comm::audit_message("eval-count", 0, sizeof count, false);
     if (replica_ != 0) return {0, 0};  // replica 0 evaluates: every replica holds the average
     const int prev = stage_ == 0 ? 0 : t_.rank_of_stage(stage_ - 1);

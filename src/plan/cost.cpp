@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <deque>
 #include <limits>
 #include <map>
@@ -616,6 +617,10 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     if (from.bandwidth <= 0 && to.bandwidth <= 0) {
       m.t = now + std::max(link_latency(from), link_latency(to));
       m.copy_s = to.slowdown * static_cast<double>(m.bytes) / kLocalBandwidth;
+      // Ranks outnumbering the cores: each message wakes a rank that takes a core from another
+      // (kOversubscribedMessageCpuS).
+      if (s.cores > 0 && s.ranks() * std::max(1, s.threads) > s.cores)
+        m.copy_s += to.slowdown * kOversubscribedMessageCpuS;
       // On shared cores the message also waits for both ends to be scheduled: the profile's
       // hop probe with the two ends and every other rank computing now.
       if (s.cores > 0 && s.threads == 1) {

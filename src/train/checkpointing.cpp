@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "mpsl/comm/audit.hpp"
+#include "mpsl/comm/mailbox.hpp"
 #include "mpsl/comm/mpi_environment.hpp"
 #include "mpsl/core/error.hpp"
 #include "mpsl/obs/log.hpp"
@@ -350,7 +351,8 @@ int64_t Checkpointer::next_stop(int round, int64_t step) const {
 bool Checkpointer::rank0_decides(bool mine) {
   int64_t v[2] = {mine ? 1 : 0, probe_steps_};
   if (rank_ == 0) v[1] = probe_steps_;
-  MPSL_MPI_CHECK(MPI_Bcast(v, 2, MPI_INT64_T, 0, MPI_COMM_WORLD));
+  comm::broadcast_watched(v, 2, MPI_INT64_T, 0, MPI_COMM_WORLD,
+                          [] { return std::string("rank 0's checkpoint decision"); });
   probe_steps_ = v[1];
   return v[0] != 0;
 }

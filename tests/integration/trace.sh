@@ -4,7 +4,7 @@
 # process and thread names as "M" metadata), with forward, backward, optimizer, send, receive
 # and aggregation spans from every rank, owner and micro-batch ids on the pipeline spans, and
 # clocks aligned across ranks (every stage-1 forward of a micro-batch starts after the owner
-# rank began sending it). A single process traces its steps; a bad --trace path is refused.
+# rank began sending it), and the CPU time of the compute spans. A single process traces its steps; a bad --trace path is refused.
 set -uo pipefail
 MPSL=${1:?usage: trace.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
@@ -64,6 +64,14 @@ for key, starts in fw.items():
     for s0, f0 in zip(sorted(sends[key]), sorted(starts)):
         bad += f0 < s0
 assert bad == 0, f"{bad} stage forwards start before their send: clocks not aligned"
+# Compute spans carry the process's CPU time: measured (not all zero), never negative, and with
+# one thread per rank not above the span's length (ms; a little slack for clock granularity).
+comp = [e for e in spans if e["name"] in ("forward", "backward", "optimizer")]
+assert all("cpu_ms" in e["args"] for e in comp), "a compute span without cpu_ms"
+assert all(0 <= e["args"]["cpu_ms"] <= e["dur"] / 1e3 * 1.1 + 0.5 for e in comp), \
+    [e for e in comp if not 0 <= e["args"]["cpu_ms"] <= e["dur"] / 1e3 * 1.1 + 0.5][:3]
+assert sum(e["args"]["cpu_ms"] for e in comp) > 0.2 * sum(e["dur"] for e in comp) / 1e3, \
+    "compute spans' cpu_ms far below their length"
 print(f"{len(spans)} spans, {len(meta)} metadata records, ranks {sorted(by_rank)}")
 PY
 ); then

@@ -131,6 +131,27 @@ TEST(Doorbells, MailboxWaitWakesOnTheSendNotTheTimeout) {
   EXPECT_LT(cpu, 0.1) << "the waiting rank polled instead of sleeping";
 }
 
+// broadcast_watched: a rank that reaches a broadcast long before its root waits without taking
+// a core (a blocking MPI_Bcast polls it: 0.3 s of CPU here), and gets the root's value.
+TEST(Doorbells, BroadcastWaitsWithoutPollingACore) {
+  ASSERT_EQ(world_size(), 2) << "run with mpirun -n 2";
+  Communicator comm = Communicator::world().dup();
+  int64_t value = world_rank() == 0 ? 42 : 0;
+  double waited = 0, cpu = 0;
+  MPSL_MPI_CHECK(MPI_Barrier(comm.get()));
+  if (world_rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto t0 = Clock::now();
+  const double cpu0 = cpu_seconds();
+  broadcast_watched(&value, 1, MPI_INT64_T, 0, comm.get(), [] { return std::string("a test"); });
+  waited = seconds_since(t0);
+  cpu = cpu_seconds() - cpu0;
+  EXPECT_EQ(value, 42);
+  MPSL_MPI_CHECK(MPI_Bcast(&waited, 1, MPI_DOUBLE, 1, comm.get()));
+  MPSL_MPI_CHECK(MPI_Bcast(&cpu, 1, MPI_DOUBLE, 1, comm.get()));
+  EXPECT_GT(waited, 0.2);
+  EXPECT_LT(cpu, 0.1) << "the rank waiting for the root's broadcast polled instead of sleeping";
+}
+
 // A rank whose large send is still in transfer sleeps while it waits: its receiver rings it
 // when it has copied the message (Open MPI's single copy completes the send only when the
 // sender reads the receiver's note), so the sender neither polls for its send (it did, every

@@ -227,10 +227,34 @@ TEST(CostModel, LocalMessagesCostTheirReceiverCpu) {
   s.owners = 2;
   s.steps = {5, 5};
   s.cores = 1;
-  const double work = 2 * 5 * (0.01 + 0.02 + 0.09 + 0.04 + 0.02 + 4 * 1e7 / kLocalBandwidth);
+  const double work =
+      2 * 5 *
+      (0.01 + 0.02 + 0.09 + 0.04 + 0.02 + 4 * (1e7 / kLocalBandwidth + kOversubscribedMessageCpuS));
   const double shared = simulate(s).train_s;
   EXPECT_GT(shared, work - 1e-9);
   EXPECT_LT(shared, work + 4 * kLocalLatency + 0.02);
+}
+
+TEST(CostModel, MessagesCostMoreWhenRanksOutnumberTheCores) {
+  // One owner, one stage: one task at a time, four local messages per batch. With a core per
+  // rank a message costs its copy; with two ranks on one core each also costs its receiver
+  // kOversubscribedMessageCpuS of CPU (the rank it wakes takes the core from the other).
+  const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2};
+  s.owners = 1;
+  s.steps = {5};
+  const double hop = kLocalLatency + 1e6 / kLocalBandwidth;
+  const double trip = 0.01 + hop + 0.02 + hop + (0.03 + 0.06) + hop + 0.04 + hop + 0.02;
+  s.cores = 2;
+  const Prediction own = simulate(s);
+  EXPECT_NEAR(own.train_s, 5 * trip, 1e-9);
+  s.cores = 1;
+  const Prediction shared = simulate(s);
+  EXPECT_NEAR(shared.train_s, 5 * (trip + 4 * kOversubscribedMessageCpuS), 1e-9);
+  // The stage rank receives an activation and a gradient per batch.
+  EXPECT_NEAR(shared.ranks[1].cpu_s - own.ranks[1].cpu_s, 5 * 2 * kOversubscribedMessageCpuS, 1e-9);
 }
 
 TEST(CostModel, EvaluationKeepsTwoBatchesInFlight) {

@@ -3,8 +3,10 @@
 // JSON file (atomically), which Perfetto (ui.perfetto.dev) and chrome://tracing open.
 //
 // One process per rank (pid = rank, named after its role), one row (tid) per activity. Spans
-// carry the round and, where they have one, the logical owner, micro-batch, peer rank and bytes.
-// While tracing is off a span costs one load of a flag; recording is a push into a vector.
+// carry the round and, where they have one, the logical owner, micro-batch, peer rank and bytes,
+// and the CPU time the rank's process used during them (cpu_ms: below the span's length when
+// the rank waited for a core, as ranks sharing cores do). While tracing is off a span costs one
+// load of a flag; recording is a push into a vector.
 #pragma once
 
 #include <mpi.h>
@@ -40,6 +42,7 @@ struct TraceEvent {
   int32_t micro;  // -1: none
   int32_t peer;   // -1: none
   int64_t bytes;  // -1: none
+  float cpu_us;   // the process's CPU time during the span; -1: not measured
   uint8_t activity;
 };
 
@@ -55,12 +58,14 @@ class Tracer {
   void start(MPI_Comm comm);
   // Microseconds since the origin, on rank 0's clock.
   double now_us() const;
+  // Microseconds of CPU time this process has used (all its threads).
+  static double process_cpu_us();
   void set_round(int round) { round_ = round; }
   int round() const { return round_; }
   void set_process_name(std::string name) { process_name_ = std::move(name); }
 
   void record(Activity a, double start_us, double end_us, int owner = -1, int micro = -1,
-              int peer = -1, int64_t bytes = -1);
+              int peer = -1, int64_t bytes = -1, double cpu_us = -1);
 
   // Collective on `comm`: gathers every rank's spans on rank 0, which writes `path` (temporary
   // file, fsync, rename). Stops recording.
@@ -84,7 +89,10 @@ class Span {
  public:
   explicit Span(Activity a, int owner = -1, int micro = -1, int peer = -1, int64_t bytes = -1)
       : on_(Tracer::on()), a_(a), owner_(owner), micro_(micro), peer_(peer), bytes_(bytes) {
-    if (on_) start_ = Tracer::instance().now_us();
+    if (on_) {
+      start_ = Tracer::instance().now_us();
+      cpu_start_ = Tracer::process_cpu_us();
+    }
   }
   ~Span() { end(); }
   Span(const Span&) = delete;
@@ -93,7 +101,7 @@ class Span {
     if (!on_) return;
     on_ = false;
     Tracer::instance().record(a_, start_, Tracer::instance().now_us(), owner_, micro_, peer_,
-                              bytes_);
+                              bytes_, Tracer::process_cpu_us() - cpu_start_);
   }
 
  private:
@@ -102,6 +110,7 @@ class Span {
   int owner_, micro_, peer_;
   int64_t bytes_;
   double start_ = 0;
+  double cpu_start_ = 0;
 };
 
 }  // namespace mpsl::obs

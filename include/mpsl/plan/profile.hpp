@@ -40,6 +40,13 @@ struct Device {
 // start in fmnist-cnn runs with idle cores (docs/cost-model-validation).
 inline constexpr double kLocalBandwidth = 6.0e9;
 inline constexpr double kLocalLatency = 60e-6;
+// What a message costs its receiver beyond the copy when the host's ranks outnumber its cores:
+// the rank it wakes takes a core from another, and both come back to cold caches. Measured in
+// traces of fmnist-cnn mpsl, 4 ranks on 2 cores (each span's process CPU time): 0.5-0.9 ms of
+// CPU per message received beyond bytes / kLocalBandwidth; fitted on grid val31 (the value that
+// leaves the 3- and 4-rank runs unbiased) and checked on val32 and val33
+// (docs/cost-model-validation, seventeenth session). Not charged when every rank has a core.
+inline constexpr double kOversubscribedMessageCpuS = 0.3e-3;
 
 struct UnitProfile {
   int index = 0;
