@@ -44,8 +44,9 @@ inline constexpr double kLocalLatency = 60e-6;
 // the rank it wakes takes a core from another, and both come back to cold caches. Measured in
 // traces of fmnist-cnn mpsl, 4 ranks on 2 cores (each span's process CPU time): 0.5-0.9 ms of
 // CPU per message received beyond bytes / kLocalBandwidth; fitted on grid val31 (the value that
-// leaves the 3- and 4-rank runs unbiased) and checked on val32 and val33
-// (docs/cost-model-validation, seventeenth session). Not charged when every rank has a core.
+// leaves the 3- and 4-rank runs unbiased) and checked on val32-val34 (per configuration, the
+// median error of predictions from profiles made before the runs 4.4% and 5.0%, without it
+// 6.8% and 6.6%) and val35 (docs/cost-model-validation). Not charged when every rank has a core.
 inline constexpr double kOversubscribedMessageCpuS = 0.3e-3;
 
 struct UnitProfile {
