@@ -4,7 +4,8 @@
 # process and thread names as "M" metadata), with forward, backward, optimizer, send, receive
 # and aggregation spans from every rank, owner and micro-batch ids on the pipeline spans, and
 # clocks aligned across ranks (every stage-1 forward of a micro-batch starts after the owner
-# rank began sending it), and the CPU time of the compute spans. A single process traces its steps; a bad --trace path is refused.
+# rank began sending it), and the CPU time of the compute spans. A single process traces its
+# steps; a bad --trace path is refused.
 set -uo pipefail
 MPSL=${1:?usage: trace.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
