@@ -47,6 +47,7 @@ const char* category(Activity a) {
       return "compute";
     case Activity::kSend:
     case Activity::kReceive:
+    case Activity::kCopyIn:
       return "comm";
     case Activity::kWait:
       return "wait";
@@ -144,6 +145,8 @@ const char* activity_name(Activity a) {
       return "eval";
     case Activity::kStep:
       return "step";
+    case Activity::kCopyIn:
+      return "copy in";
     default:
       return "?";
   }
@@ -253,11 +256,25 @@ void Tracer::write(MPI_Comm world, const std::string& path) {
   events_.shrink_to_fit();
   if (rank != 0) return;
 
-  std::string out = "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"mpsl\",\"ranks\":" +
-                    std::to_string(size) + ",\"clock\":\"steady clock, aligned to rank 0\"";
+  std::vector<std::string> process_names(static_cast<size_t>(size));
+  std::vector<int64_t> spans(static_cast<size_t>(size));
   int64_t dropped = 0;
-  for (int r = 0; r < size; ++r) dropped += counts[2 * r + 1];
-  out += ",\"dropped_spans\":" + std::to_string(dropped) + "},\n\"traceEvents\":[";
+  for (int r = 0; r < size; ++r) {
+    process_names[r] = std::string(&names[static_cast<size_t>(kNameChars) * r]);
+    spans[r] = counts[2 * r];
+    dropped += counts[2 * r + 1];
+  }
+  write_chrome_trace(path, process_names, all, spans,
+                     ",\"clock\":\"steady clock, aligned to rank 0\",\"dropped_spans\":" +
+                         std::to_string(dropped));
+}
+
+void write_chrome_trace(const std::string& path, const std::vector<std::string>& names,
+                        const std::vector<TraceEvent>& events, const std::vector<int64_t>& counts,
+                        const std::string& other_data) {
+  const int size = static_cast<int>(names.size());
+  std::string out = "{\"displayTimeUnit\":\"ms\",\"otherData\":{\"producer\":\"mpsl\",\"ranks\":" +
+                    std::to_string(size) + other_data + "},\n\"traceEvents\":[";
   bool first = true;
   auto meta = [&](const std::string& what, int pid, int tid, const std::string& args) {
     out += first ? "\n" : ",\n";
@@ -267,8 +284,7 @@ void Tracer::write(MPI_Comm world, const std::string& path) {
     out += ",\"args\":{" + args + "}}";
   };
   for (int r = 0; r < size; ++r) {
-    std::string n(&names[static_cast<size_t>(kNameChars) * r]);
-    if (n.empty()) n = "rank " + std::to_string(r);
+    const std::string n = names[r].empty() ? "rank " + std::to_string(r) : names[r];
     meta("process_name", r, -1, "\"name\":\"" + json_escape(n) + "\"");
     meta("process_sort_index", r, -1, "\"sort_index\":" + std::to_string(r));
     for (int a = 0; a < static_cast<int>(Activity::kCount); ++a) {
@@ -279,7 +295,7 @@ void Tracer::write(MPI_Comm world, const std::string& path) {
   }
   size_t at = 0;
   for (int r = 0; r < size; ++r)
-    for (int64_t i = 0; i < counts[2 * r]; ++i) append_event(out, all[at++], r);
+    for (int64_t i = 0; i < counts[r]; ++i) append_event(out, events.at(at++), r);
   out += "\n]}\n";
   write_file_atomically(path, out);
 }

@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <queue>
 #include <tuple>
+#include <utility>
 
 #include "mpsl/comm/mailbox.hpp"
 #include "mpsl/core/error.hpp"
@@ -513,8 +515,10 @@ constexpr double kOwnerCoreWaitS = 0.002;
 
 // One event simulation. `in_flight_floor` (per rank): memory counts at least that many
 // micro-batches in flight (simulate()).
+// `spans`: also the round span by span (simulate_spans).
 Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_floor,
-                         Sharing sharing = Sharing::kEven) {
+                         Sharing sharing = Sharing::kEven,
+                         std::vector<SimulatedSpan>* spans = nullptr) {
   const Profile& p = *s.profile;
   const int S = p.num_units(), N = s.stages(), O = s.owner_ranks, K = s.owners;
   const int H = s.replicas, R = O + H * N;
@@ -774,10 +778,72 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
     if (out) send_emulated(*out, from, to_entity, std::max(now, clock));
   };
 
+  // The task ending now as spans: `parts` (kind, work at full speed) share its time as they
+  // share its work.
+  using SpanKind = SimulatedSpan::Kind;
+  auto record = [&](int rank, std::initializer_list<std::pair<SpanKind, double>> parts) {
+    if (!spans) return;
+    const RankSim& r = ranks[rank];
+    double total = 0;
+    for (const auto& [kind, work] : parts) total += work;
+    double at = r.started, done = 0;
+    for (const auto& [kind, work] : parts) {
+      if (work <= 0) continue;
+      done += work;
+      SimulatedSpan x;
+      x.rank = rank;
+      x.kind = kind;
+      x.start_s = at;
+      x.end_s = total > 0 ? r.started + (now - r.started) * done / total : now;
+      x.cpu_s = work;
+      if (kind == SpanKind::kCopyIn) {
+        x.peer = r.copying.front().src;
+        x.bytes = 0;
+        for (const Msg& m : r.copying) x.bytes += m.bytes;
+      } else {
+        x.owner = r.current.owner;
+        if (kind != SpanKind::kOptimizer) x.micro = r.current.micro;
+      }
+      spans->push_back(x);
+      at = x.end_s;
+    }
+  };
+
   auto finish_task = [&](int rank) {
     RankSim& r = ranks[rank];
     const Msg m = r.current;
     const int k = m.owner;
+    if (spans) {
+      switch (r.task) {
+        case Task::kFirstForward:
+        case Task::kStageForward:
+          record(rank, {{SpanKind::kForward, r.work}});
+          break;
+        case Task::kLast: {
+          // Forward and loss, then backward, of the last part (copies and checks pro rata).
+          const double f = p.forward(z, S) + p.loss_s, b = p.backward(z, S);
+          const double fwd = f + b > 0 ? r.work * f / (f + b) : 0;
+          record(rank, {{SpanKind::kForward, fwd}, {SpanKind::kBackward, r.work - fwd}});
+          break;
+        }
+        case Task::kFirstBackward:
+          record(rank, {{SpanKind::kBackward, t_first_bwd[k]},
+                        {SpanKind::kOptimizer, r.work - t_first_bwd[k]}});
+          break;
+        case Task::kStageBackward:
+          record(rank, {{SpanKind::kBackward, t_bwd[r.stage]},
+                        {SpanKind::kOptimizer, r.work - t_bwd[r.stage]}});
+          break;
+        case Task::kCopyIn: {
+          double work = 0;
+          for (const Msg& x : r.copying) work += x.copy_s;
+          if (!r.copying.empty()) record(rank, {{SpanKind::kCopyIn, work}});
+          break;
+        }
+        case Task::kNone:
+          break;
+      }
+    }
     switch (r.task) {
       case Task::kFirstForward: {
         const Msg out = message(rank, stage_rank(0, s.replica_of(k)), Kind::kActivation, k, m.micro,
@@ -913,6 +979,26 @@ Prediction simulate_once(const Scenario& s, const std::vector<int>* in_flight_fl
   // copies (a barrier ends the round), and the evaluation.
   out.round_s = out.train_s + out.aggregate_s + out.evaluate_s;
   out.paper_round_s = paper_round_seconds(s);
+  if (spans) {
+    for (int r = 0; r < R; ++r) {
+      SimulatedSpan x;
+      x.rank = r;
+      if (out.aggregate_s > 0) {
+        x.kind = SimulatedSpan::Kind::kAggregation;
+        x.start_s = out.train_s;
+        x.end_s = out.train_s + out.aggregate_s;
+        x.cpu_s = agg.busy[r];
+        spans->push_back(x);
+      }
+      if (out.evaluate_s > 0) {  // through the pipeline: no per-rank CPU in the model
+        x.kind = SimulatedSpan::Kind::kEval;
+        x.start_s = out.train_s + out.aggregate_s;
+        x.end_s = out.round_s;
+        x.cpu_s = -1;
+        spans->push_back(x);
+      }
+    }
+  }
 
   // Memory per rank.
   const int64_t mb = p.micro_batch();
@@ -1035,6 +1121,16 @@ Prediction simulate(const Scenario& s) {
       most[r] = std::max(most[r], q.ranks.at(r).max_in_flight);
   }
   return simulate_once(s, &most);
+}
+
+std::vector<SimulatedSpan> simulate_spans(const Scenario& s) {
+  check_scenario(s);
+  std::vector<SimulatedSpan> spans;
+  simulate_once(s, nullptr, Sharing::kEven, &spans);
+  std::stable_sort(spans.begin(), spans.end(), [](const SimulatedSpan& a, const SimulatedSpan& b) {
+    return a.rank != b.rank ? a.rank < b.rank : a.start_s < b.start_s;
+  });
+  return spans;
 }
 
 double simulate_round_s(const Scenario& s) {

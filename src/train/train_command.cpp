@@ -274,6 +274,7 @@ struct Predictions {
   std::vector<double> round_s;  // per round (index round - 1)
   std::vector<double> train_s;  // the training part of each round (no aggregation, evaluation)
   std::vector<plan::RankPrediction> ranks;
+  std::vector<plan::SimulatedSpan> spans;  // round 1 (predict(..., with_spans = true))
 };
 
 // Cores the ranks share: all ranks on one host share the CPUs they may run on (the union of
@@ -306,30 +307,32 @@ plan::EmulatedDevice emulated_device(const emulate::Device& d) {
   return x;
 }
 
+// Why `profile` cannot predict this run ("" when it can).
+std::string prediction_problem(const plan::Profile& profile, const TrainOptions& o,
+                               const nn::Model& model) {
+  if (profile.model != o.model)
+    return "the profile is of model '" + profile.model + "', not '" + o.model + "'";
+  if (profile.batch != o.batch || profile.micro_batches != o.micro_batches)
+    return "the profile was taken at batch " + std::to_string(profile.batch) + " with " +
+           std::to_string(profile.micro_batches) + " micro-batch(es); this run uses batch " +
+           std::to_string(o.batch) + " with " + std::to_string(o.micro_batches);
+  if (profile.num_units() != model.num_units())
+    return "the profile has " + std::to_string(profile.num_units()) + " units, the model " +
+           std::to_string(model.num_units());
+  return "";
+}
+
 Predictions predict(const plan::Profile* profile, const TrainOptions& o, const nn::Model& model,
                     const pipeline::Topology& t, const train::FederationPlan& fp,
                     int64_t train_images, int64_t image_bytes, int64_t test_images, int cores,
-                    int threads) {
+                    int threads, bool with_spans = false) {
   Predictions out;
   if (!profile) {
     out.note = "no --profile or --plan: no predictions";
     return out;
   }
-  if (profile->model != o.model) {
-    out.note = "the profile is of model '" + profile->model + "', not '" + o.model + "'";
-    return out;
-  }
-  if (profile->batch != o.batch || profile->micro_batches != o.micro_batches) {
-    out.note = "the profile was taken at batch " + std::to_string(profile->batch) + " with " +
-               std::to_string(profile->micro_batches) + " micro-batch(es); this run uses batch " +
-               std::to_string(o.batch) + " with " + std::to_string(o.micro_batches);
-    return out;
-  }
-  if (profile->num_units() != model.num_units()) {
-    out.note = "the profile has " + std::to_string(profile->num_units()) + " units, the model " +
-               std::to_string(model.num_units());
-    return out;
-  }
+  out.note = prediction_problem(*profile, o, model);
+  if (!out.note.empty()) return out;
   const plan::Profile& p = *profile;
   const int S = p.num_units();
   // --emulate: every owner's and every stage's device; the ranks themselves run on this host.
@@ -396,6 +399,7 @@ Predictions predict(const plan::Profile* profile, const TrainOptions& o, const n
     out.round_s.push_back(pr.round_s);
     out.train_s.push_back(pr.train_s);
     if (round == 1) out.ranks = pr.ranks;
+    if (round == 1 && with_spans) out.spans = plan::simulate_spans(sc);
   }
   out.available = true;
   return out;
@@ -1155,6 +1159,45 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
   return 0;
 }
 
+// --dry-run --trace FILE: the cost model's round 1 as a Chrome trace, in the runtime's layout
+// (a process per rank, a row per activity), to open beside a real run's trace.
+void write_predicted_trace(const std::string& path, const pipeline::Topology& topo,
+                           const std::vector<plan::SimulatedSpan>& spans) {
+  std::vector<std::string> names;
+  for (int r = 0; r < topo.world_size; ++r) names.push_back(trace_process_name(topo, r));
+  std::vector<obs::TraceEvent> events;
+  std::vector<int64_t> counts(names.size(), 0);
+  for (const plan::SimulatedSpan& x : spans) {  // sorted by rank
+    obs::Activity a = obs::Activity::kForward;
+    switch (x.kind) {
+      case plan::SimulatedSpan::Kind::kForward:
+        a = obs::Activity::kForward;
+        break;
+      case plan::SimulatedSpan::Kind::kBackward:
+        a = obs::Activity::kBackward;
+        break;
+      case plan::SimulatedSpan::Kind::kOptimizer:
+        a = obs::Activity::kOptimizer;
+        break;
+      case plan::SimulatedSpan::Kind::kCopyIn:
+        a = obs::Activity::kCopyIn;
+        break;
+      case plan::SimulatedSpan::Kind::kAggregation:
+        a = obs::Activity::kAggregation;
+        break;
+      case plan::SimulatedSpan::Kind::kEval:
+        a = obs::Activity::kEval;
+        break;
+    }
+    events.push_back(obs::TraceEvent{
+        x.start_s * 1e6, (x.end_s - x.start_s) * 1e6, 1, x.owner, x.micro, x.peer, x.bytes,
+        static_cast<float>(x.cpu_s >= 0 ? x.cpu_s * 1e6 : -1.0), static_cast<uint8_t>(a)});
+    ++counts.at(static_cast<size_t>(x.rank));
+  }
+  obs::write_chrome_trace(path, names, events, counts,
+                          ",\"clock\":\"the cost model's simulated round 1\",\"predicted\":true");
+}
+
 // --dry-run: the role map with, per rank, the predicted peak memory and busy time per round.
 void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model& model,
              const pipeline::Topology& topo, const plan::Profile* profile, int cores) {
@@ -1166,7 +1209,7 @@ void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model
     int64_t test_images = 0;
     if (!o.test_data.empty()) test_images = data::read_dataset_h5(o.test_data).count;
     pred = predict(profile, o, model, topo, fp, train.count, train.image_size(), test_images, cores,
-                   omp_get_max_threads());
+                   omp_get_max_threads(), !o.trace.empty());
   }
   for (size_t r = 0; r < roles.size(); ++r) {
     std::string line = roles[r];
@@ -1190,6 +1233,10 @@ void dry_run(const CommonOptions& common, const TrainOptions& o, const nn::Model
   } else {
     std::printf("(%s)\n",
                 profile ? pred.note.c_str() : "no predictions: give --profile FILE or --plan FILE");
+  }
+  if (pred.available && !o.trace.empty()) {
+    write_predicted_trace(o.trace, topo, pred.spans);
+    std::printf("predicted trace of round 1: %s\n", o.trace.c_str());
   }
   std::fflush(stdout);
 }
@@ -1242,6 +1289,16 @@ int run_train(const CommonOptions& common, const TrainOptions& o) {
   if (!o.init_model.empty()) io::check_initial_model(o.init_model, *model);
   if (!o.emulate.empty()) emulate::load_emulation(o.emulate, o.owners, topo.stages);  // validates
   train::make_straggler_policy(o, topo.multihop());                                   // validates
+  if (o.dry_run && !o.trace.empty()) {
+    MPSL_INPUT_CHECK(topo.multihop(),
+                     "--dry-run --trace writes the cost model's simulated "
+                     "pipeline; a single-process run has none");
+    MPSL_INPUT_CHECK(profile_ptr,
+                     "--dry-run --trace needs the cost model: give --profile FILE "
+                     "or --plan FILE");
+    const std::string problem = prediction_problem(*profile_ptr, o, *model);
+    MPSL_INPUT_CHECK(problem.empty(), "--dry-run --trace: no predictions: " + problem);
+  }
   if (o.dry_run) {
     if (rank == 0) dry_run(common, o, *model, topo, profile_ptr, cores);
     return 0;

@@ -2,10 +2,15 @@
 # --trace: a 4-rank multihop run (2 owner ranks, 2 stages, 1f1b with 2 micro-batches) writes one
 # Chrome-trace JSON that loads (traceEvents of complete "X" spans with name/ph/ts/dur/pid/tid,
 # process and thread names as "M" metadata), with forward, backward, optimizer, send, receive
-# and aggregation spans from every rank, owner and micro-batch ids on the pipeline spans, and
-# clocks aligned across ranks (every stage-1 forward of a micro-batch starts after the owner
-# rank began sending it), and the CPU time of the compute spans. A single process traces its
-# steps; a bad --trace path is refused.
+# and aggregation spans from every rank, copy-in spans with their bytes, owner and micro-batch
+# ids on the pipeline spans, and clocks aligned across ranks (every stage-1 forward of a
+# micro-batch starts after the owner rank began sending it), and the CPU time of the compute
+# spans. A single process traces its
+# steps; a bad --trace path is refused. With --dry-run and a profile, --trace writes the cost
+# model's round 1 in the same layout (the same processes, every stage's forwards of the round,
+# spans of a rank one after another, CPU time never above a span's length), and
+# tools/compare_traces.py lays it beside the real run's (and refuses them the wrong way round);
+# without a profile that can predict the run it is refused.
 set -uo pipefail
 MPSL=${1:?usage: trace.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
@@ -40,6 +45,10 @@ for e in spans:
 for r in range(4):
     for kind in ("forward", "backward", "optimizer", "send", "receive", "aggregation"):
         assert by_rank[r][kind] > 0, f"rank {r} has no {kind} span: {dict(by_rank[r])}"
+# The receiving side's MPI calls that completed receives (their copies), with what they took in.
+for r in range(4):
+    cp = [e for e in spans if e["pid"] == r and e["name"] == "copy in"]
+    assert cp and all(e["args"]["bytes"] > 0 and "peer" in e["args"] for e in cp), (r, cp[:2])
 # 2 rounds x 4 batches x 4 owners x 2 micro-batches forwards on each stage
 for r in (2, 3):
     assert by_rank[r]["forward"] == 64, (r, by_rank[r]["forward"])
@@ -87,6 +96,81 @@ if mpsl_run 1 train --model fmnist-cnn --synthetic --synthetic-count 256 --batch
   pass "single process: one step span per owner step"
 else
   fail "single-process trace"
+fi
+
+TOOLS=$(cd "$(dirname "$0")/../../tools" && pwd)
+PREDICT=(train --model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1
+  --batches-per-epoch 4 --stages 2 --owners 4 --schedule 1f1b --micro-batches 2 --dry-run)
+if "$MPSL" profile --model fmnist-cnn --batch 32 --micro-batches 2 --repeats 2 --concurrency 0 \
+  --quiet --output "$T/profile.json" > /dev/null &&
+  mpsl_run 4 "${PREDICT[@]}" --profile "$T/profile.json" --trace "$T/predicted.json" > "$T/dry" &&
+  grep -q "predicted trace of round 1: $T/predicted.json" "$T/dry"; then
+  pass "--dry-run --trace writes the predicted round"
+else
+  fail "--dry-run --trace: $(tail -c 300 "$T/dry")"
+fi
+if out=$($PY - "$T/predicted.json" "$T/run/trace.json" <<'PY'
+import json, sys, collections
+d = json.load(open(sys.argv[1]))
+real = json.load(open(sys.argv[2]))
+assert d["otherData"].get("predicted") is True, d["otherData"]
+names = lambda t: {e["pid"]: e["args"]["name"] for e in t["traceEvents"] if e.get("name") == "process_name"}
+assert names(d) == names(real), (names(d), names(real))
+spans = [e for e in d["traceEvents"] if e["ph"] == "X"]
+count = collections.Counter((e["pid"], e["name"]) for e in spans)
+# Round 1: 4 batches x 4 owners x 2 micro-batches through each stage, one step per batch.
+for r in (2, 3):
+    assert count[(r, "forward")] == 32 and count[(r, "backward")] == 32, dict(count)
+    assert count[(r, "optimizer")] == 16, dict(count)
+assert count[(0, "forward")] + count[(1, "forward")] == 2 * 32, dict(count)
+assert all(e["args"]["round"] == 1 for e in spans)
+for r in range(4):
+    mine = sorted((e for e in spans if e["pid"] == r and e["name"] != "aggregation"),
+                  key=lambda e: e["ts"])
+    assert mine, f"rank {r} has no spans"
+    for a, b in zip(mine, mine[1:]):
+        assert b["ts"] >= a["ts"] + a["dur"] - 0.01, f"rank {r}: {a} overlaps {b}"
+comp = [e for e in spans if e["name"] in ("forward", "backward", "optimizer")]
+assert all(0 < e["args"]["cpu_ms"] <= e["dur"] / 1e3 + 1e-3 for e in comp), \
+    [e for e in comp if not 0 < e["args"]["cpu_ms"] <= e["dur"] / 1e3 + 1e-3][:2]
+print(f"{len(spans)} predicted spans")
+PY
+); then
+  pass "the predicted trace has the run's processes and round 1's spans ($out)"
+else
+  fail "predicted trace check: $out"
+fi
+if $PY "$TOOLS/compare_traces.py" "$T/run/trace.json" "$T/predicted.json" --plot "$T/rounds.png" \
+  > "$T/cmp" 2>&1 && grep -q "measured / predicted" "$T/cmp" && grep -q "rank 3: stage 2" "$T/cmp" &&
+  [ -s "$T/rounds.png" ]; then
+  pass "compare_traces.py: measured beside predicted, per rank, and the plot"
+else
+  fail "compare_traces.py: $(tail -c 400 "$T/cmp")"
+fi
+$PY "$TOOLS/compare_traces.py" "$T/predicted.json" "$T/run/trace.json" > /dev/null 2> "$T/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "is a predicted trace" "$T/err"; then
+  pass "compare_traces.py refuses the traces the wrong way round (exit 2)"
+else
+  fail "compare_traces.py, swapped traces: exit $rc, $(head -c 300 "$T/err")"
+fi
+mpsl_run 4 "${PREDICT[@]}" --trace "$T/none.json" > /dev/null 2> "$T/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q -- "--dry-run --trace needs the cost model" "$T/err" &&
+  [ ! -e "$T/none.json" ]; then
+  pass "--dry-run --trace without a profile is refused (exit 2), no file"
+else
+  fail "--dry-run --trace without a profile: exit $rc, $(head -c 300 "$T/err")"
+fi
+mpsl_run 4 train --model fmnist-cnn --synthetic --synthetic-count 1024 --batch 32 --threads 1 \
+  --batches-per-epoch 4 --stages 2 --owners 4 --schedule 1f1b --micro-batches 4 --dry-run \
+  --profile "$T/profile.json" --trace "$T/none.json" > /dev/null 2> "$T/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "no predictions: the profile was taken at batch 32 with 2" "$T/err" &&
+  [ ! -e "$T/none.json" ]; then
+  pass "--dry-run --trace with a profile of other micro-batches is refused (exit 2), no file"
+else
+  fail "--dry-run --trace, mismatched profile: exit $rc, $(head -c 300 "$T/err")"
 fi
 
 mkdir -p "$T/dir.json"

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "mpsl/core/error.hpp"
@@ -275,6 +276,72 @@ TEST(CostModel, EvaluationKeepsTwoBatchesInFlight) {
   s.stage_devices.clear();
   s.cores = 1;
   EXPECT_NEAR(simulate(s).evaluate_s, 0.013 + 9 * 0.010, 1e-6);
+}
+
+TEST(CostModel, SimulatedSpansAreTheSimulatedRound) {
+  // One owner, one stage, 5 batches over a 10 ms-per-message link: each rank's spans follow one
+  // another, the owner's as the trip says (its first forward at 0, the last part's forward and
+  // backward split as their work, the optimiser after the first part's backward), and a rank's
+  // CPU in its spans is its predicted CPU.
+  const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
+  Scenario s;
+  s.profile = &p;
+  s.split = {1, 2};
+  s.owners = 1;
+  s.steps = {5};
+  Device link;
+  link.bandwidth = 1e8;
+  link.latency = 0.001;
+  s.owner_device = link;
+  s.node_device = link;
+  const Prediction pr = simulate(s);
+  const std::vector<SimulatedSpan> spans = simulate_spans(s);
+  using K = SimulatedSpan::Kind;
+  std::map<std::pair<int, K>, int> count;
+  std::vector<double> cpu(2, 0.0), end_of(2, 0.0);
+  for (const SimulatedSpan& x : spans) {
+    ++count[{x.rank, x.kind}];
+    EXPECT_GE(x.start_s, end_of[x.rank] - 1e-12) << "spans of rank " << x.rank << " overlap";
+    EXPECT_LE(x.cpu_s, x.end_s - x.start_s + 1e-12);
+    end_of[x.rank] = x.end_s;
+    if (x.kind != K::kAggregation) cpu[x.rank] += x.cpu_s;
+  }
+  EXPECT_EQ((count[{0, K::kForward}]), 10);  // first part and last part, 5 batches
+  EXPECT_EQ((count[{0, K::kBackward}]), 10);
+  EXPECT_EQ((count[{0, K::kOptimizer}]), 0);  // make_profile: no step times
+  EXPECT_EQ((count[{1, K::kForward}]), 5);
+  EXPECT_EQ((count[{1, K::kBackward}]), 5);
+  EXPECT_NEAR(end_of[0], pr.train_s, 1e-9);
+  ASSERT_GE(spans.size(), 3u);
+  EXPECT_EQ(spans[0].rank, 0);
+  EXPECT_EQ(spans[0].kind, K::kForward);
+  EXPECT_NEAR(spans[0].end_s - spans[0].start_s, 0.01, 1e-9);
+  // The owner's last part: forward 0.03 then backward 0.06 from the activation's arrival.
+  const SimulatedSpan& last_fwd = spans[1];
+  const SimulatedSpan& last_bwd = spans[2];
+  EXPECT_EQ(last_fwd.kind, K::kForward);
+  EXPECT_EQ(last_bwd.kind, K::kBackward);
+  EXPECT_NEAR(last_fwd.start_s, 0.01 + 0.011 + 0.02 + 0.011, 1e-9);
+  EXPECT_NEAR(last_fwd.end_s - last_fwd.start_s, 0.03, 1e-9);
+  EXPECT_NEAR(last_bwd.end_s - last_bwd.start_s, 0.06, 1e-9);
+  for (int r = 0; r < 2; ++r) EXPECT_NEAR(cpu[r], pr.ranks[r].cpu_s, 1e-9) << "rank " << r;
+
+  // Ranks that share a core: the CPU still sums to the prediction's, and spans last longer
+  // than their CPU when both ranks compute at once.
+  s.owners = 4;
+  s.steps.assign(4, 3);
+  s.owner_device = Device();
+  s.node_device = Device();
+  s.cores = 1;
+  const Prediction shared = simulate(s);
+  double stretched = 0;
+  cpu.assign(2, 0.0);
+  for (const SimulatedSpan& x : simulate_spans(s)) {
+    if (x.kind != K::kAggregation) cpu[x.rank] += x.cpu_s;
+    stretched = std::max(stretched, (x.end_s - x.start_s) / std::max(x.cpu_s, 1e-12));
+  }
+  for (int r = 0; r < 2; ++r) EXPECT_NEAR(cpu[r], shared.ranks[r].cpu_s, 1e-9) << "rank " << r;
+  EXPECT_NEAR(stretched, 2.0, 1e-6);
 }
 
 TEST(CostModel, SharedCoresSlowBusyRanks) {

@@ -29,7 +29,8 @@ enum class Activity : uint8_t {
   kAggregation,
   kCheckpoint,
   kEval,
-  kStep,  // a whole training step of the single-process path
+  kStep,    // a whole training step of the single-process path
+  kCopyIn,  // the MPI calls that completed receives (Open MPI's single copy happens in them)
   kCount
 };
 const char* activity_name(Activity a);
@@ -83,6 +84,13 @@ class Tracer {
   std::vector<TraceEvent> events_;
   int64_t dropped_ = 0;
 };
+
+// Writes a Chrome trace (atomically, through a temporary file): process r is named names[r]
+// ("rank r" when empty) and holds the next counts[r] spans of `events`. `other_data` is appended
+// to the file's otherData object (",\"key\":value,...").
+void write_chrome_trace(const std::string& path, const std::vector<std::string>& names,
+                        const std::vector<TraceEvent>& events, const std::vector<int64_t>& counts,
+                        const std::string& other_data = "");
 
 // Records a span from construction to destruction (or to end()) when tracing is on.
 class Span {

@@ -146,10 +146,27 @@ struct Prediction {
 double stage_forward_s(const Scenario& s, int i);
 double stage_backward_s(const Scenario& s, int i);
 
+// One span of the simulated round (simulate_spans): what a rank does, when, and its CPU time
+// (the work at full speed; below the span's length while the rank shares a core).
+struct SimulatedSpan {
+  enum class Kind { kForward, kBackward, kOptimizer, kCopyIn, kAggregation, kEval };
+  int rank = 0;
+  Kind kind = Kind::kForward;
+  int owner = -1, micro = -1;  // -1: none
+  int peer = -1;               // kCopyIn: the sender of the first message taken in
+  int64_t bytes = -1;          // kCopyIn: the bytes taken in
+  double start_s = 0, end_s = 0, cpu_s = 0;
+};
+
 double paper_round_seconds(const Scenario& s);
 // The event simulation: round time, per-rank busy time and peak memory. Memory counts the most
 // micro-batches in flight also when any one stage is kInFlightSpeedMargin slower or faster.
 Prediction simulate(const Scenario& s);
+// The round as the event simulation runs it, span by span, from 0 (the round's start) to
+// round_s: what `mpsl train --dry-run --trace FILE` writes, to lay beside a real run's trace.
+// A task that does two things (the owner's last part forward then backward, a backward with the
+// optimiser step) is split where its work at full speed is split (exact at a constant rate).
+std::vector<SimulatedSpan> simulate_spans(const Scenario& s);
 // The simulated round time alone (one simulation: what the planner's search compares).
 double simulate_round_s(const Scenario& s);
 inline constexpr double kInFlightSpeedMargin = 0.10;
