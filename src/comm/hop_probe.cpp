@@ -48,7 +48,8 @@ double probe_deadline_s(int processes) {
 }
 
 // One message size, `repeats` times, between children 0 (sender) and 1 (receiver) while children
-// 2..n-1 compute; returns the receiver's median one-way time (0 on the other children).
+// 2..n-1 compute and the others sleep; returns the receiver's median one-way time (0 on the
+// other children).
 double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
   int rank = 0;
   MPSL_MPI_CHECK(MPI_Comm_rank(world, &rank));
@@ -108,6 +109,11 @@ double probe_n(int n, int64_t bytes, int repeats, MPI_Comm world) {
       median = hops[hops.size() / 2];
     }
   }
+  // The children beyond n sleep here meanwhile. Without this they went on to the next n's
+  // communicator duplication, whose blocking collective polls: two of them took the cores of a
+  // "two processes alone" measurement, which read 0.9-1 ms (in 4 of 5 profiles) instead of
+  // 0.03-0.1 ms (docs/cost-model-validation).
+  sleep_barrier(world);
   return median;
 }
 
