@@ -459,7 +459,8 @@ void add_train(SpecList& s, TrainOptions& t) {
   s.text("audit-dir", t.audit_dir, "DIR",
          "write every message each rank sent or received (kind, peer, bytes) to "
          "DIR/audit-rank<R>.jsonl");
-  s.text("trace", t.trace, "FILE.json", "write a Chrome trace of all ranks");
+  s.text("trace", t.trace, "FILE.json",
+         "write a Chrome trace of all ranks (with --dry-run: the cost model's round 1)");
   s.flag("dry-run", t.dry_run, "print the role map and the memory per rank, then stop");
   s.text("emulate", t.emulate, "FILE", "device speed factors and link bandwidths to emulate");
   s.group("Reliability");
