@@ -122,9 +122,13 @@ void print_profile(const Profile& p) {
               ("batch of " + std::to_string(p.batch)).c_str(),
               obs::format_bytes(p.copy_bytes(0, S)).c_str());
   if (p.timing_drift > 0)
-    std::printf("%d steps timed; the host's speed moved by %.0f%% between their halves%s\n",
-                p.repeats, 100 * p.timing_drift,
-                p.timing_drift > kTimingDriftWarning ? " (unsteady: profile again)" : "");
+    std::printf(
+        "%d steps timed; the host's speed moved by %.0f%% between their halves%s%s\n", p.repeats,
+        100 * p.timing_drift,
+        p.timing_windows > 1
+            ? (" (the steadiest of " + std::to_string(p.timing_windows) + " windows)").c_str()
+            : "",
+        p.timing_drift > kTimingDriftWarning ? " (unsteady: profile again)" : "");
   if (!p.concurrency.empty()) {
     std::printf("a step takes");
     for (size_t n = 1; n < p.concurrency.size(); ++n)

@@ -135,6 +135,19 @@ assert b['pipeline_calibration'] == a['pipeline_calibration'] != []
 else
   fail "profile --from --retime"
 fi
+# A window of steps whose speed moved by more than 15% between its halves is timed again and the
+# steadiest kept (MPSL_TEST_PROFILE_DRIFT=1.6: the first window's second half 1.6x as long).
+if MPSL_TEST_PROFILE_DRIFT=1.6 timeout 60 "$MPSL" profile --from "$T/p.json" --retime --repeats 8 \
+  --min-time 0 --threads 1 --output "$T/drift.json" > "$T/drift.out" 2>&1 && $PY -c "
+import json, sys
+p = json.load(open(sys.argv[1]))
+assert p['timing_windows'] >= 2 and p['timing_drift'] < 0.3 and p['repeats'] == 8, \
+    (p['timing_windows'], p['timing_drift'], p['repeats'])
+" "$T/drift.json" && grep -q "the steadiest of [23] windows" "$T/drift.out"; then
+  pass "a drifting window of steps is timed again, the steadiest kept"
+else
+  fail "drifting retime: $(tail -c 300 "$T/drift.out")"
+fi
 # expect_input_error NAME PATTERN COMMAND ARGS...: exit 2 with one error line matching PATTERN,
 # and no output file.
 expect_input_error() {

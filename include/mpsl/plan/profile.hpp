@@ -128,6 +128,9 @@ struct Profile {
   // How much this host's speed moved while the steps were timed: the medians of the first and
   // the second half of the timed steps, the larger over the smaller, minus 1 (0 = not known).
   double timing_drift = 0;
+  // How many windows of steps were timed: another while the steadiest so far drifted by more
+  // than kTimingDriftWarning, at most kMaxTimingWindows (0 = not known).
+  int timing_windows = 0;
   // The CPUs the placement processes could run on (0 = not known): the profiling process's
   // cpuset, even when its launcher had bound it to fewer (core/cpus.hpp WidenedAffinity).
   int placement_cpus = 0;
@@ -208,11 +211,13 @@ double placement_slowdown(double shared_step_s, double alone_before_s, double al
 // timing_drift of these step times (in timing order): the larger of the medians of their first
 // and second half over the smaller, minus 1; 0 with fewer than 4 steps.
 double timing_drift(const std::vector<double>& step_s);
-// A drift above kTimingDriftWarning is reported (a warning). Sweeps that disagree by more than
-// kPlacementSpreadLimit are measured again, at most kMaxPlacementSweeps in all, and reported if
-// they still disagree by more than kPlacementSpreadWarning (on this 2-core virtual machine,
-// 3-5 sweeps of the same process count spread by up to 1.36).
+// A drift above kTimingDriftWarning is timed again (up to kMaxTimingWindows windows of steps, the
+// steadiest kept) and reported (a warning) if every window drifted. Sweeps that disagree by more
+// than kPlacementSpreadLimit are measured again, at most kMaxPlacementSweeps in all, and reported
+// if they still disagree by more than kPlacementSpreadWarning (on this 2-core virtual machine, 3-5
+// sweeps of the same process count spread by up to 1.36).
 inline constexpr double kTimingDriftWarning = 0.15;
+inline constexpr int kMaxTimingWindows = 3;
 inline constexpr double kPlacementSpreadLimit = 1.25, kPlacementSpreadWarning = 1.5;
 inline constexpr int kPlacementSweeps = 3, kMaxPlacementSweeps = 5;
 // Whether the placement sweeps so far (ratios[n] = one slowdown per sweep, for each n measured)
