@@ -1163,35 +1163,19 @@ int train_multihop(const CommonOptions& common, const TrainOptions& o, const nn:
 // (a process per rank, a row per activity), to open beside a real run's trace.
 void write_predicted_trace(const std::string& path, const pipeline::Topology& topo,
                            const std::vector<plan::SimulatedSpan>& spans) {
+  // The trace row of each plan::SimulatedSpan::Kind, in its order.
+  constexpr obs::Activity kActivityOf[] = {obs::Activity::kForward,     obs::Activity::kBackward,
+                                           obs::Activity::kOptimizer,   obs::Activity::kCopyIn,
+                                           obs::Activity::kAggregation, obs::Activity::kEval};
   std::vector<std::string> names;
   for (int r = 0; r < topo.world_size; ++r) names.push_back(trace_process_name(topo, r));
   std::vector<obs::TraceEvent> events;
   std::vector<int64_t> counts(names.size(), 0);
   for (const plan::SimulatedSpan& x : spans) {  // sorted by rank
-    obs::Activity a = obs::Activity::kForward;
-    switch (x.kind) {
-      case plan::SimulatedSpan::Kind::kForward:
-        a = obs::Activity::kForward;
-        break;
-      case plan::SimulatedSpan::Kind::kBackward:
-        a = obs::Activity::kBackward;
-        break;
-      case plan::SimulatedSpan::Kind::kOptimizer:
-        a = obs::Activity::kOptimizer;
-        break;
-      case plan::SimulatedSpan::Kind::kCopyIn:
-        a = obs::Activity::kCopyIn;
-        break;
-      case plan::SimulatedSpan::Kind::kAggregation:
-        a = obs::Activity::kAggregation;
-        break;
-      case plan::SimulatedSpan::Kind::kEval:
-        a = obs::Activity::kEval;
-        break;
-    }
-    events.push_back(obs::TraceEvent{
-        x.start_s * 1e6, (x.end_s - x.start_s) * 1e6, 1, x.owner, x.micro, x.peer, x.bytes,
-        static_cast<float>(x.cpu_s >= 0 ? x.cpu_s * 1e6 : -1.0), static_cast<uint8_t>(a)});
+    events.push_back(
+        obs::TraceEvent{x.start_s * 1e6, (x.end_s - x.start_s) * 1e6, 1, x.owner, x.micro, x.peer,
+                        x.bytes, static_cast<float>(x.cpu_s >= 0 ? x.cpu_s * 1e6 : -1.0),
+                        static_cast<uint8_t>(kActivityOf[static_cast<size_t>(x.kind)])});
     ++counts.at(static_cast<size_t>(x.rank));
   }
   obs::write_chrome_trace(path, names, events, counts,

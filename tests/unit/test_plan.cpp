@@ -183,8 +183,9 @@ TEST(Planner, MinMaxMemoryIsTheSmallestFeasibleLimit) {
   EXPECT_THROW(make_plan(r), InputError);  // more stages than middle units
 }
 
-TEST(CostModel, OneOwnerOneStageIsASumOfTasks) {
-  const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
+// One owner of 5 batches, one stage (unit 1 of `p`), every rank behind a link that takes 10 ms
+// per 1 MB message plus 1 ms.
+Scenario one_owner_one_stage_over_a_link(const Profile& p) {
   Scenario s;
   s.profile = &p;
   s.split = {1, 2};
@@ -195,6 +196,12 @@ TEST(CostModel, OneOwnerOneStageIsASumOfTasks) {
   link.latency = 0.001;
   s.owner_device = link;
   s.node_device = link;
+  return s;
+}
+
+TEST(CostModel, OneOwnerOneStageIsASumOfTasks) {
+  const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
+  Scenario s = one_owner_one_stage_over_a_link(p);
   const Prediction pr = simulate(s);
   const double trip = 0.01 + 0.011 + 0.02 + 0.011 + (0.03 + 0.06) + 0.011 + 0.04 + 0.011 + 0.02;
   EXPECT_NEAR(pr.train_s, 5 * trip, 1e-9);
@@ -281,19 +288,10 @@ TEST(CostModel, EvaluationKeepsTwoBatchesInFlight) {
 TEST(CostModel, SimulatedSpansAreTheSimulatedRound) {
   // One owner, one stage, 5 batches over a 10 ms-per-message link: each rank's spans follow one
   // another, the owner's as the trip says (its first forward at 0, the last part's forward and
-  // backward split as their work, the optimiser after the first part's backward), and a rank's
-  // CPU in its spans is its predicted CPU.
+  // backward split as their work; no optimiser spans, the profile has no step times), and a
+  // rank's CPU in its spans is its predicted CPU.
   const Profile p = make_profile({0.01, 0.02, 0.03}, {0.02, 0.04, 0.06}, {0, 0, 0}, 1000000);
-  Scenario s;
-  s.profile = &p;
-  s.split = {1, 2};
-  s.owners = 1;
-  s.steps = {5};
-  Device link;
-  link.bandwidth = 1e8;
-  link.latency = 0.001;
-  s.owner_device = link;
-  s.node_device = link;
+  Scenario s = one_owner_one_stage_over_a_link(p);
   const Prediction pr = simulate(s);
   const std::vector<SimulatedSpan> spans = simulate_spans(s);
   using K = SimulatedSpan::Kind;

@@ -149,6 +149,7 @@ double stage_backward_s(const Scenario& s, int i);
 // One span of the simulated round (simulate_spans): what a rank does, when, and its CPU time
 // (the work at full speed; below the span's length while the rank shares a core).
 struct SimulatedSpan {
+  // (train_command.cpp maps them to trace rows in this order.)
   enum class Kind { kForward, kBackward, kOptimizer, kCopyIn, kAggregation, kEval };
   int rank = 0;
   Kind kind = Kind::kForward;
