@@ -95,14 +95,17 @@ else
 fi
 
 # A hop probe that does not finish (its first child never answers: test hook) ends the profile
-# at its deadline, exit 1 and one line saying what to do, and writes nothing; it does not hang.
+# at its deadline, exit 1 and one error line saying what to do, and writes nothing; it does not
+# hang. Warnings about this host's noise (placement sweeps that disagree, a drifting window) may
+# come before it: a loaded CI host printed one.
 start=$SECONDS
 MPSL_TEST_HOP_PROBE_STALL_S=120 MPSL_HOP_PROBE_DEADLINE_S=3 timeout 100 \
   env -u OMPI_MCA_rmaps_base_oversubscribe "$MPSL" profile --model fmnist-cnn --batch 16 \
   --repeats 1 --min-time 0 --concurrency 2 --threads 1 --quiet --output "$T/stalled.json" \
   > /dev/null 2> "$T/err"
 rc=$?
-if [ $rc = 1 ] && [ "$(grep -c . "$T/err")" = 1 ] &&
+if [ $rc = 1 ] && [ "$(grep -vc '^warning: ' "$T/err")" = 1 ] &&
+  [ "$(grep -c '^mpsl: error: ' "$T/err")" = 1 ] &&
   grep -q "hop probe (2 processes started with MPI_Comm_spawn) has not finished after 3 s" "$T/err" &&
   grep -q -- "--concurrency 0" "$T/err" && [ ! -e "$T/stalled.json" ]; then
   pass "a hop probe that never finishes ends the profile at its deadline ($((SECONDS - start)) s)"
