@@ -353,6 +353,21 @@ def gain(paths):
               f"{100 * (pred['even'] - pred['plan']) / pred['even']:.1f}%")
 
 
+def usage_error(text):
+    print(f"cost_tables.py: {text}; --help lists the tables", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
+    tables = {"grid": grid, "headline": headline, "gain": gain, "repeated": repeated}
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__.strip())
+        sys.exit(0 if len(sys.argv) >= 2 else 2)
     what, files = sys.argv[1], sys.argv[2:]
-    {"grid": grid, "headline": headline, "gain": gain, "repeated": repeated}[what](files)
+    if what not in tables:
+        usage_error(f"unknown table '{what}' (one of: {', '.join(tables)})")
+    missing = [f for f in files if not os.path.exists(f)]
+    if not files or missing:
+        usage_error(f"{what}: " + (f"no such file or folder: {', '.join(missing)}" if missing
+                                   else "give the files or folders to read"))
+    tables[what](files)
