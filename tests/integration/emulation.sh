@@ -7,7 +7,9 @@
 #  - compute slowdown: each rank's accounted delay is (factor - 1) x its spans' CPU time, and
 #    the round lasts at least a rank's busy time plus its delay (every device 3x slower);
 #  - a round (FedAvg) waits for each owner's device to end its last span;
-#  - the single-process simulation applies the owners' compute factors.
+#  - the single-process simulation applies the owners' compute factors;
+#  - heterogeneous devices with --max-in-flight auto: each rank reserves its predicted limit,
+#    and the weights equal those of the run with the limit off (bitwise).
 set -uo pipefail
 MPSL=${1:?usage: emulation.sh PATH_TO_MPSL}
 source "$(dirname "$0")/lib_mpi.bash"
@@ -180,5 +182,40 @@ ok = a is not None and b is not None and b - a >= 0.9 * want
 print(f"predicted {a} s without, {b} s with 1 Gbit/s owner links (link time >= {want:.3f} s)")
 sys.exit(0 if ok else 1)
 EOF2
+
+# ---- heterogeneous devices and --max-in-flight auto ----------------------------------------
+# Owner 0 4x slower, stage 2 2x slower: the cost model's per-rank limits for these devices are
+# what every rank reserves up front, no stage holds more, the run does not stall at them, and
+# the weights are bitwise those of the same run with the limit off (1F1B, 4 micro-batches, so
+# stages hold several at once). With these devices the model limits stage 2 to fewer than with
+# equal ones (3 vs 7 in a run by hand).
+"$MPSL" profile --model fmnist-cnn --batch 32 --micro-batches 4 --repeats 1 --min-time 0 \
+  --concurrency 0 --pipeline-ranks 0 --threads 1 --quiet --output "$T/timed.json" \
+  || fail "timed profile"
+cat > "$T/hetero.json" <<'EOF2'
+{"owners": {"0": {"compute_factor": 4}}, "stages": {"1": {"compute_factor": 2}}}
+EOF2
+H="$C --owners 4 --max-steps 3 --schedule 1f1b --micro-batches 4 --emulate $T/hetero.json"
+mpsl_run 3 train $H --profile "$T/timed.json" --save-model "$T/auto.h5" \
+  --metrics "$T/auto.jsonl" > /dev/null || fail "heterogeneous run, --max-in-flight auto"
+mpsl_run 3 train $H --max-in-flight off --save-model "$T/off.h5" > /dev/null \
+  || fail "heterogeneous run, --max-in-flight off"
+check "heterogeneous devices: every rank reserves its predicted slots, no stage holds more" \
+  "$T/auto.jsonl" <<'EOF2'
+import json, sys
+ranks = [json.loads(l) for l in open(sys.argv[1]) if '"rank_summary"' in l]
+ok = len(ranks) == 3
+for r in ranks:
+    ok &= r["in_flight_slots"] == r["predicted_max_in_flight"] >= 1
+    ok &= r["role"] == "owner" or 1 <= r["max_in_flight"] <= r["predicted_max_in_flight"]
+print(", ".join(f"rank {r['rank']} {r['role']}: held {r['max_in_flight']}, reserved "
+                f"{r['in_flight_slots']}, predicted {r['predicted_max_in_flight']}" for r in ranks))
+sys.exit(0 if ok else 1)
+EOF2
+if out=$($PY "$(dirname "$0")/compare_models.py" "$T/auto.h5" "$T/off.h5"); then
+  pass "heterogeneous devices: --max-in-flight auto == off (bitwise): $out"
+else
+  fail "heterogeneous devices: --max-in-flight auto != off: $out"
+fi
 
 summary
