@@ -1167,6 +1167,8 @@ void write_predicted_trace(const std::string& path, const pipeline::Topology& to
   constexpr obs::Activity kActivityOf[] = {obs::Activity::kForward,     obs::Activity::kBackward,
                                            obs::Activity::kOptimizer,   obs::Activity::kCopyIn,
                                            obs::Activity::kAggregation, obs::Activity::kEval};
+  static_assert(std::size(kActivityOf) ==
+                static_cast<size_t>(plan::SimulatedSpan::Kind::kEval) + 1);
   std::vector<std::string> names;
   for (int r = 0; r < topo.world_size; ++r) names.push_back(trace_process_name(topo, r));
   std::vector<obs::TraceEvent> events;

@@ -212,7 +212,7 @@ print(", ".join(f"rank {r['rank']} {r['role']}: held {r['max_in_flight']}, reser
                 f"{r['in_flight_slots']}, predicted {r['predicted_max_in_flight']}" for r in ranks))
 sys.exit(0 if ok else 1)
 EOF2
-if out=$($PY "$(dirname "$0")/compare_models.py" "$T/auto.h5" "$T/off.h5"); then
+if out=$($PY "$HERE/compare_models.py" "$T/auto.h5" "$T/off.h5"); then
   pass "heterogeneous devices: --max-in-flight auto == off (bitwise): $out"
 else
   fail "heterogeneous devices: --max-in-flight auto != off: $out"
