@@ -147,7 +147,10 @@ assert m['placement_cpus'] == cpus, (m['placement_cpus'], cpus)
 else
   fail "profile in a job: sbatch exit $rc; $(cat "$T"/srun.err "$T"/profile-*.out 2>&1 | tail -5)"
 fi
-# tools/study --slurm --wait: one job per point through the same batch script, then the CSV.
+# tools/study --slurm --wait: one job per point through the same batch script, then the CSV;
+# retime = true: each job first retimes the study's profile on its node (RETIME_PROFILE).
+"$MPSL" profile --model fmnist-cnn --batch 32 --repeats 3 --min-time 0 --concurrency 0 \
+  --threads 1 --quiet --output "$T/prof.json"
 cat > "$T/grid.toml" << 'TOML'
 [study]
 synthetic = true
@@ -155,6 +158,8 @@ synthetic_count = 256
 batch = 32
 rounds = 1
 extra = ["--quiet"]
+profile = "prof.json"
+retime = true
 [grid]
 model = "fmnist-cnn"
 owners = 2
@@ -164,9 +169,10 @@ TOML
 (cd "$T" && timeout 300 "$SRC/tools/study" run grid.toml --slurm --wait --mpsl "$MPSL" \
   --out "$T/study") > "$T/study.txt" 2>&1
 rc=$?
-if [ "$rc" = 0 ] && [ "$($PY -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(sum(x["status"]=="ok" and x["job"]!="" for x in r))' "$T/study/points.csv")" = 2 ] &&
-  [ -s "$T/study/points/fmnist-cnn-k2-n2-mpsl-b2/trace.json" ]; then
-  pass "tools/study --slurm --wait: 2 points as 2 Slurm jobs, both ok in points.csv"
+if [ "$rc" = 0 ] && [ "$($PY -c 'import csv,sys; r=list(csv.DictReader(open(sys.argv[1]))); print(sum(x["status"]=="ok" and x["job"]!="" and float(x["retime_factor"])>0 and float(x["steady_predicted_round_seconds"])>0 for x in r))' "$T/study/points.csv")" = 2 ] &&
+  [ -s "$T/study/points/fmnist-cnn-k2-n2-mpsl-b2/trace.json" ] &&
+  grep -q -- "--profile $T/study/points/fmnist-cnn-k2-n2-mpsl-b2/profile.json" "$T/study/points/fmnist-cnn-k2-n2-mpsl-b2/job.txt"; then
+  pass "tools/study --slurm --wait: 2 points as 2 Slurm jobs, both ok in points.csv, each predicted from the profile its job retimed"
 else
   fail "study on Slurm: exit $rc: $(cat "$T/study.txt")"
 fi

@@ -81,6 +81,12 @@ stages = [0, 1]"
 refuse not_toml "not valid TOML" "$head
 [grid
 model = fmnist-cnn"
+refuse retime_alone "retime = true needs profile" "$head
+retime = true
+[grid]
+model = \"fmnist-cnn\"
+owners = 2
+stages = 1"
 
 # 4 points: 1f1b with 3 micro-batches of a batch of 32 fails (mpsl refuses it, exit 2).
 printf '%s\n' "$head" '[grid]' 'model = "fmnist-cnn"' 'owners = [2, 4]' 'stages = 2' \
@@ -202,5 +208,65 @@ PY
   pass "$out"
 else
   fail "emulated study (exit $rc): ${out:-} $(tail -5 "$T/emu.txt")"
+fi
+# retime = true: each point retimes the study's profile on this host just before it runs and is
+# predicted from that copy. The study's profile has its times made 50x longer (as if measured
+# on a much slower host): the retimed copy must be back at this host's speed (bytes kept), and
+# the point's prediction must come from it, not from the slow profile.
+"$MPSL" profile --model fmnist-cnn --batch 32 --repeats 3 --min-time 0 --concurrency 0 \
+  --threads 1 --quiet --output "$T/fast.json"
+$PY - "$T/fast.json" "$T/slow.json" << 'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+for u in p["units"]:
+    for k in ("forward_s", "backward_s", "step_s", "batch_forward_s", "batch_backward_s"):
+        u[k] *= 50
+p["loss_s"] *= 50
+json.dump(p, open(sys.argv[2], "w"))
+PY
+"$MPSL" profile --model fmnist-cnn --batch 32 --repeats 0 --quiet --output "$T/bytes.json"
+printf '%s\n' "$head" 'profile = "slow.json"' 'retime = true' '[grid]' 'model = "fmnist-cnn"' \
+  'owners = 2' 'stages = 1' 'batches = 2' > "$T/retime.toml"
+"$STUDY" run "$T/retime.toml" --mpsl "$MPSL" --out "$T/retime" > "$T/retime.txt" 2>&1
+rc=$?
+if [ "$rc" = 0 ] && grep -q "retimed: steps 0.0[0-9]x the study profile's" "$T/retime.txt" &&
+  out=$($PY - "$T/retime" "$T/slow.json" << 'PY'
+import csv, json, sys
+d, slow = sys.argv[1], json.load(open(sys.argv[2]))
+name = "fmnist-cnn-k2-n1-mpsl-b2"
+r = {x["point"]: x for x in csv.DictReader(open(d + "/points.csv"))}[name]
+assert r["status"] == "ok" and 0 < float(r["retime_factor"]) < 0.2, r
+now = json.load(open(f"{d}/points/{name}/profile.json"))
+assert [u["activation_bytes"] for u in now["units"]] == [u["activation_bytes"] for u in slow["units"]]
+assert f"profile = {d}/points/{name}/profile.json" in open(f"{d}/points/{name}/point.ini").read()
+assert json.load(open(f"{d}/points/{name}/point.json"))["retimed_from"].endswith("/slow.json")
+# From the slow profile the prediction would be ~50x the measured round.
+pred, meas = float(r["steady_predicted_round_seconds"]), float(r["steady_round_seconds"])
+assert 0 < pred < 5 * meas, (pred, meas)
+table = open(d + "/table.md").read()
+assert "step time retimed / study profile" in table and f"{float(r['retime_factor']):.2f}x" in table, table
+print(f"retimed steps {float(r['retime_factor']):.3f}x the 50x-slow profile's; predicted round "
+      f"{pred:.2f} s, measured {meas:.2f} s")
+PY
+); then
+  pass "retime = true: $out"
+else
+  fail "retime = true (exit $rc): ${out:-} $(cat "$T/retime.txt")"
+fi
+# A profile without times cannot be retimed: the grid is refused.
+sed 's/slow.json/bytes.json/' "$T/retime.toml" > "$T/bytes_only.toml"
+refuse bytes_only "bytes.json' has no times" "$(cat "$T/bytes_only.toml")"
+# Nor one scaled to another device (mpsl refuses it): the point fails with mpsl's reason, no
+# run, and the study ends with exit 1.
+"$MPSL" profile --from "$T/fast.json" --device slow=2 --quiet --output "$T/device.json"
+sed 's/slow.json/device.json/' "$T/retime.toml" > "$T/retime_bad.toml"
+"$STUDY" run "$T/retime_bad.toml" --mpsl "$MPSL" --out "$T/retime_bad" > "$T/retime_bad.txt" 2>&1
+rc=$?
+if [ "$rc" = 1 ] && grep -q "FAILED (retiming the profile failed (exit 2): .*another device" "$T/retime_bad.txt" &&
+  grep -q "retiming the profile failed" "$T/retime_bad/points.csv" &&
+  [ ! -e "$T/retime_bad/points/fmnist-cnn-k2-n1-mpsl-b2/metrics.jsonl" ]; then
+  pass "retime of a profile scaled to another device: the point fails naming why (exit 1), no run"
+else
+  fail "retime of a device profile: exit $rc: $(cat "$T/retime_bad.txt")"
 fi
 summary
