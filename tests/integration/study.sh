@@ -243,10 +243,14 @@ assert json.load(open(f"{d}/points/{name}/point.json"))["retimed_from"].endswith
 # From the slow profile the prediction would be ~50x the measured round.
 pred, meas = float(r["steady_predicted_round_seconds"]), float(r["steady_round_seconds"])
 assert 0 < pred < 5 * meas, (pred, meas)
+# Beside it, what the slow profile itself predicts (its dry run): far longer.
+slow_pred = float(r["study_profile_round_seconds"])
+assert slow_pred > 10 * pred and float(r["study_profile_round_error"]) > 5, r
 table = open(d + "/table.md").read()
 assert "step time retimed / study profile" in table and f"{float(r['retime_factor']):.2f}x" in table, table
+assert "predicted from the study's profile as it was (not retimed)" in table, table
 print(f"retimed steps {float(r['retime_factor']):.3f}x the 50x-slow profile's; predicted round "
-      f"{pred:.2f} s, measured {meas:.2f} s")
+      f"{pred:.2f} s (from the slow profile {slow_pred:.2f} s), measured {meas:.2f} s")
 PY
 ); then
   pass "retime = true: $out"
