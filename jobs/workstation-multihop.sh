@@ -12,8 +12,10 @@
 # STAGES (default 2), OWNER_RANKS (default 2), THREADS (default 1), and when set OWNERS, MODEL,
 # ROUNDS, BATCH, TRAIN, TEST override the config; NAME names the run folder (default
 # <model>-k<owners>-n<stages>-<date>), RUNS_DIR holds it (default runs/), TRACE=0 skips the
-# trace. Outputs: metrics.jsonl, trace.json, checkpoints/, model.h5, log.txt, job.txt,
-# exit_code. To continue a stopped run, call it again with the same NAME and
+# trace; RETIME_PROFILE=P.json first retimes that profile on this machine (`mpsl profile --from P
+# --retime`, a few seconds) into runs/<name>/profile.json and trains with --profile that, so the
+# predictions and the stages' reservations follow the machine's speed now. Outputs:
+# metrics.jsonl, trace.json, checkpoints/, model.h5, log.txt, job.txt, exit_code. To continue a stopped run, call it again with the same NAME and
 # `--resume latest` (the newest checkpoint in runs/NAME/checkpoints).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +31,10 @@ mkdir -p "$OUT"
 rm -f "$OUT/exit_code"
 trap 'echo $? > "$OUT/exit_code"' EXIT
 [ -x "$MPSL" ] || "$REPO/tools/build.sh"
+[ -z "${RETIME_PROFILE:-}" ] || [ -f "$RETIME_PROFILE" ] || {
+  echo "error: RETIME_PROFILE=$RETIME_PROFILE: no such file" >&2
+  exit 2
+}
 
 args=(train --config "$CONFIG" --stages "$STAGES" --threads "$THREADS"
   --metrics "$OUT/metrics.jsonl" --checkpoint-dir "$OUT/checkpoints" --save-model "$OUT/model.h5")
@@ -42,6 +48,11 @@ args=(train --config "$CONFIG" --stages "$STAGES" --threads "$THREADS"
 args+=("$@")
 
 export OMP_NUM_THREADS=$THREADS
+if [ -n "${RETIME_PROFILE:-}" ]; then
+  "$MPSL" profile --from "$RETIME_PROFILE" --retime --threads "$THREADS" --quiet \
+    --output "$OUT/profile.json" 2>&1 | tee -a "$OUT/log.txt"
+  args+=(--profile "$OUT/profile.json")
+fi
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # More ranks than cores is fine: waiting ranks sleep instead of spinning.
 export OMPI_MCA_rmaps_base_oversubscribe=1
