@@ -6,8 +6,11 @@
     cost_tables.py repeated GRID_DIR...      round time over repeated grids: per configuration
                                              the median measured and the median predicted
 """
+import itertools
 import json
+import math
 import os
+import random
 import re
 import statistics
 import sys
@@ -96,6 +99,7 @@ def repeated(dirs):
     print("|" + "---|" * (head.count("|") - 1 + len(names)))
     errs = {i: [] for i in used}
     per_grid = {i: {d: [] for d in dirs} for i in used}
+    signed = {i: [] for i in used}  # per configuration: each grid's signed error
     for cfg in sorted(table):
         runs = table[cfg]
         meas = statistics.median([m for m, _ in runs.values()])
@@ -107,6 +111,7 @@ def repeated(dirs):
             line += f" {pred:.3f} | {100 * err:+.1f}% |"
             for d, (m, p) in runs.items():
                 per_grid[i][d].append(abs((p[i] - m) / m))
+            signed[i].append([(p[i] - m) / m for m, p in runs.values()])
         cells = []
         for d in dirs:
             if d in runs and used:
@@ -129,6 +134,41 @@ def repeated(dirs):
         print("  each grid alone: " + ", ".join(
             f"{n} {100 * statistics.median(per_grid[i][d]):.1f}%" for n, d in zip(names, dirs)
             if per_grid[i][d]))
+        floor = noise_floor(signed[i])
+        if floor:
+            scatter, pairs, median, lo, hi, share = floor
+            print(f"  run-to-run scatter of one configuration's error: median {100 * scatter:.1f}% "
+                  f"(|e_i - e_j| / sqrt 2 over {pairs} pairs of grids); a model without bias "
+                  f"would give one grid a median |error| of {100 * median:.1f}% (5-95%: "
+                  f"{100 * lo:.1f}-{100 * hi:.1f}%), at most 5% in {100 * share:.0f}% of grids")
+
+
+def noise_floor(signed, target=0.05):
+    """How far one grid lands from the truth by the runs' own scatter: the same configuration's
+    error moves from grid to grid (the host's speed during the run and its retimes), so
+    |e_i - e_j| / sqrt(2) over pairs of grids is the scatter of one grid's error; and a model
+    without bias, whose errors were that scatter alone, would give a single grid's median
+    |error| of about... (each configuration's errors less their mean, drawn as many at a time as
+    there are configurations, 2000 times). `signed`: per configuration, each grid's signed
+    error. Returns (scatter, pairs, median, 5th and 95th percentile, share of grids within
+    `target`), or None with fewer than two grids."""
+    pairs = [abs(a - b) for errs in signed if len(errs) > 1
+             for a, b in itertools.combinations(errs, 2)]
+    if not pairs:
+        return None
+    scatter = statistics.median(pairs) / math.sqrt(2)
+    residuals = []
+    for errs in signed:
+        if len(errs) > 1:
+            mean = statistics.mean(errs)
+            stretch = math.sqrt(len(errs) / (len(errs) - 1))  # a sample's residuals run small
+            residuals += [(e - mean) * stretch for e in errs]
+    n = len(signed)
+    rng = random.Random(1)
+    grids = sorted(statistics.median(abs(rng.choice(residuals)) for _ in range(n))
+                   for _ in range(2000))
+    return (scatter, len(pairs), statistics.median(grids), grids[len(grids) // 20],
+            grids[-len(grids) // 20], sum(g <= target for g in grids) / len(grids))
 
 
 def profiles_section(paths):
