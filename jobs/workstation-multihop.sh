@@ -15,8 +15,9 @@
 # trace; RETIME_PROFILE=P.json first retimes that profile on this machine (`mpsl profile --from P
 # --retime`, a few seconds) into runs/<name>/profile.json and trains with --profile that, so the
 # predictions and the stages' reservations follow the machine's speed now. Outputs:
-# metrics.jsonl, trace.json, checkpoints/, model.h5, log.txt, job.txt, exit_code. To continue a stopped run, call it again with the same NAME and
-# `--resume latest` (the newest checkpoint in runs/NAME/checkpoints).
+# metrics.jsonl, trace.json, checkpoints/, model.h5, log.txt, job.txt, exit_code. To continue a
+# stopped run, call it again with the same NAME and `--resume latest` (the newest checkpoint in
+# runs/NAME/checkpoints).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
